@@ -1,0 +1,1 @@
+"""Feature extraction: the extractor registry, batched extraction, the HDF5 feature store."""

@@ -1,0 +1,125 @@
+"""The per-slide HDF5 feature file (CLAM/TRIDENT-compatible) and the per-slide patch file.
+
+Feature file ``<dir>/<slide_id>.h5``: ``features`` (N, D) float16/float32, ``coords`` (N, 2) int level-0
+top-left, optional ``tumor_fraction`` (N,) float32; provenance in attributes. A CLAM ``h5_files/`` file
+(``features`` + ``coords`` only) reads as is.
+
+Patch file ``<dir>/<slide_id>.h5``: ``coords`` (N, 2) and ``tumor_fraction`` (N,), with the attributes of
+:class:`PatchSpec` that say how to read each patch back from the slide.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from wsimil.io import WsimilError, atomic_path
+
+
+@dataclass
+class PatchSpec:
+    """How the patches of one slide are read: ``read_size`` px at pyramid ``level``, resized to ``patch_size``."""
+
+    slide_id: str
+    patch_size: int  # output px at target_mpp
+    target_mpp: float
+    level: int
+    read_size: int
+    level0_size: int  # patch side in level-0 px (coords step)
+    mpp_level0: float
+
+
+@dataclass
+class PatchSet:
+    coords: np.ndarray  # (N, 2) int64 level-0 top-left
+    tumor_fraction: np.ndarray | None  # (N,) float32 or None (no annotation known)
+    spec: PatchSpec
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FeatureBag:
+    features: np.ndarray  # (N, D)
+    coords: np.ndarray  # (N, 2)
+    tumor_fraction: np.ndarray | None  # (N,) or None
+    attrs: dict[str, Any]
+
+
+def _attr(v: Any) -> Any:
+    return v.decode() if isinstance(v, bytes) else (v.item() if isinstance(v, np.generic) else v)
+
+
+def write_patches(path: str | os.PathLike, patches: PatchSet) -> None:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("coords", data=np.asarray(patches.coords, dtype=np.int64).reshape(-1, 2))
+        if patches.tumor_fraction is not None:
+            f.create_dataset("tumor_fraction", data=np.asarray(patches.tumor_fraction, dtype=np.float32))
+        for k, v in {**asdict(patches.spec), **patches.attrs}.items():
+            f["coords"].attrs[k] = v
+            f.attrs[k] = v
+
+
+def read_patches(path: str | os.PathLike) -> PatchSet:
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            coords = f["coords"][:]
+            tf = f["tumor_fraction"][:] if "tumor_fraction" in f else None
+            attrs = {k: _attr(v) for k, v in f.attrs.items()}
+    except (OSError, KeyError) as exc:
+        raise WsimilError(f"cannot read patch file {path}: {exc}") from exc
+    names = PatchSpec.__dataclass_fields__
+    spec = PatchSpec(**{k: attrs[k] for k in names})
+    extra = {k: v for k, v in attrs.items() if k not in names}
+    return PatchSet(coords=coords, tumor_fraction=tf, spec=spec, attrs=extra)
+
+
+def write_features(
+    path: str | os.PathLike,
+    features: np.ndarray,
+    coords: np.ndarray,
+    tumor_fraction: np.ndarray | None = None,
+    attrs: dict[str, Any] | None = None,
+) -> None:
+    """Write one slide's feature file atomically."""
+    features = np.asarray(features)
+    if features.ndim != 2 or len(features) != len(coords):
+        raise ValueError(f"features {features.shape} and coords {np.shape(coords)} disagree")
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("features", data=features)
+        f.create_dataset("coords", data=np.asarray(coords, dtype=np.int64).reshape(-1, 2))
+        if tumor_fraction is not None:
+            f.create_dataset("tumor_fraction", data=np.asarray(tumor_fraction, dtype=np.float32))
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+
+
+def read_features(path: str | os.PathLike, expected_dim: int | None = None) -> FeatureBag:
+    """Read and check one feature file: a clear error names the file for a missing dataset, NaNs or a wrong dimension."""
+    path = Path(path)
+    if not path.is_file():
+        raise WsimilError(f"feature file not found: {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            if "features" not in f:
+                raise WsimilError(f"{path}: no 'features' dataset (found {sorted(f.keys())})")
+            feats = f["features"][:]
+            coords = f["coords"][:] if "coords" in f else np.zeros((len(feats), 2), dtype=np.int64)
+            tf = f["tumor_fraction"][:] if "tumor_fraction" in f else None
+            attrs = {k: _attr(v) for k, v in f.attrs.items()}
+    except OSError as exc:
+        raise WsimilError(f"cannot read feature file {path}: {exc}") from exc
+    if feats.ndim == 3 and feats.shape[0] == 1:  # some CLAM exports keep a leading batch axis
+        feats = feats[0]
+    if feats.ndim != 2 or len(feats) == 0:
+        raise WsimilError(f"{path}: 'features' must be (N>0, D), got {feats.shape}")
+    if expected_dim is not None and feats.shape[1] != expected_dim:
+        raise WsimilError(f"{path}: feature dimension {feats.shape[1]}, expected {expected_dim} like the other slides")
+    if not np.isfinite(feats).all():
+        raise WsimilError(f"{path}: features contain NaN or infinite values")
+    return FeatureBag(features=feats, coords=coords, tumor_fraction=tf, attrs=attrs)

@@ -1,0 +1,1 @@
+"""Slides: reading (openslide / tiffslide), the synthetic generator, tissue masks, patch grids, annotations."""
