@@ -1,0 +1,135 @@
+"""The one model interface and the method registry.
+
+Every method takes a packed batch (instances of several bags concatenated + a bag index) and returns
+one logit per bag and one score per instance (the score a heatmap shows). Its loss lives with it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from wsimil.io import WsimilError
+
+
+@dataclass
+class MILBatch:
+    """A packed batch. ``x`` (N, D) instances of B bags; ``bag_index`` (N,) long in [0, B); ``labels`` (B,) float."""
+
+    x: Tensor
+    bag_index: Tensor
+    n_bags: int
+    labels: Tensor | None = None
+
+    def to(self, device: torch.device | str) -> "MILBatch":
+        labels = None if self.labels is None else self.labels.to(device)
+        return MILBatch(self.x.to(device), self.bag_index.to(device), self.n_bags, labels)
+
+
+@dataclass
+class MILOutput:
+    """``bag_logits`` (B,): logit of the tumour class; ``instance_scores`` (N,): per-instance heatmap score."""
+
+    bag_logits: Tensor
+    instance_scores: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+class MILModel(nn.Module):
+    """Base class: subclasses implement ``forward`` and may extend ``loss``."""
+
+    name: ClassVar[str] = "base"
+
+    def forward(self, batch: MILBatch) -> MILOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loss(self, out: MILOutput, batch: MILBatch) -> dict[str, Tensor]:
+        """Losses of one batch; ``"loss"`` is what is minimised. Default: BCE on the bag logits."""
+        bce = nn.functional.binary_cross_entropy_with_logits(out.bag_logits, batch.labels)
+        return {"loss": bce, "bce": bce}
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry: a method = a model builder + its published training defaults (one place, overridable).
+
+TRAIN_KEYS = (
+    "optimizer", "lr", "weight_decay", "momentum", "nesterov", "betas", "lr_decay",
+    "epochs", "bags_per_batch", "grad_clip", "scheduler", "selection",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    family: str  # "max-pooling" | "attention"
+    builder: Callable[..., MILModel]
+    defaults: dict[str, Any]  # TRAIN_KEYS + "model": {constructor kwargs}
+    description: str
+    source: str
+
+    def hparams(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The defaults with ``overrides`` applied; keys ``model.<kwarg>`` set constructor arguments."""
+        hp = copy.deepcopy(self.defaults)
+        flat: dict[str, Any] = {}
+        for key, value in (overrides or {}).items():
+            if key == "model" and isinstance(value, dict):  # nested form from YAML: {model: {beta: 0.1}}
+                flat.update({f"model.{k}": v for k, v in value.items()})
+            else:
+                flat[key] = value
+        allowed = list(TRAIN_KEYS) + [f"model.{k}" for k in sorted(hp["model"])]
+        for key, value in flat.items():
+            if key not in allowed:
+                raise WsimilError(
+                    f"unknown training parameter {key!r} for method {self.name!r}; allowed: {', '.join(allowed)}"
+                )
+            if key.startswith("model."):
+                hp["model"][key.split(".", 1)[1]] = value
+            else:
+                hp[key] = value
+        return hp
+
+    def build(self, in_dim: int, hparams: dict[str, Any] | None = None) -> MILModel:
+        hp = hparams if hparams is not None else self.hparams()
+        return self.builder(in_dim=in_dim, **hp["model"])
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(
+    name: str, *, family: str, defaults: dict[str, Any], description: str, source: str
+) -> Callable[[Callable[..., MILModel]], Callable[..., MILModel]]:
+    """Register a model builder under ``name`` with its published training defaults."""
+
+    missing = set(TRAIN_KEYS) - set(defaults) - {"model"}
+    if missing:
+        raise ValueError(f"method {name}: defaults lack {sorted(missing)}")
+
+    def deco(builder: Callable[..., MILModel]) -> Callable[..., MILModel]:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} registered twice")
+        METHODS[name] = MethodSpec(name, family, builder, {"model": {}, **defaults}, description, source)
+        return builder
+
+    return deco
+
+
+def get_method(name: str) -> MethodSpec:
+    _load_all()
+    if name not in METHODS:
+        raise WsimilError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def list_methods() -> list[str]:
+    _load_all()
+    return sorted(METHODS)
+
+
+def _load_all() -> None:
+    # Importing the family modules runs their @register_method decorators.
+    from wsimil.models import abmil, maxpool, focusmil  # noqa: F401

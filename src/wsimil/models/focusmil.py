@@ -1,0 +1,60 @@
+"""FocusMIL (Liu et al., arXiv 2408.09449): max-pooling MIL with an instance-level variational encoder.
+
+No official code is public. We follow the paper's description and the three third-party implementations
+that agree (REFERENCE.md): encoder Linear(d,256)-ReLU-Linear(256,256)-ReLU, then Linear(256,128) for mu and
+for logvar; z = mu + sigma * eps while training, mu at evaluation; Linear(128,1) instance logit; the bag
+logit is the max over its instances; loss = BCE + beta * KL(q(z|x) || N(0, I)), the KL averaged
+element-wise over all instances of the batch; several bags per step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from wsimil.models.base import MILBatch, MILModel, MILOutput, register_method
+from wsimil.models.ops import segment_max
+
+
+def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """Element-wise KL(N(mu, exp(logvar)) || N(0, 1)), same shape as ``mu``."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+class FocusMIL(MILModel):
+    name = "focusmil"
+
+    def __init__(self, *, in_dim: int, hidden: int = 256, latent: int = 128, beta: float = 1e-2):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.mu = nn.Linear(hidden, latent)
+        self.logvar = nn.Linear(hidden, latent)
+        self.head = nn.Linear(latent, 1)
+        self.beta = beta
+
+    def forward(self, batch: MILBatch) -> MILOutput:
+        e = self.encoder(batch.x)
+        mu, logvar = self.mu(e), self.logvar(e)  # (N, latent) each
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
+        logits = self.head(z).squeeze(-1)  # (N,)
+        bag = segment_max(logits, batch.bag_index, batch.n_bags)
+        return MILOutput(bag_logits=bag, instance_scores=logits, extras={"mu": mu, "logvar": logvar})
+
+    def loss(self, out: MILOutput, batch: MILBatch) -> dict[str, Tensor]:
+        bce = nn.functional.binary_cross_entropy_with_logits(out.bag_logits, batch.labels)
+        kl = gaussian_kl(out.extras["mu"], out.extras["logvar"]).mean()
+        return {"loss": bce + self.beta * kl, "bce": bce, "kl": kl}
+
+
+register_method(
+    "focusmil",
+    family="max-pooling",
+    defaults=dict(
+        # Not published; REFERENCE.md's reasonable defaults (AdamW 1e-4, wd 1e-4, 8-32 bags, 100-200 epochs).
+        optimizer="adamw", lr=1e-4, weight_decay=1e-4, momentum=0.0, nesterov=False, betas=(0.9, 0.999),
+        lr_decay=0.0, epochs=100, bags_per_batch=8, grad_clip=None, scheduler=None, selection="val_auc",
+        model=dict(hidden=256, latent=128, beta=1e-2),
+    ),
+    description="Max-pooling MIL with an instance variational information bottleneck, mini-batches of bags.",
+    source="Liu et al. arXiv 2408.09449 (no official code; third-party implementations agree on the layers)",
+)(FocusMIL)

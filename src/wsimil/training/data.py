@@ -1,0 +1,78 @@
+"""Bags in memory and packed batches.
+
+All feature files of a run are read once into float32 tensors; a batch is the concatenation of several
+bags' instances plus a bag index (no padding).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from wsimil.features.store import read_features
+from wsimil.io import WsimilError
+from wsimil.models.base import MILBatch
+
+
+@dataclass
+class BagSet:
+    """The bags of a sample sheet: ``features[i]`` (N_i, D) for slide ``slide_ids[i]``."""
+
+    slide_ids: list[str]
+    labels: np.ndarray  # (S,) int
+    splits: np.ndarray  # (S,) str
+    features: list[Tensor]
+
+    @property
+    def dim(self) -> int:
+        return int(self.features[0].shape[1])
+
+    def indices(self, split: str | Sequence[str]) -> np.ndarray:
+        splits = [split] if isinstance(split, str) else list(split)
+        return np.flatnonzero(np.isin(self.splits, splits))
+
+
+def load_bags(sheet: pd.DataFrame, features_dir: str | os.PathLike) -> BagSet:
+    """Read ``<features_dir>/<slide_id>.h5`` for every slide of ``sheet`` (checked: shape, NaN, same D)."""
+    features_dir = Path(features_dir)
+    feats: list[Tensor] = []
+    dim = None
+    for sid in sheet["slide_id"]:
+        bag = read_features(features_dir / f"{sid}.h5", expected_dim=dim)
+        dim = bag.features.shape[1]
+        feats.append(torch.from_numpy(np.asarray(bag.features, dtype=np.float32)))
+    if not feats:
+        raise WsimilError(f"no slides in the sample sheet for {features_dir}")
+    return BagSet(list(sheet["slide_id"]), sheet["label"].to_numpy(int), sheet["split"].to_numpy(str), feats)
+
+
+def pack(bags: Sequence[Tensor], labels: Sequence[float] | None = None) -> MILBatch:
+    """Concatenate bags (N_i, D) into one batch: x (sum N_i, D), bag_index (sum N_i,)."""
+    x = torch.cat(list(bags), dim=0)
+    sizes = torch.tensor([len(b) for b in bags])
+    bag_index = torch.repeat_interleave(torch.arange(len(bags)), sizes)
+    y = None if labels is None else torch.as_tensor(np.asarray(labels, dtype=np.float32))
+    return MILBatch(x=x, bag_index=bag_index, n_bags=len(bags), labels=y)
+
+
+def batches_by_size(sizes: Sequence[int], max_instances: int) -> list[list[int]]:
+    """Group consecutive items into chunks of at most ``max_instances`` instances (a big bag stands alone)."""
+    chunks: list[list[int]] = []
+    cur: list[int] = []
+    total = 0
+    for i, n in enumerate(sizes):
+        if cur and total + n > max_instances:
+            chunks.append(cur)
+            cur, total = [], 0
+        cur.append(i)
+        total += n
+    if cur:
+        chunks.append(cur)
+    return chunks

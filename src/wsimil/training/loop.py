@@ -1,0 +1,182 @@
+"""One training loop for every method: packed mini-batches of bags, per-epoch validation, model selection."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from wsimil.models.base import MILModel, get_method
+from wsimil.training.data import BagSet, batches_by_size, pack
+
+log = logging.getLogger(__name__)
+
+EVAL_MAX_INSTANCES = 200_000  # instances per inference batch (bounded memory, few Python steps)
+
+
+@dataclass
+class Prediction:
+    """Scores of a set of bags: ``probs`` (S,), ``logits`` (S,), ``instance_scores[i]`` (N_i,)."""
+
+    indices: np.ndarray
+    logits: np.ndarray
+    probs: np.ndarray
+    instance_scores: list[np.ndarray]
+    loss: float
+
+
+@dataclass
+class TrainResult:
+    model: MILModel
+    hparams: dict[str, Any]
+    history: list[dict[str, float]]
+    best_epoch: int
+    seconds: float
+
+
+def safe_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC, or NaN when only one class is present."""
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    return float(roc_auc_score(labels, scores))
+
+
+def make_optimizer(model: nn.Module, hp: dict[str, Any]) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    name = hp["optimizer"]
+    if name == "adam":
+        return torch.optim.Adam(params, lr=hp["lr"], betas=tuple(hp["betas"]), weight_decay=hp["weight_decay"])
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=hp["lr"], betas=tuple(hp["betas"]), weight_decay=hp["weight_decay"])
+    if name == "sgd":
+        return torch.optim.SGD(
+            params, lr=hp["lr"], momentum=hp["momentum"], nesterov=bool(hp["nesterov"]), weight_decay=hp["weight_decay"]
+        )
+    raise ValueError(f"unknown optimizer {name!r} (adam, adamw, sgd)")
+
+
+def make_schedulers(opt: torch.optim.Optimizer, hp: dict[str, Any]):
+    """(per-step scheduler or None, per-epoch scheduler or None)."""
+    per_step = None
+    if hp.get("lr_decay"):
+        decay = float(hp["lr_decay"])  # Keras time-based decay: lr_t = lr / (1 + decay * t)
+        per_step = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1.0 + decay * t))
+    per_epoch = None
+    if hp.get("scheduler") == "cosine":
+        per_epoch = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(hp["epochs"]), eta_min=0.0)
+    elif hp.get("scheduler") not in (None, "none"):
+        raise ValueError(f"unknown scheduler {hp['scheduler']!r} (none, cosine)")
+    return per_step, per_epoch
+
+
+@torch.inference_mode()
+def predict(model: MILModel, bags: BagSet, indices: Sequence[int], device: str = "cpu") -> Prediction:
+    """Score bags in eval mode, many bags per forward pass (the result does not depend on the grouping)."""
+    model.eval()
+    indices = np.asarray(indices, dtype=int)
+    logits = np.zeros(len(indices), dtype=np.float64)
+    inst: list[np.ndarray] = [np.empty(0, np.float32)] * len(indices)
+    losses = []
+    sizes = [len(bags.features[i]) for i in indices]
+    for chunk in batches_by_size(sizes, EVAL_MAX_INSTANCES):
+        idx = indices[chunk]
+        batch = pack([bags.features[i] for i in idx], bags.labels[idx]).to(device)
+        out = model(batch)
+        parts = model.loss(out, batch)
+        losses.append(float(parts.get("bce", parts["loss"])) * len(idx))  # the data term, comparable across methods
+        logits[chunk] = out.bag_logits.double().cpu().numpy()
+        scores = out.instance_scores.float().cpu().numpy()
+        bounds = np.cumsum([0] + [sizes[c] for c in chunk])
+        for j, c in enumerate(chunk):
+            inst[c] = scores[bounds[j] : bounds[j + 1]]
+    probs = 1.0 / (1.0 + np.exp(-logits))
+    loss = float(np.sum(losses) / max(len(indices), 1)) if len(indices) else float("nan")
+    return Prediction(indices, logits, probs, inst, loss)
+
+
+def train(
+    bags: BagSet,
+    method: str,
+    seed: int,
+    overrides: dict[str, Any] | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+) -> TrainResult:
+    """Train ``method`` on the ``train`` split, select the epoch on ``val``; returns the selected model."""
+    spec = get_method(method)
+    hp = spec.hparams(overrides)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    model = spec.build(bags.dim, hp).to(device)
+    opt = make_optimizer(model, hp)
+    per_step, per_epoch = make_schedulers(opt, hp)
+    gen = torch.Generator().manual_seed(seed)
+    train_idx, val_idx = bags.indices("train"), bags.indices("val")
+    if len(train_idx) == 0:
+        raise ValueError("the sample sheet has no 'train' slides")
+    selection = hp["selection"] if len(val_idx) else "last"
+    bpb = max(1, int(hp["bags_per_batch"]))
+    history: list[dict[str, float]] = []
+    best_key, best_state, best_epoch = None, None, -1
+    t0 = time.perf_counter()
+    epochs = range(int(hp["epochs"]))
+    if progress:
+        from tqdm import tqdm
+
+        epochs = tqdm(epochs, desc=f"{method} seed {seed}", unit="epoch", leave=False)
+    for epoch in epochs:
+        model.train()
+        order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
+        sums: dict[str, float] = {}
+        for start in range(0, len(order), bpb):
+            idx = order[start : start + bpb]
+            batch = pack([bags.features[i] for i in idx], bags.labels[idx]).to(device)
+            losses = model.loss(model(batch), batch)
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            if hp.get("grad_clip"):
+                nn.utils.clip_grad_norm_(model.parameters(), float(hp["grad_clip"]))
+            opt.step()
+            if per_step is not None:
+                per_step.step()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
+        if per_epoch is not None:
+            per_epoch.step()
+        tr = predict(model, bags, train_idx, device)
+        row = {"epoch": epoch, **{f"train_{k}": v / len(order) for k, v in sums.items()},
+               "train_auc": safe_auc(bags.labels[train_idx], tr.probs)}
+        if len(val_idx):
+            va = predict(model, bags, val_idx, device)
+            row.update(val_loss=va.loss, val_auc=safe_auc(bags.labels[val_idx], va.probs))
+        history.append(row)
+        key = _selection_key(selection, row)
+        if best_key is None or key >= best_key:
+            best_key, best_epoch = key, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        if not all(math.isfinite(v) for k, v in row.items() if k.endswith("loss")):
+            raise FloatingPointError(f"{method} seed {seed}: non-finite loss at epoch {epoch}: {row}")
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(model, hp, history, best_epoch, time.perf_counter() - t0)
+
+
+def _selection_key(selection: str, row: dict[str, float]) -> tuple:
+    """Larger is better; ties go to the later epoch (``>=`` in the caller)."""
+    if selection == "val_auc":
+        auc = row.get("val_auc", float("nan"))
+        return (-math.inf if math.isnan(auc) else auc, -row["val_loss"])
+    if selection == "val_loss":
+        return (-row["val_loss"],)
+    if selection == "last":
+        return (0,)
+    raise ValueError(f"unknown selection {selection!r} (val_auc, val_loss, last)")

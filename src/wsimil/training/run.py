@@ -1,0 +1,110 @@
+"""A training run on disk: the run directory contract of DESIGN.md, written atomically.
+
+``<run_dir>/``: ``predictions.csv`` (slide_id,label,split,score), ``instance_scores.h5`` (one dataset per
+slide, same order as its feature file), ``history.csv``, ``model.pt`` (weights_only-loadable), ``run.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+
+import wsimil
+from wsimil.io import write_json_atomic
+from wsimil.models.base import get_method
+from wsimil.training.data import BagSet, load_bags
+from wsimil.training.loop import TrainResult, predict, train
+
+
+def software_versions() -> dict[str, str]:
+    import sklearn
+
+    return {
+        "wsimil": wsimil.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "scikit-learn": sklearn.__version__,
+        "h5py": h5py.__version__,
+    }
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_run(run_dir: str | os.PathLike, bags: BagSet, result: TrainResult, meta: dict[str, Any], device: str = "cpu") -> None:
+    """Score every slide with the selected model and write the run directory atomically (temp dir, then rename)."""
+    run_dir = Path(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
+    try:
+        pred = predict(result.model, bags, np.arange(len(bags.slide_ids)), device)
+        pd.DataFrame({
+            "slide_id": bags.slide_ids, "label": bags.labels, "split": bags.splits, "score": pred.probs,
+        }).to_csv(tmp / "predictions.csv", index=False, float_format="%.6g")
+        with h5py.File(tmp / "instance_scores.h5", "w") as f:
+            for sid, scores in zip(bags.slide_ids, pred.instance_scores):
+                f.create_dataset(sid, data=scores.astype(np.float32))
+        pd.DataFrame(result.history).to_csv(tmp / "history.csv", index=False, float_format="%.6g")
+        torch.save({
+            "method": meta["method"], "in_dim": bags.dim, "hparams": _plain(result.hparams),
+            "state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
+        }, tmp / "model.pt")
+        write_json_atomic(tmp / "run.json", {
+            **meta, "hparams": _plain(result.hparams), "best_epoch": result.best_epoch,
+            "train_seconds": round(result.seconds, 3), "device": device, "versions": software_versions(),
+            "git_commit": git_commit(), "n_slides": {s: int((bags.splits == s).sum()) for s in ("train", "val", "test")},
+        })
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        os.replace(tmp, run_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def load_model(path: str | os.PathLike):
+    """Rebuild a trained model from ``model.pt`` (no unpickling: weights_only=True)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    spec = get_method(ckpt["method"])
+    model = spec.build(ckpt["in_dim"], ckpt["hparams"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+def train_and_write(
+    sheet: pd.DataFrame, features_dir: str | os.PathLike, method: str, seeds: list[int], out_dirs: list[Path],
+    overrides: dict[str, Any] | None = None, device: str = "cpu", meta: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> None:
+    """Load the bags once, then train and write one run per seed."""
+    bags = load_bags(sheet, features_dir)
+    for seed, out in zip(seeds, out_dirs):
+        result = train(bags, method, seed, overrides, device=device, progress=progress)
+        write_run(out, bags, result, {**(meta or {}), "method": method, "seed": seed,
+                                      "features_dir": str(features_dir), "overrides": overrides or {}}, device)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

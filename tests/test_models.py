@@ -1,0 +1,111 @@
+"""Model interface: shapes, known answers, batch invariance, the registry."""
+
+import numpy as np
+import pytest
+import torch
+
+from wsimil.io import WsimilError
+from wsimil.models.base import MILBatch, get_method, list_methods
+from wsimil.models.focusmil import FocusMIL, gaussian_kl
+from wsimil.models.ops import segment_argmax, segment_max, segment_mean, segment_softmax
+from wsimil.training.data import pack
+
+METHODS = list_methods()
+
+
+def _bags(seed=0, dim=16, sizes=(5, 1, 12, 7)):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, dim, generator=g) for n in sizes]
+
+
+def test_segment_ops_known_answers():
+    v = torch.tensor([1.0, 3.0, 2.0, -1.0, -5.0])
+    idx = torch.tensor([0, 0, 0, 1, 1])
+    assert segment_max(v, idx, 2).tolist() == [3.0, -1.0]
+    assert segment_argmax(v, idx, 2).tolist() == [1, 3]
+    a = segment_softmax(v, idx, 2)
+    np.testing.assert_allclose(a[:3].numpy(), torch.softmax(v[:3], 0).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(a[3:].numpy(), torch.softmax(v[3:], 0).numpy(), rtol=1e-6)
+    m = segment_mean(v.unsqueeze(-1), idx, 2).squeeze(-1)
+    np.testing.assert_allclose(m.numpy(), [2.0, -3.0])
+
+
+def test_segment_max_gradient_reaches_only_the_max_instance():
+    v = torch.tensor([1.0, 3.0, 2.0, 4.0], requires_grad=True)
+    segment_max(v, torch.tensor([0, 0, 0, 1]), 2).sum().backward()
+    assert v.grad.tolist() == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_focusmil_kl_matches_closed_form():
+    mu = torch.tensor([[0.5, -1.0]])
+    logvar = torch.tensor([[0.0, np.log(4.0)]])
+    # KL(N(mu, s^2) || N(0,1)) = 0.5 (mu^2 + s^2 - 1 - log s^2)
+    expected = [0.5 * 0.25, 0.5 * (1 + 4 - 1 - np.log(4.0))]
+    np.testing.assert_allclose(gaussian_kl(mu, logvar).numpy()[0], expected, rtol=1e-6)
+    torch.testing.assert_close(gaussian_kl(torch.zeros(3, 4), torch.zeros(3, 4)), torch.zeros(3, 4))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_output_shapes_and_bag_alone_equals_bag_in_batch(method):
+    torch.manual_seed(0)
+    model = get_method(method).build(16).eval()
+    bags = _bags()
+    batch = pack(bags, [1, 0, 1, 0])
+    with torch.no_grad():
+        out = model(batch)
+        assert out.bag_logits.shape == (4,)
+        assert out.instance_scores.shape == (sum(len(b) for b in bags),)
+        start = 0
+        for i, b in enumerate(bags):
+            alone = model(pack([b], [0]))
+            torch.testing.assert_close(alone.bag_logits[0], out.bag_logits[i], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(alone.instance_scores, out.instance_scores[start : start + len(b)], rtol=1e-5, atol=1e-6)
+            start += len(b)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_instance_order_does_not_change_the_bag_score(method):
+    torch.manual_seed(0)
+    model = get_method(method).build(16).eval()
+    b = _bags(sizes=(9,))[0]
+    perm = torch.randperm(9)
+    with torch.no_grad():
+        a, p = model(pack([b], [1])), model(pack([b[perm]], [1]))
+    torch.testing.assert_close(a.bag_logits, p.bag_logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a.instance_scores[perm], p.instance_scores, rtol=1e-5, atol=1e-6)
+
+
+def test_max_pooling_bag_logit_is_the_max_instance_logit():
+    torch.manual_seed(0)
+    for name in ("maxpool", "focusmil"):
+        model = get_method(name).build(16).eval()
+        batch = pack(_bags(), [0, 0, 0, 0])
+        with torch.no_grad():
+            out = model(batch)
+        for i in range(4):
+            assert torch.isclose(out.bag_logits[i], out.instance_scores[batch.bag_index == i].max())
+
+
+def test_focusmil_samples_in_training_and_uses_the_mean_in_eval():
+    torch.manual_seed(0)
+    model = FocusMIL(in_dim=16)
+    batch = pack(_bags(), [1, 0, 1, 0])
+    model.train()
+    assert not torch.allclose(model(batch).bag_logits, model(batch).bag_logits)
+    model.eval()
+    torch.testing.assert_close(model(batch).bag_logits, model(batch).bag_logits)
+    losses = model.train().loss(model(batch), batch)
+    assert set(losses) == {"loss", "bce", "kl"}
+    torch.testing.assert_close(losses["loss"], losses["bce"] + model.beta * losses["kl"])
+
+
+def test_unknown_method_and_parameter_errors_list_the_choices():
+    with pytest.raises(WsimilError, match="available: .*abmil"):
+        get_method("attention_is_all")
+    with pytest.raises(WsimilError, match="allowed: .*model.beta"):
+        get_method("focusmil").hparams({"model.gamma": 1})
+    with pytest.raises(WsimilError, match="unknown training parameter 'learning_rate'"):
+        get_method("abmil").hparams({"learning_rate": 1})
+    hp = get_method("focusmil").hparams({"lr": 0.5, "model": {"beta": 0.3}})
+    assert hp["lr"] == 0.5 and hp["model"]["beta"] == 0.3
+    assert get_method("focusmil").defaults["model"]["beta"] != 0.3  # defaults untouched

@@ -1,0 +1,100 @@
+"""The training loop: it learns a separable MIL problem, is deterministic, and writes the run contract."""
+
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from wsimil.features.store import write_features
+from wsimil.models.base import list_methods
+from wsimil.training.data import BagSet, batches_by_size, pack
+from wsimil.training.loop import safe_auc, train
+from wsimil.training.run import load_model, train_and_write
+
+
+def toy_bags(seed=0, n=(40, 12, 24), dim=32, witness_shift=6.0) -> BagSet:
+    """Positive bags hold 1-3 instances of a shifted concept among N(0, I) negatives."""
+    rng = np.random.default_rng(seed)
+    concept = rng.normal(size=dim)
+    concept /= np.linalg.norm(concept)
+    feats, labels, splits = [], [], []
+    for split, count in zip(("train", "val", "test"), n):
+        for i in range(count):
+            label = i % 2
+            x = rng.normal(size=(rng.integers(20, 60), dim))
+            if label:
+                k = rng.integers(1, 4)
+                x[:k] += witness_shift * concept
+            feats.append(torch.tensor(x, dtype=torch.float32))
+            labels.append(label)
+            splits.append(split)
+    return BagSet([f"s{i:03d}" for i in range(len(feats))], np.array(labels), np.array(splits), feats)
+
+
+FOCUSMIL_TOY_XFAIL = pytest.mark.xfail(
+    strict=True,
+    reason="observed: with sigma = 1 at initialisation the sampled max picks random instances and FocusMIL "
+    "memorises this toy (train AUC 1.0, val ~0.5), while the same network without sampling learns it "
+    "(docs/methods.md). Strict: this test fails loudly the day FocusMIL learns the toy.",
+)
+
+
+@pytest.mark.parametrize(
+    "method", [pytest.param(m, marks=FOCUSMIL_TOY_XFAIL) if m == "focusmil" else m for m in list_methods()]
+)
+def test_every_method_learns_a_separable_mil_problem(method):
+    bags = toy_bags(n=(100, 20, 40))
+    fast = {"maxpool": {"lr": 1e-3}, "meanpool": {"lr": 1e-3}, "focusmil": {"lr": 1e-3}, "minet": {"lr": 5e-3}}
+    result = train(bags, method, seed=0, overrides={"epochs": 25, **fast.get(method, {})})
+    from wsimil.training.loop import predict
+
+    test = bags.indices("test")
+    auc = safe_auc(bags.labels[test], predict(result.model, bags, test).probs)
+    assert auc >= 0.95, f"{method}: test AUC {auc:.3f}"
+    assert len(result.history) == 25 and 0 <= result.best_epoch < 25
+
+
+def test_same_seed_same_numbers_different_seed_different_numbers():
+    bags = toy_bags()
+    a = train(bags, "focusmil", seed=3, overrides={"epochs": 3})
+    b = train(bags, "focusmil", seed=3, overrides={"epochs": 3})
+    c = train(bags, "focusmil", seed=4, overrides={"epochs": 3})
+    assert a.history == b.history
+    assert a.history != c.history
+
+
+def test_batches_by_size_and_pack():
+    assert batches_by_size([5, 5, 5, 20, 1], 10) == [[0, 1], [2], [3], [4]]
+    b = pack([torch.zeros(2, 3), torch.ones(3, 3)], [0, 1])
+    assert b.bag_index.tolist() == [0, 0, 1, 1, 1] and b.n_bags == 2 and b.labels.tolist() == [0.0, 1.0]
+
+
+def test_train_and_write_produces_the_run_directory_contract(tmp_path):
+    bags = toy_bags(n=(8, 4, 4))
+    fdir = tmp_path / "features"
+    for sid, x in zip(bags.slide_ids, bags.features):
+        write_features(fdir / f"{sid}.h5", x.numpy().astype(np.float16), np.zeros((len(x), 2), int))
+    sheet = pd.DataFrame({"slide_id": bags.slide_ids, "label": bags.labels, "split": bags.splits,
+                          "center": "0", "path": "", "annotation": ""})
+    outs = [tmp_path / "runs" / f"seed{s}" for s in (0, 1)]
+    train_and_write(sheet, fdir, "abmil", [0, 1], outs, overrides={"epochs": 2}, meta={"experiment": "toy"},
+                    progress=False)
+    for out in outs:
+        pred = pd.read_csv(out / "predictions.csv")
+        assert list(pred.columns) == ["slide_id", "label", "split", "score"]
+        assert pred["slide_id"].tolist() == bags.slide_ids and pred["score"].between(0, 1).all()
+        with h5py.File(out / "instance_scores.h5") as f:
+            assert sorted(f) == sorted(bags.slide_ids)
+            assert all(f[s].shape == (len(x),) for s, x in zip(bags.slide_ids, bags.features))
+        hist = pd.read_csv(out / "history.csv")
+        assert len(hist) == 2 and {"train_loss", "train_auc", "val_auc", "val_loss"} <= set(hist.columns)
+        meta = json.loads((out / "run.json").read_text())
+        assert meta["method"] == "abmil" and meta["experiment"] == "toy" and "torch" in meta["versions"]
+        model = load_model(out / "model.pt")
+        with torch.no_grad():
+            logit = model(pack([bags.features[0].half().float()], [0])).bag_logits
+        assert abs(torch.sigmoid(logit).item() - pred["score"][0]) < 1e-4
+    assert not list((tmp_path / "runs").glob(".*")), "temporary run directories left behind"
