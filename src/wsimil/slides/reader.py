@@ -137,10 +137,17 @@ def _open(path: Path, backend: Backend):
             if name == "openslide":
                 import openslide
 
-                return openslide.OpenSlide(str(path)), "openslide"
-            import tiffslide
+                osr = openslide.OpenSlide(str(path))
+            else:
+                import tiffslide
 
-            return tiffslide.TiffSlide(str(path)), "tiffslide"
+                osr = tiffslide.TiffSlide(str(path))
+            try:  # tiffslide parses lazily: touch the geometry now so a corrupt file fails here, not later
+                _ = (osr.dimensions, osr.level_count, osr.level_downsamples, dict(osr.properties))
+            except Exception:
+                osr.close()
+                raise
+            return osr, name
         except ImportError as exc:
             errors.append(f"{name}: not installed ({exc})")
         except Exception as exc:  # each backend raises its own error types for unreadable files

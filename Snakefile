@@ -1,0 +1,28 @@
+# wsimil: slides -> patches -> features -> (poison) -> train every method x seed -> metrics -> tables, figures.
+# A table of contents: the logic lives in src/wsimil (the `wsimil` CLI), the rules only call it.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/slides.smk"
+include: "rules/patches.smk"
+include: "rules/features.smk"
+include: "rules/poison.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
+include: "rules/figures.smk"
+
+
+rule all:
+    input:
+        get_final_output(),
+    default_target: True

@@ -1,0 +1,29 @@
+# One job per experiment x method trains every seed: the features are read once and the ~3 s start-up
+# of a torch process is paid once, not once per seed (docs/architecture.md, "Job granularity").
+
+
+rule train:
+    input:
+        features=get_experiment_features,
+        sheet=SHEET_PATH,
+    output:
+        [f"{OUT}/runs/{{experiment}}/{{method}}/seed{s}/{f}" for s in SEEDS for f in RUN_FILES],
+    params:
+        features=get_features_dir,
+        out=get_run_template,
+        seeds=" ".join(map(str, SEEDS)),
+        overrides=get_overrides,
+        device=config["training"]["device"],
+    threads: config["training"]["threads"]
+    log:
+        f"{LOGS}/train/{{experiment}}/{{method}}.log",
+    benchmark:
+        f"{BENCH}/train/{{experiment}}/{{method}}.tsv"
+    resources:
+        mem_mb=4000,
+    conda:
+        "../envs/wsimil.yaml"
+    shell:
+        "wsimil train --features {params.features} --slides {input.sheet:q} --method {wildcards.method}"
+        " --seed {params.seeds} --out {params.out:q} --overrides {params.overrides:q}"
+        " --experiment {wildcards.experiment} --device {params.device} --threads {threads} --no-progress 2> {log}"

@@ -1,0 +1,6 @@
+"""python -m wsimil"""
+import sys
+
+from wsimil.cli import main
+
+sys.exit(main())

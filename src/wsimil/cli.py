@@ -1,0 +1,282 @@
+"""The ``wsimil`` command line: one subcommand per stage, called by the Snakemake rules and by people.
+
+Heavy libraries (torch, openslide) are imported inside the subcommands, so ``wsimil synth`` or
+``wsimil patch`` start in well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from wsimil.io import WsimilError, atomic_path, check_slide_id
+
+log = logging.getLogger("wsimil")
+
+
+# -- config sections --------------------------------------------------------------------------------------
+def _add_section_args(p: argparse.ArgumentParser, section: str) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--config", type=Path, help=f"workflow config YAML; its `{section}:` section is used")
+    g.add_argument("--params", help=f"the `{section}:` section as JSON (what the Snakemake rules pass)")
+
+
+def _section(args: argparse.Namespace, section: str) -> dict[str, Any]:
+    """The validated config section (defaults filled) from --config FILE, --params JSON, or the defaults."""
+    from wsimil.config import load_config, validate_config
+
+    if getattr(args, "config", None):
+        return load_config(args.config)[section]
+    raw = getattr(args, "params", None)
+    try:
+        value = json.loads(raw) if raw else {}
+    except json.JSONDecodeError as exc:
+        raise WsimilError(f"--params is not valid JSON: {exc}") from exc
+    return validate_config({section: value}, "--params")[section]
+
+
+def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values parsed as YAML (numbers, lists, booleans, strings)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise WsimilError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _set_threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))
+
+
+# -- subcommands ------------------------------------------------------------------------------------------
+def cmd_synth(args: argparse.Namespace) -> None:
+    from wsimil.slides import synthetic
+
+    cfg = _section(args, "synthetic")
+    synthetic.write_sheet(cfg, args.out)
+    if args.sheet_only:
+        return
+    synthetic.generate_dataset(cfg, args.out, slide_ids=args.slide or None)
+
+
+def cmd_patch(args: argparse.Namespace) -> None:
+    from wsimil.slides.patching import PatchingParams, run_patching
+
+    check_slide_id(args.slide_id)
+    params = PatchingParams.from_config(_section(args, "patching"))
+    run_patching(args.slide, args.slide_id, args.annotation or None, args.out, params, qc_png=args.qc, label=args.label)
+
+
+def _extract(args: argparse.Namespace, poison=None) -> None:
+    from wsimil.features.extract import extract_slide
+    from wsimil.features.extractors import build_extractor
+
+    cfg = _section(args, "features")
+    _set_threads(args.threads)
+    ext = build_extractor(cfg["extractor"], weights=cfg["weights"], device=cfg["device"], input_size=cfg["input_size"])
+    extract_slide(
+        args.slide, args.patches, args.out, ext, batch_size=cfg["batch_size"], num_threads=args.threads,
+        poison=poison, slide_id=args.slide_id, num_workers=cfg["num_workers"], dtype=cfg["dtype"],
+        progress=not args.no_progress,
+    )
+
+
+def cmd_extract(args: argparse.Namespace) -> None:
+    check_slide_id(args.slide_id)
+    _extract(args)
+
+
+def cmd_poison(args: argparse.Namespace) -> None:
+    """Poisoned features of one slide: re-extracted with green noise if the slide is a target, else the clean file."""
+    from wsimil.datasets.sheet import read_sheet
+    from wsimil.poison import PoisonSpec, select_poisoned_slides
+
+    check_slide_id(args.slide_id)
+    pcfg = json.loads(args.poison) if args.poison else _poison_defaults()
+    targets = select_poisoned_slides(read_sheet(args.sheet), pcfg.get("targets"))
+    if args.slide_id in targets:
+        _extract(args, PoisonSpec(strength=pcfg["strength"], fraction=pcfg["fraction"], seed=pcfg["seed"]))
+    else:
+        with atomic_path(args.out) as tmp:
+            shutil.copyfile(args.clean, tmp)
+        log.info("%s is not a poison target: clean features copied", args.slide_id)
+
+
+def _poison_defaults() -> dict:
+    from wsimil.config import validate_config
+
+    return validate_config({})["poison"]
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from wsimil.datasets.sheet import read_sheet
+    from wsimil.training.run import train_and_write
+
+    seeds = args.seed
+    if len(seeds) > 1 and "{seed}" not in args.out:
+        raise WsimilError("with several --seed values, --out must contain '{seed}' (e.g. runs/abmil/seed{seed})")
+    outs = [Path(args.out.format(seed=s)) for s in seeds]
+    overrides = json.loads(args.overrides) if args.overrides else {}
+    overrides.update(_parse_sets(args.set))
+    _set_threads(args.threads)
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    train_and_write(read_sheet(args.slides), args.features, args.method, seeds, outs, overrides, device=device,
+                    meta={"experiment": args.experiment, "sheet": str(args.slides)}, progress=not args.no_progress)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from wsimil.evaluation.evaluate import evaluate_run
+
+    for run in args.run_dirs:
+        m = evaluate_run(run, args.features, threshold=args.threshold, positive_fraction=args.patch_positive_fraction)
+        log.info("%s: test AUC %s", run, m.get("test", {}).get("auc") if isinstance(m.get("test"), dict) else m.get("auc"))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from wsimil.reporting.report import write_report
+
+    write_report(args.runs, args.experiments, args.methods, args.out, dataset=args.dataset)
+
+
+def cmd_methods(args: argparse.Namespace) -> None:
+    from wsimil.models.base import get_method, list_methods
+
+    for name in list_methods():
+        spec = get_method(name)
+        d = spec.defaults
+        print(f"{name}  [{spec.family}]  {spec.description}")
+        print(f"    source: {spec.source}")
+        train_keys = {k: v for k, v in d.items() if k != "model"}
+        print("    training: " + ", ".join(f"{k}={v}" for k, v in train_keys.items()))
+        print("    model:    " + ", ".join(f"{k}={v}" for k, v in d["model"].items()))
+
+
+def cmd_extractors(args: argparse.Namespace) -> None:
+    from wsimil.features.extractors import EXTRACTORS, list_extractors
+
+    for name in list_extractors():
+        info = EXTRACTORS[name]
+        print(f"{name}  dim={info.dim}  {info.description}")
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from wsimil.config import load_config
+
+    cfg = load_config(args.file)
+    if args.print:
+        import yaml
+
+        print(yaml.safe_dump(cfg, sort_keys=False))
+    else:
+        print(f"{args.file}: valid")
+
+
+# -- parser -----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wsimil", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("synth", help="generate the synthetic mini-Camelyon (slides, annotations, slides.csv)")
+    _add_section_args(s, "synthetic")
+    s.add_argument("--out", type=Path, required=True, help="dataset folder (slides/, annotations/, slides.csv)")
+    s.add_argument("--slide", action="append", help="render only this slide id (repeatable)")
+    s.add_argument("--sheet-only", action="store_true", help="write slides.csv only, render nothing")
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("patch", help="tissue mask + patch grid + tumour fraction of one slide -> patch HDF5")
+    _add_section_args(s, "patching")
+    s.add_argument("--slide", type=Path, required=True)
+    s.add_argument("--slide-id", required=True)
+    s.add_argument("--annotation", help="ASAP XML of the slide's tumour (empty for none)")
+    s.add_argument("--label", type=int, choices=[0, 1], help="slide label (normal slides get tumour fraction 0)")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--qc", type=Path, help="also write a QC thumbnail PNG")
+    s.set_defaults(func=cmd_patch)
+
+    for name, func, helptext in (
+        ("extract", cmd_extract, "features of one slide's patches -> feature HDF5"),
+        ("poison", cmd_poison, "poisoned features of one slide (green noise in pixel space, re-extracted)"),
+    ):
+        s = sub.add_parser(name, help=helptext)
+        _add_section_args(s, "features")
+        s.add_argument("--slide", type=Path, required=True)
+        s.add_argument("--slide-id", required=True)
+        s.add_argument("--patches", type=Path, required=True, help="the slide's patch HDF5")
+        s.add_argument("--out", type=Path, required=True)
+        s.add_argument("--threads", type=int, help="torch CPU threads")
+        s.add_argument("--no-progress", action="store_true")
+        if name == "poison":
+            s.add_argument("--sheet", type=Path, required=True, help="slides.csv (decides which slides are poisoned)")
+            s.add_argument("--clean", type=Path, required=True, help="clean feature file, copied for non-targets")
+            s.add_argument("--poison", help="the `poison:` config section as JSON (default: the schema defaults)")
+        s.set_defaults(func=func)
+
+    s = sub.add_parser("train", help="train one method on one or more seeds -> run directories")
+    s.add_argument("--features", type=Path, required=True, help="folder of <slide_id>.h5 feature files")
+    s.add_argument("--slides", type=Path, required=True, help="sample sheet slides.csv")
+    s.add_argument("--method", required=True, help="a name from `wsimil methods`")
+    s.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds")
+    s.add_argument("--out", required=True, help="run directory; with several seeds a template containing {seed}")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a default, e.g. lr=1e-3, model.beta=0.1")
+    s.add_argument("--overrides", help="overrides as JSON (what the rules pass)")
+    s.add_argument("--experiment", default="adhoc", help="experiment name recorded in run.json")
+    s.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--threads", type=int)
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="metrics.json for finished run directories")
+    s.add_argument("run_dirs", nargs="+", type=Path)
+    s.add_argument("--features", type=Path, required=True, help="feature folder with tumor_fraction (patch metrics)")
+    s.add_argument("--threshold", type=float, default=0.5)
+    s.add_argument("--patch-positive-fraction", type=float, default=0.5)
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("report", help="tables (csv, md, tex) and figures from evaluated runs")
+    s.add_argument("--runs", type=Path, required=True, help="results/<dataset>/runs")
+    s.add_argument("--experiments", nargs="+", required=True)
+    s.add_argument("--methods", nargs="+", help="order of methods in tables and figures")
+    s.add_argument("--dataset", default="", help="dataset name for captions")
+    s.add_argument("--out", type=Path, required=True, help="results/<dataset>")
+    s.set_defaults(func=cmd_report)
+
+    sub.add_parser("methods", help="list methods and their published defaults").set_defaults(func=cmd_methods)
+    sub.add_parser("extractors", help="list feature extractors").set_defaults(func=cmd_extractors)
+    s = sub.add_parser("validate-config", help="validate a workflow config against the schema")
+    s.add_argument("file", type=Path)
+    s.add_argument("--print", action="store_true", help="print the config with defaults filled in")
+    s.set_defaults(func=cmd_validate)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        args.func(args)
+    except WsimilError as exc:
+        print(f"wsimil {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

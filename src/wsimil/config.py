@@ -1,0 +1,124 @@
+"""The workflow config: load, validate against ``schemas/``, fill defaults.
+
+Used by the Snakefile before any job runs and by the CLI, so a wrong key, an unknown method or a bad
+value stops everything at once with a message that names the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+from wsimil.io import WsimilError
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+
+
+def _pointer(doc: Any, pointer: str) -> Any:
+    for part in [p for p in pointer.split("/") if p]:
+        doc = doc[part]
+    return doc
+
+
+def _resolve_refs(node: Any, base: Path, doc: Any) -> Any:
+    """Inline every ``$ref`` (``file.yaml[#/pointer]`` or ``#/pointer`` within the current file).
+
+    Our sections live in their own files; inlining gives one plain schema for the validator and keeps
+    the keys written beside a ``$ref`` (description, default), which override the referenced ones.
+    """
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        siblings = {k: v for k, v in node.items() if k != "$ref"}
+        if isinstance(ref, str):
+            fname, _, pointer = ref.partition("#")
+            target_doc = yaml.safe_load((base / fname).read_text()) if fname else doc
+            target = {k: v for k, v in _pointer(target_doc, pointer).items() if k != "$schema"}
+            if fname and target.get("type") == "object":
+                target.setdefault("default", {})  # so a section's own defaults are filled in
+            merged = {**target, **siblings}
+            return _resolve_refs(merged, base, target_doc)
+        return {k: _resolve_refs(v, base, doc) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve_refs(v, base, doc) for v in node]
+    return node
+
+
+@lru_cache(maxsize=None)
+def load_schema(name: str = "config.schema.yaml") -> dict:
+    doc = yaml.safe_load((SCHEMA_DIR / name).read_text())
+    resolved = _resolve_refs(doc, SCHEMA_DIR, doc)
+    resolved.pop("$defs", None)
+    return resolved
+
+
+def _with_defaults(validator_class):
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if "default" in sub and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultFiller = _with_defaults(Draft202012Validator)
+
+
+def _describe(err) -> str:
+    key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+    msg = err.message
+    if err.validator == "enum":
+        msg = f"{err.instance!r} is not allowed; allowed values: {', '.join(map(str, err.validator_value))}"
+    elif err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        msg = f"{msg}; allowed keys: {', '.join(allowed)}"
+    elif err.validator == "propertyNames":
+        msg = f"{msg}; allowed: {', '.join(map(str, err.schema.get('propertyNames', {}).get('enum', [])))}"
+    return f"config key '{key}': {msg}"
+
+
+def validate_config(config: dict, source: str | os.PathLike | None = None) -> dict:
+    """Validate ``config`` in place (filling defaults, twice so nested defaults are validated too) and return it."""
+    schema = load_schema()
+    where = f" ({source})" if source else ""
+    for _ in range(2):
+        errors = sorted(_DefaultFiller(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+        if errors:
+            lines = "\n  ".join(_describe(e) for e in errors[:10])
+            raise WsimilError(f"invalid configuration{where}:\n  {lines}")
+    _check_overrides(config)
+    return config
+
+
+def _check_overrides(config: dict) -> None:
+    from wsimil.models.base import get_method
+
+    for method, over in config.get("training", {}).get("overrides", {}).items():
+        try:
+            get_method(method).hparams(over)
+        except WsimilError as exc:
+            raise WsimilError(f"invalid configuration: config key 'training.overrides.{method}': {exc}") from None
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise WsimilError(f"config file not found: {path}")
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise WsimilError(f"cannot parse config {path}: {exc}") from exc
+    return validate_config(config, path)
+
+
+def default_config() -> dict:
+    return validate_config({})

@@ -1,0 +1,238 @@
+"""The synthetic mini-Camelyon generator: plan, pyramidal TIFF, annotations, colour and determinism."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+from shapely.geometry import Polygon
+
+from wsimil.io import WsimilError, check_slide_id
+from wsimil.slides import synthetic as S
+from wsimil.slides.annotations import read_asap_xml, tumour_region
+from wsimil.slides.reader import open_slide
+from wsimil.slides.tiff import pyramid_sizes, write_pyramidal_tiff
+
+SMALL = {
+    "seed": 7,
+    "size_um": [440, 340],
+    "slides": {"train": {"normal": 2, "tumour": 2}, "val": {"normal": 1, "tumour": 1},
+               "test": {"normal": 2, "tumour": 2}},
+    "tissue": {"follicles": [1, 2], "follicle_radius_um": [30.0, 50.0]},
+    "lesions": {"count": [1, 2], "radius_um": [60.0, 110.0]},
+    "min_level_size": 128,
+    "tile_size": 128,
+}
+
+
+def _row(plan: pd.DataFrame, slide_id: str) -> pd.Series:
+    return plan.set_index("slide_id", drop=False).loc[slide_id]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic")
+    plan = S.plan_dataset(SMALL)
+    for sid in ("normal_001", "tumor_001", "tumor_002"):
+        S.render_slide(SMALL, _row(plan, sid), out)
+    return out, plan
+
+
+def _deconvolve(rgb: np.ndarray, hosp: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Hematoxylin and eosin concentrations per pixel (least squares on optical density)."""
+    bg = np.asarray(hosp["background"], float)
+    od = -np.log(np.clip(rgb.astype(float), 1, None) / bg)
+    m = np.stack([S._unit(hosp["h_vector"]), S._unit(hosp["e_vector"])], axis=1).astype(float)  # 3 x 2
+    he = od.reshape(-1, 3) @ np.linalg.pinv(m).T
+    return he[:, 0].reshape(rgb.shape[:2]), he[:, 1].reshape(rgb.shape[:2])
+
+
+def _polygon_mask(polys, shape) -> np.ndarray:
+    import cv2
+
+    mask = np.zeros(shape, np.uint8)
+    cv2.fillPoly(mask, [np.round(p).astype(np.int32) for p in polys], 1)
+    return mask.astype(bool)
+
+
+def _tissue(rgb: np.ndarray) -> np.ndarray:
+    return rgb.astype(int).sum(2) < 3 * 215
+
+
+# -- plan ---------------------------------------------------------------------------------------------
+
+
+def test_plan_default_counts_names_and_centres():
+    cfg = S.default_config()
+    plan = S.plan_dataset(cfg)
+    assert list(plan.columns[:6]) == S.SHEET_COLUMNS
+    for split in S.SPLITS:
+        for cls, label in (("normal", 0), ("tumour", 1)):
+            grp = plan[(plan.split == split) & (plan.label == label)]
+            assert len(grp) == cfg["slides"][split][cls]
+            assert grp.center.nunique() >= 2, (split, cls)
+    assert plan.slide_id.is_unique
+    for sid in plan.slide_id:
+        check_slide_id(sid)
+    trainval = plan[plan.split != "test"]
+    assert trainval[trainval.label == 0].slide_id.str.match(r"^normal_\d{3}$").all()
+    assert trainval[trainval.label == 1].slide_id.str.match(r"^tumor_\d{3}$").all()
+    test = plan[plan.split == "test"]
+    assert sorted(test.slide_id) == [f"test_{i:03d}" for i in range(1, len(test) + 1)]
+    assert 0 < test.label.iloc[: len(test) // 2].sum() < len(test) // 2  # test ids mix the classes
+    assert (plan.path == "slides/" + plan.slide_id + ".tif").all()
+    assert (plan.annotation == np.where(plan.label == 1, "annotations/" + plan.slide_id + ".xml", "")).all()
+    assert (plan.n_lesions[plan.label == 1].between(1, 3)).all() and (plan.n_lesions[plan.label == 0] == 0).all()
+    assert set(plan.lesion_class[plan.label == 1]) <= {"itc", "micro", "macro"}
+    assert plan.equals(S.plan_dataset(copy.deepcopy(cfg)))
+
+
+def test_plan_rejects_bad_config():
+    with pytest.raises(WsimilError, match="hospitals"):
+        S.plan_dataset({"hospitals": []})
+    with pytest.raises(WsimilError, match="split"):
+        S.plan_dataset({"slides": {"training": {"normal": 1}}})
+    with pytest.raises(WsimilError, match="center"):
+        S.render_slide(SMALL, {"slide_id": "normal_001", "label": 0, "center": 5}, "/nonexistent")
+
+
+def test_write_sheet_contract_columns(tmp_path):
+    path = S.write_sheet(SMALL, tmp_path)
+    sheet = pd.read_csv(path, keep_default_na=False)
+    assert list(sheet.columns) == S.SHEET_COLUMNS
+    assert len(sheet) == 10 and sheet.slide_id.is_unique
+    assert [p.name for p in tmp_path.iterdir()] == ["slides.csv"]
+
+
+# -- the TIFF -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+def test_backends_read_levels_and_mpp(dataset, backend):
+    out, _ = dataset
+    w, h = round(440 / 0.5), round(340 / 0.5)
+    with open_slide(out / "slides" / "tumor_001.tif", backend=backend) as s:
+        assert s.backend == backend
+        assert s.dimensions == (w, h)
+        assert s.level_dimensions == pyramid_sizes(w, h, 128) == [(w, h), (w // 2, h // 2), (w // 4, h // 4)]
+        assert np.allclose(s.level_downsamples, [1, 2, 4], rtol=1e-3)
+        assert s.mpp == pytest.approx(0.5)
+        region = s.read_region((0, 0), 0, (w, h))
+        assert region.shape == (h, w, 3) and region.dtype == np.uint8
+    assert not list((out / "slides").glob(".*"))  # no temporary files left behind
+
+
+def test_level1_is_downsampled_level0(dataset):
+    out, _ = dataset
+    with open_slide(out / "slides" / "tumor_001.tif") as s:
+        l0 = s.read_region((200, 160), 0, (400, 320)).astype(float)
+        l1 = s.read_region((200, 160), 1, (200, 160)).astype(float)
+    ref = l0.reshape(160, 2, 200, 2, 3).mean(axis=(1, 3))
+    assert np.abs(l1 - ref).mean() < 5.0  # JPEG q90 on both levels
+    assert np.abs(l1 - l0[::2, ::2]).mean() > np.abs(l1 - ref).mean()  # averaged, not subsampled
+
+
+def test_tiff_writer_rejects_bad_input_and_reads_back(tmp_path):
+    with pytest.raises(WsimilError, match="uint8"):
+        write_pyramidal_tiff(tmp_path / "x.tif", np.zeros((64, 64), np.uint8), mpp=0.5)
+    img = np.zeros((300, 520, 3), np.uint8)
+    img[:, :, 0] = np.linspace(0, 255, 520)[None, :]
+    img[:, :, 1] = np.linspace(0, 255, 300)[:, None]
+    write_pyramidal_tiff(tmp_path / "x.tif", img, mpp=0.25, tile=128, min_level_size=100, compression=None)
+    with open_slide(tmp_path / "x.tif", backend="openslide") as s:
+        assert s.level_dimensions == [(520, 300), (260, 150), (130, 75)]
+        assert s.mpp == pytest.approx(0.25)
+        assert s.properties.get("openslide.objective-power") == "40"
+        np.testing.assert_array_equal(s.read_region((0, 0), 0, (520, 300)), img)
+
+
+# -- determinism --------------------------------------------------------------------------------------
+
+
+def test_render_is_deterministic_and_independent_of_other_slides(dataset, tmp_path):
+    out, plan = dataset
+    row = _row(plan, "tumor_001")
+    a, pa = S.render_pixels(SMALL, "tumor_001", 1, int(row.center))
+    S.render_pixels(SMALL, "tumor_002", 1, 0)  # another slide in between changes nothing
+    bigger = copy.deepcopy(SMALL)
+    bigger["slides"]["train"] = {"normal": 9, "tumour": 9}
+    b, pb = S.render_pixels(bigger, "tumor_001", 1, int(row.center))
+    np.testing.assert_array_equal(a, b)
+    assert len(pa) == len(pb) and all(np.array_equal(x, y) for x, y in zip(pa, pb))
+    S.render_slide(SMALL, row, tmp_path)
+    assert (tmp_path / "slides" / "tumor_001.tif").read_bytes() == (out / "slides" / "tumor_001.tif").read_bytes()
+    other = copy.deepcopy(SMALL)
+    other["seed"] = 8
+    c, _ = S.render_pixels(other, "tumor_001", 1, int(row.center))
+    assert np.abs(a.astype(int) - c).mean() > 5  # a different seed is a different slide
+
+
+# -- annotations and biology ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("slide_id", ["tumor_001", "tumor_002"])
+def test_annotation_polygons_follow_lesion(dataset, slide_id):
+    out, plan = dataset
+    assert not (out / "annotations" / "normal_001.xml").exists()
+    groups = read_asap_xml(out / "annotations" / f"{slide_id}.xml")
+    assert list(groups) == ["_0"] and 1 <= len(groups["_0"]) <= 2 * SMALL["lesions"]["count"][1]
+    region = tumour_region(out / "annotations" / f"{slide_id}.xml")
+    with open_slide(out / "slides" / f"{slide_id}.tif") as s:
+        w, h = s.dimensions
+        rgb = s.read_region((0, 0), 0, (w, h))
+    assert region.area > 50 * 50  # at least a 25 um square
+    assert Polygon([(0, 0), (w, 0), (w, h), (0, h)]).contains(region)
+    inside = _polygon_mask(groups["_0"], (h, w))
+    tissue = _tissue(rgb)
+    assert tissue[inside].mean() > 0.97  # the lesion lies in tissue
+    outside = tissue & ~_polygon_mask([np.asarray(region.buffer(20).exterior.coords)] if region.geom_type
+                                      == "Polygon" else [np.asarray(g.buffer(20).exterior.coords)
+                                                         for g in region.geoms], (h, w))
+    hosp = S.resolve_config(SMALL)["hospitals"][int(_row(plan, slide_id).center)]
+    hem, eos = _deconvolve(rgb, hosp)
+    nuclear = hem > 0.45
+    # Tumour nuclei are larger: the share of nuclear pixels that survive an opening with a disk wider than
+    # a lymphocyte nucleus (7 um = 14 px) is far higher inside the lesion.
+    import cv2
+
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (17, 17))
+    opened = cv2.morphologyEx(nuclear.astype(np.uint8), cv2.MORPH_OPEN, disk).astype(bool)
+    big_in = opened[inside & nuclear].mean()
+    big_out = opened[outside & nuclear].mean()
+    assert big_in > big_out + 0.25, (big_in, big_out)
+    # ... paler (vesicular chromatin) ...
+    assert np.median(hem[inside & nuclear]) < np.median(hem[outside & nuclear]) - 0.1
+    # ... and the lesion is more eosinophilic and less crowded with nuclei.
+    assert np.median(eos[inside & ~nuclear]) > np.median(eos[outside & ~nuclear]) + 0.1
+    assert nuclear[inside].mean() < nuclear[outside].mean()
+
+
+def test_colours_are_he_like(dataset):
+    out, _ = dataset
+    with open_slide(out / "slides" / "normal_001.tif") as s:
+        w, h = s.dimensions
+        rgb = s.read_region((0, 0), 0, (w, h)).astype(float)
+    tissue = _tissue(rgb.astype(np.uint8))
+    assert 0.3 < tissue.mean() < 0.9
+    r, g, b = rgb[tissue].mean(0)
+    assert 110 < r < 210 and 60 < g < 160 and 110 < b < 210, (r, g, b)
+    assert r > g + 20 and b > g + 20  # purple-pink, not grey or green
+    dark = rgb[tissue & (rgb.sum(2) < 3 * 110)]  # nuclei
+    assert len(dark) > 0.05 * tissue.sum()
+    assert np.all(np.abs(dark.mean(0) - [90, 50, 100]) < [35, 30, 35]), dark.mean(0)
+    corner = rgb[:40, :40].reshape(-1, 3)
+    assert corner.mean() > 225 and corner.std(0).max() < 8
+
+
+def test_hospitals_differ_in_colour():
+    cfg = S.resolve_config(SMALL)
+    means = []
+    for center in (0, 1):
+        rgb, _ = S.render_pixels(cfg, "normal_001", 0, center)
+        tissue = _tissue(rgb)
+        means.append((rgb[tissue].mean(0), rgb[:40, :40].reshape(-1, 3).mean(0)))
+    (t0, bg0), (t1, bg1) = means
+    assert np.abs(t0 - t1).max() > 8, (t0, t1)
+    assert np.abs(bg0 - bg1).max() > 3, (bg0, bg1)
