@@ -21,5 +21,5 @@ rule patch:
     conda:
         "../envs/wsimil.yaml"
     shell:
-        "wsimil patch --slide {input.slide:q} --slide-id {wildcards.slide} --annotation {params.annotation:q}"
+        "wsimil patch --slide {input.slide:q} --slide-id {wildcards.slide} --annotation={params.annotation:q}"
         " --label {params.label} --params {params.patching:q} --out {output.patches} --qc {output.qc} 2> {log}"

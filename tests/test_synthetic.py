@@ -192,21 +192,19 @@ def test_annotation_polygons_follow_lesion(dataset, slide_id):
                                                          for g in region.geoms], (h, w))
     hosp = S.resolve_config(SMALL)["hospitals"][int(_row(plan, slide_id).center)]
     hem, eos = _deconvolve(rgb, hosp)
-    nuclear = hem > 0.45
-    # Tumour nuclei are larger: the share of nuclear pixels that survive an opening with a disk wider than
-    # a lymphocyte nucleus (7 um = 14 px) is far higher inside the lesion.
     import cv2
 
-    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (17, 17))
-    opened = cv2.morphologyEx(nuclear.astype(np.uint8), cv2.MORPH_OPEN, disk).astype(bool)
-    big_in = opened[inside & nuclear].mean()
-    big_out = opened[outside & nuclear].mean()
-    assert big_in > big_out + 0.25, (big_in, big_out)
-    # ... paler (vesicular chromatin) ...
+    nuclear = cv2.GaussianBlur(hem.astype(np.float32), (0, 0), 1.5) > 0.4
+    # Tumour nuclei are paler (vesicular chromatin) ...
     assert np.median(hem[inside & nuclear]) < np.median(hem[outside & nuclear]) - 0.1
-    # ... and the lesion is more eosinophilic and less crowded with nuclei.
+    # ... the lesion is more eosinophilic between the nuclei ...
     assert np.median(eos[inside & ~nuclear]) > np.median(eos[outside & ~nuclear]) + 0.1
-    assert nuclear[inside].mean() < nuclear[outside].mean()
+    # ... and its cells are larger: more nuclear area per detected nucleus (maxima of smoothed hematoxylin).
+    smooth = cv2.GaussianBlur(hem.astype(np.float32), (0, 0), 4)
+    peaks = (smooth == cv2.dilate(smooth, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (13, 13)))) & (smooth > 0.5)
+    per_in = (nuclear & inside).sum() / max(1, (peaks & inside).sum())
+    per_out = (nuclear & outside).sum() / max(1, (peaks & outside).sum())
+    assert per_in > 1.15 * per_out, (per_in, per_out)
 
 
 def test_colours_are_he_like(dataset):
