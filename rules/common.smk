@@ -125,5 +125,7 @@ def report_outputs():
 
 
 def get_final_output():
+    """Tables and figures, and every run directory in full (a deleted model.pt is rebuilt too)."""
     tables, figures = report_outputs()
-    return tables + figures
+    runs = [f"{run_dir(e, m, s)}/{f}" for e in EXPERIMENTS for m in METHODS for s in SEEDS for f in RUN_FILES]
+    return tables + figures + runs + get_all_metrics()

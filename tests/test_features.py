@@ -85,6 +85,19 @@ def test_schema_enum_matches_registry():
             assert "description" in sub and "default" in sub, f"{section}.{key}"
 
 
+def test_schema_defaults_validate_and_unknown_keys_fail():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = yaml.safe_load((ROOT / "schemas" / "features.schema.yaml").read_text())
+    props = schema["properties"]
+    cfg = {sec: {k: v["default"] for k, v in props[sec]["properties"].items()} for sec in ("features", "poison")}
+    jsonschema.validate(cfg, schema)
+    assert cfg["poison"]["targets"] == [{"split": ["train", "val"], "label": [0]}, {"split": ["test"], "label": [1]}]
+    for bad in ({"features": {"extractor": "vit"}}, {"features": {"batchsize": 8}},
+                {"poison": {"targets": [{"split": ["train"], "labels": [0]}]}}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+
+
 @pytest.mark.parametrize("name,dim", [("resnet18", 512), ("resnet50_trunc", 1024), ("efficientnet_lite0", 1280)])
 def test_dims_random_init(name, dim):
     e = ex.build_extractor(name, pretrained=False)

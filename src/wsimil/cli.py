@@ -53,6 +53,13 @@ def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _one_cv2_thread() -> None:
+    """Snakemake gives each job its own cores; OpenCV would otherwise use all of them in every job."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def _set_threads(n: int | None) -> None:
     if n:
         import torch
@@ -64,17 +71,20 @@ def _set_threads(n: int | None) -> None:
 def cmd_synth(args: argparse.Namespace) -> None:
     from wsimil.slides import synthetic
 
+    _one_cv2_thread()
     cfg = _section(args, "synthetic")
     synthetic.write_sheet(cfg, args.out)
     if args.sheet_only:
         return
     synthetic.generate_dataset(cfg, args.out, slide_ids=args.slide or None)
+    log.info("rendered %s into %s", ", ".join(args.slide) if args.slide else "every slide", args.out)
 
 
 def cmd_patch(args: argparse.Namespace) -> None:
     from wsimil.slides.patching import PatchingParams, run_patching
 
     check_slide_id(args.slide_id)
+    _one_cv2_thread()
     params = PatchingParams.from_config(_section(args, "patching"))
     run_patching(args.slide, args.slide_id, args.annotation or None, args.out, params, qc_png=args.qc, label=args.label)
 
@@ -86,11 +96,13 @@ def _extract(args: argparse.Namespace, poison=None) -> None:
     cfg = _section(args, "features")
     _set_threads(args.threads)
     ext = build_extractor(cfg["extractor"], weights=cfg["weights"], device=cfg["device"], input_size=cfg["input_size"])
-    extract_slide(
+    s = extract_slide(
         args.slide, args.patches, args.out, ext, batch_size=cfg["batch_size"], num_threads=args.threads,
         poison=poison, slide_id=args.slide_id, num_workers=cfg["num_workers"], dtype=cfg["dtype"],
         progress=not args.no_progress,
     )
+    log.info("%s: %d patches (%d poisoned), %s %d-d, %.1f s (%.1f tiles/s) -> %s", s["slide_id"], s["n_patches"],
+             s["n_poisoned"], ext.name, ext.dim, s["seconds"], s["tiles_per_s"], args.out)
 
 
 def cmd_extract(args: argparse.Namespace) -> None:

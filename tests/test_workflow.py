@@ -1,0 +1,125 @@
+"""The workflow end to end through Snakemake on configs/ci.yaml (every stage, a tiny dataset).
+
+One module-scoped run (about a minute on 2 cores) serves every assertion below.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from wsimil.datasets.sheet import read_sheet
+from wsimil.poison import select_poisoned_slides
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(ROOT / "configs" / "ci.yaml"), *args]
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(workdir)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("workflow")
+    shutil.copy(ROOT / "config.yaml", work / "config.yaml")  # the Snakefile's `configfile:` (overridden by ci.yaml)
+    snakemake(work, "--cores", "2")
+    return work, work / "results" / "ci"
+
+
+def test_tables_figures_and_run_directories_exist(ci_run):
+    work, out = ci_run
+    for exp in ("standard", "poison"):
+        table = pd.read_csv(out / "tables" / f"{exp}.csv")
+        assert list(table["method"]) == ["maxpool", "abmil", "focusmil"]
+        assert table["n_seeds"].eq(2).all()
+        assert table["slide_auc_mean"].between(0, 1).all()
+        assert "±" in (out / "tables" / f"{exp}.md").read_text()
+        for method in ("maxpool", "abmil", "focusmil"):
+            for seed in (0, 1):
+                run = out / "runs" / exp / method / f"seed{seed}"
+                for name in ("predictions.csv", "instance_scores.h5", "history.csv", "model.pt", "run.json", "metrics.json"):
+                    assert (run / name).is_file(), run / name
+                meta = json.loads((run / "run.json").read_text())
+                assert meta["method"] == method and meta["seed"] == seed and meta["experiment"] == exp
+    comp = pd.read_csv(out / "tables" / "poison_comparison.csv")
+    assert set(comp.columns) >= {"method", "clean_slide_auc_mean", "poisoned_slide_auc_mean", "difference"}
+    for fig in ("poison_comparison.png", "slide_auc.png"):
+        assert (out / "figures" / fig).stat().st_size > 10_000
+    assert any((out / "logs" / "train" / "standard").glob("*.log"))
+    assert any((out / "benchmarks" / "extract").glob("*.tsv"))
+
+
+def test_predictions_cover_every_slide_of_the_sheet(ci_run):
+    _, out = ci_run
+    sheet = read_sheet(out / "data" / "slides.csv")
+    pred = pd.read_csv(out / "runs" / "standard" / "abmil" / "seed0" / "predictions.csv")
+    assert list(pred["slide_id"]) == list(sheet["slide_id"])
+    with h5py.File(out / "runs" / "standard" / "abmil" / "seed0" / "instance_scores.h5") as f:
+        for sid in sheet["slide_id"]:
+            feats = next((out / "features").rglob(f"clean/{sid}.h5"))
+            with h5py.File(feats) as g:
+                assert f[sid].shape == (g["features"].shape[0],)
+
+
+def test_poison_reaches_exactly_the_target_slides(ci_run):
+    _, out = ci_run
+    sheet = read_sheet(out / "data" / "slides.csv")
+    targets = set(select_poisoned_slides(sheet, None))
+    expected = set(sheet.query("(label == 0 and split in ['train', 'val']) or (label == 1 and split == 'test')")["slide_id"])
+    assert targets == expected and targets
+    clean_dir = next((out / "features").rglob("clean"))
+    poison_dir = next(p for p in clean_dir.parent.iterdir() if p.name.startswith("poison"))
+    for sid in sheet["slide_id"]:
+        with h5py.File(clean_dir / f"{sid}.h5") as c, h5py.File(poison_dir / f"{sid}.h5") as p:
+            clean, poisoned = c["features"][:], p["features"][:]
+            if sid in targets:
+                mask = p["poisoned"][:]
+                assert 0 < mask.sum() < len(mask)
+                assert not np.array_equal(clean[mask], poisoned[mask]), sid
+                np.testing.assert_array_equal(clean[~mask], poisoned[~mask])
+            else:
+                np.testing.assert_array_equal(clean, poisoned)
+
+
+def test_rerun_has_nothing_to_do_and_resumes_a_deleted_run(ci_run):
+    work, out = ci_run
+    assert "Nothing to be done" in snakemake(work, "-n", "--cores", "2").stdout
+    victim = out / "runs" / "poison" / "focusmil" / "seed1" / "model.pt"
+    victim.unlink()
+    dry = snakemake(work, "-n", "--cores", "2").stdout
+    assert "train" in dry and "extract" not in dry and "synth_slide" not in dry
+    snakemake(work, "--cores", "2")
+    assert victim.is_file()
+
+
+def test_html_report(ci_run):
+    work, _ = ci_run
+    snakemake(work, "--report", str(work / "report.html"))
+    html = (work / "report.html").read_text(errors="ignore")
+    assert "poison_comparison" in html
+
+
+def test_bad_config_stops_before_any_job(tmp_path):
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  methods: [maxpool, transmil9000]\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+         "--configfile", str(bad), "-n"], capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "training.methods.1" in proc.stderr + proc.stdout and "allowed values" in proc.stderr + proc.stdout
+    assert not (tmp_path / "results").exists()
