@@ -46,14 +46,19 @@ class InstancePoolingMIL(MILModel):
 
 _MINET_SOURCE = "Wang et al. 2018, yanyongluan/MINNs mi_Net.py"
 
+def _minibatch_defaults(pooling: str) -> dict:
+    """Mini-batches of bags with Adam: the shared loop's setting for the instance-pooling baselines."""
+    return dict(
+        optimizer="adam", lr=1e-4, weight_decay=1e-4, momentum=0.0, nesterov=False, betas=(0.9, 0.999),
+        lr_decay=0.0, epochs=100, bags_per_batch=8, grad_clip=None, scheduler=None, selection="val_auc",
+        model=dict(hidden=[256, 128, 64], dropout=0.5, pooling=pooling),
+    )
+
+
 register_method(
     "maxpool",
     family="max-pooling",
-    defaults=dict(
-        optimizer="adam", lr=1e-4, weight_decay=1e-4, momentum=0.0, nesterov=False, betas=(0.9, 0.999),
-        lr_decay=0.0, epochs=100, bags_per_batch=8, grad_clip=None, scheduler=None, selection="val_auc",
-        model=dict(hidden=[256, 128, 64], dropout=0.5, pooling="max"),
-    ),
+    defaults=_minibatch_defaults("max"),
     description="mi-Net's instance network with max-pooling of instance logits, trained on mini-batches of bags "
     "with Adam (the plain max-pooling baseline; FocusMIL without its variational encoder and with mi-Net's net).",
     source=_MINET_SOURCE,
@@ -76,11 +81,7 @@ register_method(
 register_method(
     "meanpool",
     family="max-pooling",
-    defaults=dict(
-        optimizer="adam", lr=1e-4, weight_decay=1e-4, momentum=0.0, nesterov=False, betas=(0.9, 0.999),
-        lr_decay=0.0, epochs=100, bags_per_batch=8, grad_clip=None, scheduler=None, selection="val_auc",
-        model=dict(hidden=[256, 128, 64], dropout=0.5, pooling="mean"),
-    ),
+    defaults=_minibatch_defaults("mean"),
     description="mi-Net's network with mean-pooling of instance logits (MINNs pooling_mode='mean').",
     source=_MINET_SOURCE,
 )(InstancePoolingMIL)

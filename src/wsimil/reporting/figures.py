@@ -104,7 +104,7 @@ def plot_metric_by_method(
     ax.tick_params(axis="y", labelsize=8)
     ax.set_xlabel("method", fontsize=9)
     ax.set_ylabel(ylabel or metric_label(metric), fontsize=9)
-    ax.set_title(title or f"{metric_label(metric)} per method", fontsize=10, loc="left")
+    ax.set_title(title or f"{metric_label(metric)} per method", fontsize=10, loc="left", pad=18)  # legend row below
     ax.grid(axis="y", color="0.9", lw=0.6, zorder=0)
     ax.set_axisbelow(True)
     for side in ("top", "right"):
