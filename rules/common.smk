@@ -1,6 +1,7 @@
 # What the rules share: the validated config, the sample sheet, path helpers and input functions.
 
 import json
+from pathlib import Path
 
 from wsimil.config import validate_config
 from wsimil.datasets.sheet import read_sheet, resolve
@@ -45,6 +46,17 @@ wildcard_constraints:
     slide=SLIDE_ID_PATTERN.strip("^$"),
     experiment="|".join(EXPERIMENTS),
     method="|".join(METHODS),
+
+
+def get_dataset_dir(wildcards, output):
+    """The synthetic dataset folder, from data/slides.csv or data/slides/<id>.tif (the rule's first output)."""
+    first = Path(output[0])
+    return str(first.parent if first.name == "slides.csv" else first.parent.parent)
+
+
+def get_results_dir(wildcards, output):
+    """results/<dataset>, from the report rule's first output (tables/<name>.md)."""
+    return str(Path(output[0]).parent.parent)
 
 
 def as_json(section):

@@ -19,11 +19,12 @@ rule report_tables_figures:
         runs=f"{OUT}/runs",
         experiments=" ".join(EXPERIMENTS),
         methods=" ".join(METHODS),
-        out=OUT,
+        out=get_results_dir,
+        dataset=DATASET,
     log:
         f"{LOGS}/report.log",
     conda:
         "../envs/wsimil.yaml"
     shell:
         "wsimil report --runs {params.runs} --experiments {params.experiments} --methods {params.methods}"
-        " --dataset {DATASET} --out {params.out} 2> {log}"
+        " --dataset {params.dataset} --out {params.out} 2> {log}"

@@ -6,7 +6,7 @@ rule synth_sheet:
         f"{OUT}/data/slides.csv",
     params:
         synthetic=as_json("synthetic"),
-        out=f"{OUT}/data",
+        out=get_dataset_dir,
     log:
         f"{LOGS}/synth_sheet.log",
     conda:
@@ -22,7 +22,7 @@ rule synth_slide_normal:
         slide="|".join(s for s in SLIDES if s not in TUMOUR_SYNTH) or "^$",
     params:
         synthetic=as_json("synthetic"),
-        out=f"{OUT}/data",
+        out=get_dataset_dir,
     log:
         f"{LOGS}/synth/{{slide}}.log",
     benchmark:
@@ -41,7 +41,7 @@ rule synth_slide_tumour:
         slide="|".join(TUMOUR_SYNTH) or "^$",
     params:
         synthetic=as_json("synthetic"),
-        out=f"{OUT}/data",
+        out=get_dataset_dir,
     log:
         f"{LOGS}/synth/{{slide}}.log",
     benchmark:

@@ -123,3 +123,12 @@ def test_bad_config_stops_before_any_job(tmp_path):
     assert proc.returncode != 0
     assert "training.methods.1" in proc.stderr + proc.stdout and "allowed values" in proc.stderr + proc.stdout
     assert not (tmp_path / "results").exists()
+
+
+def test_snakemake_lint_is_clean(tmp_path):
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+         "--configfile", str(ROOT / "configs" / "ci.yaml"), "--lint"], capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0 and "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
