@@ -98,3 +98,43 @@ def test_train_and_write_produces_the_run_directory_contract(tmp_path):
             logit = model(pack([bags.features[0].half().float()], [0])).bag_logits
         assert abs(torch.sigmoid(logit).item() - pred["score"][0]) < 1e-4
     assert not list((tmp_path / "runs").glob(".*")), "temporary run directories left behind"
+
+
+def test_lookahead_moves_slow_weights_halfway_every_k_steps():
+    from wsimil.training.optim import Lookahead
+
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = Lookahead(torch.optim.SGD([w], lr=1.0), k=2, alpha=0.5)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[10], gamma=0.1)  # schedulers accept it
+    for _ in range(2):
+        opt.zero_grad()
+        (-w).sum().backward()  # gradient -1: each SGD step adds 1
+        opt.step()
+        sched.step()
+    assert w.item() == pytest.approx(1.0)  # fast weights reached 2, slow moved halfway from 0
+
+
+def test_early_stopping_and_multistep_schedule():
+    from wsimil.training.loop import EarlyStopping, make_optimizer, make_schedulers
+    from wsimil.models.base import get_method
+
+    stop = EarlyStopping(monitor="val_loss", patience=2, min_epochs=4)
+    losses = [1.0, 0.9, 0.95, 0.97, 0.99, 0.98]
+    stopped = [stop.step(e, {"val_loss": v}) for e, v in enumerate(losses)]
+    assert stopped == [False, False, False, True, True, True]
+    hp = get_method("abmil").hparams({"scheduler": "multistep", "lr_milestones": [2], "lr_gamma": 0.2, "lr": 1.0})
+    model = get_method("abmil").build(4, hp)
+    opt = make_optimizer(model, hp)
+    _, per_epoch = make_schedulers(opt, hp)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        per_epoch.step()
+    assert lrs == pytest.approx([1.0, 1.0, 0.2, 0.2])
+
+
+def test_early_stopping_ends_training_before_the_last_epoch():
+    bags = toy_bags(n=(20, 10, 4))
+    res = train(bags, "maxpool", 0, {"epochs": 50, "early_stopping": {"monitor": "val_loss", "patience": 1, "min_epochs": 2}})
+    assert 2 <= len(res.history) < 50

@@ -47,6 +47,10 @@ class MILModel(nn.Module):
     def forward(self, batch: MILBatch) -> MILOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def param_groups(self) -> list[list[nn.Parameter]]:
+        """Parameter groups, each with its own gradient-norm clipping (DTFD's two tiers); default: one."""
+        return [[p for p in self.parameters() if p.requires_grad]]
+
     def loss(self, out: MILOutput, batch: MILBatch) -> dict[str, Tensor]:
         """Losses of one batch; ``"loss"`` is what is minimised. Default: BCE on the bag logits."""
         bce = nn.functional.binary_cross_entropy_with_logits(out.bag_logits, batch.labels)
@@ -60,6 +64,13 @@ TRAIN_KEYS = (
     "optimizer", "lr", "weight_decay", "momentum", "nesterov", "betas", "lr_decay",
     "epochs", "bags_per_batch", "grad_clip", "scheduler", "selection",
 )  # fmt: skip
+
+# Training keys most methods leave at these values; a method's defaults may set them.
+OPTIONAL_TRAIN_DEFAULTS: dict[str, Any] = {
+    "lr_milestones": [],  # epochs at which scheduler "multistep" multiplies the lr by lr_gamma
+    "lr_gamma": 0.1,
+    "early_stopping": None,  # {"monitor": "val_loss", "patience": 20, "min_epochs": 50} (CLAM, TransMIL)
+}
 
 
 @dataclass(frozen=True)
@@ -80,7 +91,7 @@ class MethodSpec:
                 flat.update({f"model.{k}": v for k, v in value.items()})
             else:
                 flat[key] = value
-        allowed = list(TRAIN_KEYS) + [f"model.{k}" for k in sorted(hp["model"])]
+        allowed = list(TRAIN_KEYS) + list(OPTIONAL_TRAIN_DEFAULTS) + [f"model.{k}" for k in sorted(hp["model"])]
         for key, value in flat.items():
             if key not in allowed:
                 raise WsimilError(
@@ -108,6 +119,10 @@ def register_method(
     missing = set(TRAIN_KEYS) - set(defaults) - {"model"}
     if missing:
         raise ValueError(f"method {name}: defaults lack {sorted(missing)}")
+    unknown = set(defaults) - set(TRAIN_KEYS) - set(OPTIONAL_TRAIN_DEFAULTS) - {"model"}
+    if unknown:
+        raise ValueError(f"method {name}: unknown default keys {sorted(unknown)}")
+    defaults = {**copy.deepcopy(OPTIONAL_TRAIN_DEFAULTS), **defaults}
 
     def deco(builder: Callable[..., MILModel]) -> Callable[..., MILModel]:
         if name in METHODS:

@@ -50,9 +50,16 @@ def safe_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores))
 
 
-def make_optimizer(model: nn.Module, hp: dict[str, Any]) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(model: MILModel, hp: dict[str, Any]) -> torch.optim.Optimizer:
+    """One optimiser over the model's parameter groups (Adam state is per parameter, so one optimiser with
+    two groups steps exactly as two optimisers would)."""
+    params = [{"params": g} for g in model.param_groups()]
     name = hp["optimizer"]
+    if name == "lookahead_radam":  # TransMIL: Lookahead(RAdam), k=5, alpha=0.5
+        from wsimil.training.optim import Lookahead
+
+        inner = torch.optim.RAdam(params, lr=hp["lr"], betas=tuple(hp["betas"]), weight_decay=hp["weight_decay"])
+        return Lookahead(inner, k=5, alpha=0.5)
     if name == "adam":
         return torch.optim.Adam(params, lr=hp["lr"], betas=tuple(hp["betas"]), weight_decay=hp["weight_decay"])
     if name == "adamw":
@@ -61,7 +68,7 @@ def make_optimizer(model: nn.Module, hp: dict[str, Any]) -> torch.optim.Optimize
         return torch.optim.SGD(
             params, lr=hp["lr"], momentum=hp["momentum"], nesterov=bool(hp["nesterov"]), weight_decay=hp["weight_decay"]
         )
-    raise ValueError(f"unknown optimizer {name!r} (adam, adamw, sgd)")
+    raise ValueError(f"unknown optimizer {name!r} (adam, adamw, sgd, lookahead_radam)")
 
 
 def make_schedulers(opt: torch.optim.Optimizer, hp: dict[str, Any]):
@@ -73,8 +80,12 @@ def make_schedulers(opt: torch.optim.Optimizer, hp: dict[str, Any]):
     per_epoch = None
     if hp.get("scheduler") == "cosine":
         per_epoch = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(hp["epochs"]), eta_min=0.0)
+    elif hp.get("scheduler") == "multistep":
+        per_epoch = torch.optim.lr_scheduler.MultiStepLR(
+            opt, milestones=list(hp["lr_milestones"]), gamma=float(hp["lr_gamma"])
+        )
     elif hp.get("scheduler") not in (None, "none"):
-        raise ValueError(f"unknown scheduler {hp['scheduler']!r} (none, cosine)")
+        raise ValueError(f"unknown scheduler {hp['scheduler']!r} (none, cosine, multistep)")
     return per_step, per_epoch
 
 
@@ -119,6 +130,8 @@ def train(
     model = spec.build(bags.dim, hp).to(device)
     opt = make_optimizer(model, hp)
     per_step, per_epoch = make_schedulers(opt, hp)
+    groups = model.param_groups()
+    stopper = EarlyStopping(**hp["early_stopping"]) if hp.get("early_stopping") else None
     gen = torch.Generator().manual_seed(seed)
     train_idx, val_idx = bags.indices("train"), bags.indices("val")
     if len(train_idx) == 0:
@@ -144,7 +157,8 @@ def train(
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             if hp.get("grad_clip"):
-                nn.utils.clip_grad_norm_(model.parameters(), float(hp["grad_clip"]))
+                for group in groups:
+                    nn.utils.clip_grad_norm_(group, float(hp["grad_clip"]))
             opt.step()
             if per_step is not None:
                 per_step.step()
@@ -165,9 +179,35 @@ def train(
             best_state = copy.deepcopy(model.state_dict())
         if not all(math.isfinite(v) for k, v in row.items() if k.endswith("loss")):
             raise FloatingPointError(f"{method} seed {seed}: non-finite loss at epoch {epoch}: {row}")
+        if stopper is not None and len(val_idx) and stopper.step(epoch, row):
+            log.info("%s seed %d: early stop at epoch %d (%s)", method, seed, epoch, stopper)
+            break
     model.load_state_dict(best_state)
     model.eval()
     return TrainResult(model, hp, history, best_epoch, time.perf_counter() - t0)
+
+
+class EarlyStopping:
+    """CLAM / TransMIL early stopping: stop when ``monitor`` has not improved for ``patience`` epochs,
+    never before ``min_epochs`` (CLAM: patience 20, stop_epoch 50; TransMIL: val loss, patience 10)."""
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 20, min_epochs: int = 0):
+        if monitor not in ("val_loss", "val_auc"):
+            raise ValueError(f"early_stopping.monitor must be val_loss or val_auc, got {monitor!r}")
+        self.monitor, self.patience, self.min_epochs = monitor, int(patience), int(min_epochs)
+        self.best = -math.inf
+        self.bad_epochs = 0
+
+    def step(self, epoch: int, row: dict[str, float]) -> bool:
+        value = row[self.monitor] * (-1 if self.monitor == "val_loss" else 1)
+        if value > self.best:
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        return self.bad_epochs >= self.patience and epoch + 1 >= self.min_epochs
+
+    def __repr__(self) -> str:
+        return f"{self.monitor} not improved for {self.bad_epochs} epochs"
 
 
 def _selection_key(selection: str, row: dict[str, float]) -> tuple:
