@@ -109,3 +109,14 @@ def test_unknown_method_and_parameter_errors_list_the_choices():
     hp = get_method("focusmil").hparams({"lr": 0.5, "model": {"beta": 0.3}})
     assert hp["lr"] == 0.5 and hp["model"]["beta"] == 0.3
     assert get_method("focusmil").defaults["model"]["beta"] != 0.3  # defaults untouched
+
+
+def test_focusmil_ablations():
+    no_vib, bs1 = get_method("focusmil_no_vib"), get_method("focusmil_bs1")
+    assert no_vib.defaults["bags_per_batch"] > 1 and bs1.defaults["bags_per_batch"] == 1
+    assert bs1.defaults["model"]["variational"] and not no_vib.defaults["model"]["variational"]
+    torch.manual_seed(0)
+    model = no_vib.build(16).train()
+    batch = pack(_bags(), [1, 0, 1, 0])
+    torch.testing.assert_close(model(batch).bag_logits, model(batch).bag_logits)  # no sampling
+    assert set(model.loss(model(batch), batch)) == {"loss", "bce"}

@@ -47,7 +47,8 @@ FOCUSMIL_TOY_XFAIL = pytest.mark.xfail(
 )
 def test_every_method_learns_a_separable_mil_problem(method):
     bags = toy_bags(n=(100, 20, 40))
-    fast = {"maxpool": {"lr": 1e-3}, "meanpool": {"lr": 1e-3}, "focusmil": {"lr": 1e-3}, "minet": {"lr": 5e-3}}
+    fast = {"maxpool": {"lr": 1e-3}, "meanpool": {"lr": 1e-3}, "focusmil": {"lr": 1e-3}, "minet": {"lr": 5e-3},
+            "focusmil_no_vib": {"lr": 1e-3}, "focusmil_bs1": {"lr": 1e-3}}
     result = train(bags, method, seed=0, overrides={"epochs": 25, **fast.get(method, {})})
     from wsimil.training.loop import predict
 
@@ -138,3 +139,41 @@ def test_early_stopping_ends_training_before_the_last_epoch():
     bags = toy_bags(n=(20, 10, 4))
     res = train(bags, "maxpool", 0, {"epochs": 50, "early_stopping": {"monitor": "val_loss", "patience": 1, "min_epochs": 2}})
     assert 2 <= len(res.history) < 50
+
+
+def _sheet_with_features(tmp_path, n=6, dim=4):
+    from wsimil.training.data import load_bags  # noqa: F401  (imported by the callers)
+
+    rows = []
+    for i in range(n):
+        sid = f"s{i}"
+        write_features(tmp_path / f"{sid}.h5", np.ones((3, dim), np.float16) * i, np.zeros((3, 2), int))
+        rows.append({"slide_id": sid, "label": i % 2, "split": "train", "center": "0", "path": "", "annotation": ""})
+    return pd.DataFrame(rows)
+
+
+def test_bad_bags_stop_with_the_slide_named(tmp_path):
+    import h5py
+
+    from wsimil.io import WsimilError
+    from wsimil.training.data import load_bags
+
+    sheet = _sheet_with_features(tmp_path)
+    write_features(tmp_path / "s2.h5", np.ones((3, 5), np.float16), np.zeros((3, 2), int))
+    with pytest.raises(WsimilError, match=r"slide s2: .*feature dimension 5, expected 4"):
+        load_bags(sheet, tmp_path)
+    write_features(tmp_path / "s2.h5", np.full((3, 4), np.nan, np.float32), np.zeros((3, 2), int))
+    with pytest.raises(WsimilError, match=r"slide s2: .*NaN"):
+        load_bags(sheet, tmp_path)
+    (tmp_path / "s2.h5").unlink()
+    with pytest.raises(WsimilError, match=r"slide s2: feature file not found"):
+        load_bags(sheet, tmp_path)
+    bad_label = _sheet_with_features(tmp_path)
+    bad_label.loc[1, "label"] = 2
+    with pytest.raises(WsimilError, match=r"slide s1: label 2"):
+        load_bags(bad_label, tmp_path)
+    sheet = _sheet_with_features(tmp_path)
+    with h5py.File(tmp_path / "s3.h5", "w") as f:  # an empty bag: excluded with a warning, recorded
+        f.create_dataset("features", data=np.zeros((0, 4), np.float16))
+    bags = load_bags(sheet, tmp_path)
+    assert "s3" not in bags.slide_ids and "no patches" in bags.excluded["s3"] and len(bags.slide_ids) == 5

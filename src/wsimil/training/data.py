@@ -7,7 +7,8 @@ bags' instances plus a bag index (no padding).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +21,8 @@ from wsimil.features.store import read_features
 from wsimil.io import WsimilError
 from wsimil.models.base import MILBatch
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class BagSet:
@@ -29,6 +32,7 @@ class BagSet:
     labels: np.ndarray  # (S,) int
     splits: np.ndarray  # (S,) str
     features: list[Tensor]
+    excluded: dict[str, str] = field(default_factory=dict)  # slide id -> reason (empty bags)
 
     @property
     def dim(self) -> int:
@@ -40,17 +44,46 @@ class BagSet:
 
 
 def load_bags(sheet: pd.DataFrame, features_dir: str | os.PathLike) -> BagSet:
-    """Read ``<features_dir>/<slide_id>.h5`` for every slide of ``sheet`` (checked: shape, NaN, same D)."""
+    """Read ``<features_dir>/<slide_id>.h5`` for every slide of ``sheet`` (checked: shape, NaN, same D).
+
+    A slide without patches (an empty bag) is excluded with a warning and listed in ``BagSet.excluded``;
+    every other problem stops with an error naming the slide.
+    """
     features_dir = Path(features_dir)
     feats: list[Tensor] = []
+    keep: list[int] = []
+    excluded: dict[str, str] = {}
     dim = None
-    for sid in sheet["slide_id"]:
-        bag = read_features(features_dir / f"{sid}.h5", expected_dim=dim)
+    for i, (sid, label) in enumerate(zip(sheet["slide_id"], sheet["label"])):
+        if label not in (0, 1):
+            raise WsimilError(f"slide {sid}: label {label!r} is not 0 (normal) or 1 (tumour)")
+        path = features_dir / f"{sid}.h5"
+        if _is_empty(path):
+            excluded[sid] = f"no patches in {path}"
+            log.warning("slide %s excluded: %s", sid, excluded[sid])
+            continue
+        try:
+            bag = read_features(path, expected_dim=dim)
+        except WsimilError as exc:
+            raise WsimilError(f"slide {sid}: {exc}") from None
         dim = bag.features.shape[1]
         feats.append(torch.from_numpy(np.asarray(bag.features, dtype=np.float32)))
+        keep.append(i)
     if not feats:
-        raise WsimilError(f"no slides in the sample sheet for {features_dir}")
-    return BagSet(list(sheet["slide_id"]), sheet["label"].to_numpy(int), sheet["split"].to_numpy(str), feats)
+        raise WsimilError(f"no usable slides in the sample sheet for {features_dir}")
+    kept = sheet.iloc[keep]
+    return BagSet(list(kept["slide_id"]), kept["label"].to_numpy(int), kept["split"].to_numpy(str), feats, excluded)
+
+
+def _is_empty(path: Path) -> bool:
+    """True when a feature file exists and holds zero patches (other problems are left to read_features)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "features" in f and f["features"].shape[0] == 0
+    except OSError:
+        return False
 
 
 def pack(bags: Sequence[Tensor], labels: Sequence[float] | None = None) -> MILBatch:

@@ -73,7 +73,7 @@ def write_run(run_dir: str | os.PathLike, bags: BagSet, result: TrainResult, met
         write_json_atomic(tmp / "run.json", {
             **meta, "hparams": _plain(result.hparams), "best_epoch": result.best_epoch,
             "train_seconds": round(result.seconds, 3), "device": device, "versions": software_versions(),
-            "git_commit": git_commit(), "n_slides": {s: int((bags.splits == s).sum()) for s in ("train", "val", "test")},
+            "git_commit": git_commit(), "excluded_slides": bags.excluded, "n_slides": {s: int((bags.splits == s).sum()) for s in ("train", "val", "test")},
         })
         if run_dir.exists():
             shutil.rmtree(run_dir)
