@@ -54,6 +54,11 @@ def get_dataset_dir(wildcards, output):
     return str(first.parent if first.name == "slides.csv" else first.parent.parent)
 
 
+def get_milunit_dir(wildcards, output):
+    """The unit-test folder, from its slides.csv (the rule's first output)."""
+    return str(Path(output[0]).parent)
+
+
 def get_results_dir(wildcards, output):
     """results/<dataset>, from the report rule's first output (tables/<name>.md)."""
     return str(Path(output[0]).parent.parent)
@@ -87,8 +92,22 @@ def get_label(wildcards):
     return int(_ROWS.loc[wildcards.slide, "label"])
 
 
+MILUNIT = f"{OUT}/milunit/seed{config['milunit']['seed']}"
+
+
+def milunit_ids():
+    """Bag ids of the MIL unit test, as wsimil.datasets.milunit names them."""
+    return [f"{split}_{i:04d}" for split, n in config["milunit"]["bags"].items() for i in range(n)]
+
+
 def features_dir(experiment):
+    if experiment == "milunit":
+        return f"{MILUNIT}/features"
     return f"{FEATURES}/{POISON_TAG}" if experiment == "poison" else f"{FEATURES}/clean"
+
+
+def get_experiment_sheet(wildcards):
+    return f"{MILUNIT}/slides.csv" if wildcards.experiment == "milunit" else SHEET_PATH
 
 
 def get_features_dir(wildcards):
@@ -96,7 +115,8 @@ def get_features_dir(wildcards):
 
 
 def get_experiment_features(wildcards):
-    return expand("{dir}/{slide}.h5", dir=features_dir(wildcards.experiment), slide=SLIDES)
+    ids = milunit_ids() if wildcards.experiment == "milunit" else SLIDES
+    return expand("{dir}/{slide}.h5", dir=features_dir(wildcards.experiment), slide=ids)
 
 
 RUN_FILES = ["predictions.csv", "instance_scores.h5", "history.csv", "model.pt", "run.json"]

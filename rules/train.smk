@@ -5,7 +5,7 @@
 rule train:
     input:
         features=get_experiment_features,
-        sheet=SHEET_PATH,
+        sheet=get_experiment_sheet,
     output:
         [f"{OUT}/runs/{{experiment}}/{{method}}/seed{s}/{f}" for s in SEEDS for f in RUN_FILES],
     params:

@@ -54,6 +54,9 @@ def test_tables_figures_and_run_directories_exist(ci_run):
                     assert (run / name).is_file(), run / name
                 meta = json.loads((run / "run.json").read_text())
                 assert meta["method"] == method and meta["seed"] == seed and meta["experiment"] == exp
+    unit = pd.read_csv(out / "tables" / "milunit.csv")
+    assert list(unit["method"]) == ["maxpool", "abmil", "focusmil"]
+    assert unit["val_auc_mean"].between(0, 1).all() and unit["test_auc_mean"].between(0, 1).all()
     comp = pd.read_csv(out / "tables" / "poison_comparison.csv")
     assert set(comp.columns) >= {"method", "clean_slide_auc_mean", "poisoned_slide_auc_mean", "difference"}
     for fig in ("poison_comparison.png", "slide_auc.png"):

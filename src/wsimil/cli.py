@@ -86,6 +86,13 @@ def cmd_synth(args: argparse.Namespace) -> None:
     log.info("rendered %s into %s", ", ".join(args.slide) if args.slide else "every slide", args.out)
 
 
+def cmd_milunit(args: argparse.Namespace) -> None:
+    from wsimil.datasets.milunit import write
+
+    sheet = write(args.out, _section(args, "milunit"))
+    log.info("MIL unit test bags and sheet written to %s", sheet)
+
+
 def cmd_patch(args: argparse.Namespace) -> None:
     from wsimil.slides.patching import PatchingParams, run_patching
 
@@ -217,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--slide", action="append", help="render only this slide id (repeatable)")
     s.add_argument("--sheet-only", action="store_true", help="write slides.csv only, render nothing")
     s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("milunit", help="Raff & Holt's single-concept poison unit test as feature files + sheet")
+    _add_section_args(s, "milunit")
+    s.add_argument("--out", type=Path, required=True, help="folder for features/ and slides.csv")
+    s.set_defaults(func=cmd_milunit)
 
     s = sub.add_parser("patch", help="tissue mask + patch grid + tumour fraction of one slide -> patch HDF5")
     _add_section_args(s, "patching")
