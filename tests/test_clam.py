@@ -63,8 +63,8 @@ def test_total_loss_is_0_7_bag_plus_0_3_instance_on_a_hand_made_case(cls, instan
     torch.manual_seed(0)
     model = cls(in_dim=6, instance_loss=instance_loss).eval()
     with torch.no_grad():  # constant heads: every logit is its bias
-        bag_biases = {0: (0.4, -0.3), 1: (-0.2, 0.9)}  # class c's instance classifier
-        for c, (b0, b1) in bag_biases.items():
+        inst_biases = {0: (0.4, -0.3), 1: (-0.2, 0.9)}  # class c's instance classifier
+        for c, (b0, b1) in inst_biases.items():
             model.instance_classifiers[c].weight.zero_()
             model.instance_classifiers[c].bias.copy_(torch.tensor([b0, b1]))
         if cls is CLAMSB:
@@ -85,7 +85,7 @@ def test_total_loss_is_0_7_bag_plus_0_3_instance_on_a_hand_made_case(cls, instan
         if instance_loss == "svm":  # softplus(1 - margin)
             return (_softplus(1 - (b1 - b0)) + _softplus(1 - (b0 - b1))) / 2
         return (_softplus(-(b1 - b0)) + _softplus(b1 - b0)) / 2  # CE
-    instance = (inst(*bag_biases[1]) + inst(*bag_biases[0])) / 2
+    instance = (inst(*inst_biases[1]) + inst(*inst_biases[0])) / 2
     assert losses["bce"].item() == pytest.approx(bag, rel=1e-5)
     assert losses["instance"].item() == pytest.approx(instance, rel=1e-5)
     assert losses["loss"].item() == pytest.approx(0.7 * bag + 0.3 * instance, rel=1e-5)
@@ -103,7 +103,7 @@ def test_loss_recomputed_from_the_definition(cls):
         out = model(batch)
         losses = model.loss(out, batch)
         ce = F.cross_entropy(out.extras["class_logits"], torch.tensor(labels))
-        per_bag, start = [], 0
+        per_bag = []
         for b, y in zip(bags, labels):
             h = model.fc(b)
             a = model.attention(h)
@@ -112,7 +112,6 @@ def test_loss_recomputed_from_the_definition(cls):
             top, bottom = a.argsort(descending=True)[:k], a.argsort()[:k]
             logits = model.instance_classifiers[y](torch.cat([h[top], h[bottom]]))
             per_bag.append(smooth_top1_svm(logits, torch.tensor([1] * k + [0] * k)))
-            start += len(b)
         inst = torch.stack(per_bag).mean()
     torch.testing.assert_close(losses["bce"], ce)
     torch.testing.assert_close(losses["instance"], inst)
@@ -197,8 +196,18 @@ def test_registered_defaults_are_the_published_ones():
         CLAMSB(in_dim=4, instance_loss="hinge")
 
 
+@pytest.fixture
+def one_thread():
+    """One-slide steps are tiny matrix products: a second intra-op thread only adds synchronisation, which
+    on a loaded 2-core machine made this test take minutes instead of ~30 s."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("method", CLAMS)
-def test_clam_learns_a_separable_mil_problem(method):
+def test_clam_learns_a_separable_mil_problem(method, one_thread):
     bags = toy_bags(n=(100, 20, 40))
     result = train(bags, method, 0, {"epochs": 25, "early_stopping": None})
     test = bags.indices("test")

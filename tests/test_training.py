@@ -48,7 +48,12 @@ FOCUSMIL_TOY_XFAIL = pytest.mark.xfail(
 def test_every_method_learns_a_separable_mil_problem(method):
     bags = toy_bags(n=(100, 20, 40))
     fast = {"maxpool": {"lr": 1e-3}, "meanpool": {"lr": 1e-3}, "focusmil": {"lr": 1e-3}, "minet": {"lr": 5e-3},
-            "focusmil_no_vib": {"lr": 1e-3}, "focusmil_bs1": {"lr": 1e-3}}
+            "focusmil_no_vib": {"lr": 1e-3}, "focusmil_bs1": {"lr": 1e-3},
+            # published lr 1e-4 is too slow for this budget (dsmil: train AUC 0.67 after 25 epochs; causalmil:
+            # 128 bags per step = one step per epoch); tests/test_dsmil.py and test_causalmil.py keep the
+            # published settings as strict xfails
+            "dsmil": {"lr": 1e-2}, "causalmil": {"lr": 1e-3, "bags_per_batch": 8},
+            "clam_sb": {"early_stopping": None}, "clam_mb": {"early_stopping": None}}
     result = train(bags, method, seed=0, overrides={"epochs": 25, **fast.get(method, {})})
     from wsimil.training.loop import predict
 
