@@ -209,6 +209,18 @@ def test_eval_is_deterministic_batch_and_order_invariant(name):
     assert _sizes_of(a.extras["pseudo_bag"], 0, 4) == [4, 4, 3, 3]
 
 
+def test_eval_split_is_not_ordered_by_content():
+    """The eval split ranks instances by a projection, then permutes the ranks: pseudo-bags must not be
+    contiguous slices of that ranking (they would group similar instances)."""
+    model = DTFDMIL(in_dim=8).eval()
+    x = torch.randn(400, 8, generator=torch.Generator().manual_seed(0))
+    group = model.pseudo_bags(pack([x], [1]))
+    g = torch.Generator().manual_seed(model.eval_seed)
+    rank = torch.argsort(torch.argsort(x.double() @ torch.randn(8, generator=g, dtype=torch.float64)))
+    means = [rank[group == j].double().mean().item() for j in range(4)]
+    assert all(abs(m - 199.5) < 40 for m in means), means  # contiguous slices: 49.5, 149.5, 249.5, 349.5
+
+
 @pytest.mark.parametrize("distill", DISTILL)
 def test_tier2_input_is_what_the_official_code_distils(distill):
     torch.manual_seed(0)

@@ -50,6 +50,7 @@ from wsimil.models.base import MILBatch, MILModel, MILOutput, register_method
 from wsimil.models.ops import segment_argmax, segment_count, segment_mean, segment_softmax, segment_sum
 
 DISTILL = ("maxs", "maxmins", "afs", "mas")
+_PROJECTION_ROWS = 65_536  # rows per float64 chunk of the eval-split projection (bounded memory)
 
 
 def array_split_chunk(pos: Tensor, n: Tensor, m: int) -> Tensor:
@@ -133,7 +134,8 @@ class DTFDMIL(MILModel):
         else:
             g = torch.Generator().manual_seed(self.eval_seed)
             direction = torch.randn(x.shape[1], generator=g, dtype=torch.float64).to(x.device)
-            rank = rank_within_bag(x.double() @ direction, idx, n_bags)
+            proj = torch.cat([c.double() @ direction for c in x.split(_PROJECTION_ROWS)])  # float64: no near-ties
+            rank = rank_within_bag(proj, idx, n_bags)
             perms = {}
             for n in counts.unique().tolist():
                 perms[n] = torch.randperm(n, generator=torch.Generator().manual_seed(self.eval_seed + n))
