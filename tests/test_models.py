@@ -63,7 +63,10 @@ def test_output_shapes_and_bag_alone_equals_bag_in_batch(method):
             start += len(b)
 
 
-@pytest.mark.parametrize("method", METHODS)
+ORDER_DEPENDENT = {"transmil"}  # PPEG is a positional encoding: order matters by design (tests/test_transmil.py)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ORDER_DEPENDENT])
 def test_instance_order_does_not_change_the_bag_score(method):
     torch.manual_seed(0)
     model = get_method(method).build(16).eval()

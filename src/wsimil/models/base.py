@@ -147,4 +147,4 @@ def list_methods() -> list[str]:
 
 def _load_all() -> None:
     # Importing the family modules runs their @register_method decorators.
-    from wsimil.models import abmil, causalmil, clam, dsmil, dtfd, focusmil, maxpool  # noqa: F401
+    from wsimil.models import abmil, causalmil, clam, dsmil, dtfd, focusmil, maxpool, transmil  # noqa: F401

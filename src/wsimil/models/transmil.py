@@ -1,7 +1,9 @@
 """TransMIL (Shao et al., NeurIPS 2021): a two-layer Nystrom transformer over a slide's patch sequence.
 
-Follows ``szc19990412/TransMIL`` ``models/TransMIL.py`` (commit 0db1535) and the attention it imports,
-``lucidrains/nystrom-attention`` ``nystrom_attention/nystrom_attention.py``:
+Follows ``szc19990412/TransMIL`` ``models/TransMIL.py`` (commit 0db1535; "TransMIL.py line n" below) and the
+attention it imports, ``lucidrains/nystrom-attention`` ``nystrom_attention/nystrom_attention.py`` (0.0.14,
+commit fbe9eba; "nystrom_attention.py line n"). Checked against both: with the same seed this module builds the
+same weights and gives the same logits (tests/test_transmil.py holds the official numbers):
 
     x (n, d) -> Linear(d, 512) + ReLU -> pad to S*S tokens by repeating the first ones, S = ceil(sqrt(n))
     -> [class token; tokens] -> TransLayer -> PPEG (S x S grid) -> TransLayer -> LayerNorm -> Linear(512, 2)
@@ -38,7 +40,7 @@ from wsimil.models.base import MILBatch, MILModel, MILOutput, register_method
 
 def square_pad(h: Tensor) -> tuple[Tensor, int]:
     """Pad a sequence (n, D) to S*S tokens, S = ceil(sqrt(n)), by appending copies of its first S*S - n
-    tokens (TransMIL.py ``forward``, "---->pad"). Returns ((S*S, D), S)."""
+    tokens (TransMIL.py lines 65-69). Returns ((S*S, D), S)."""
     n = h.shape[0]
     if n == 0:
         raise ValueError("TransMIL needs at least one instance per bag")
@@ -48,7 +50,7 @@ def square_pad(h: Tensor) -> tuple[Tensor, int]:
 
 def moore_penrose_pinv(x: Tensor, iters: int = 6) -> Tensor:
     """Iterative Moore-Penrose pseudo-inverse of (..., m, m) (Nystromformer eq. 16; nystrom_attention.py
-    ``moore_penrose_iter_pinv``). The initial scale is the max absolute row sum times the max absolute
+    lines 13-27). The initial scale is the max absolute row sum times the max absolute
     column sum over the *whole* tensor, i.e. over all heads of a sequence, as the official code does."""
     scale = x.abs().sum(dim=-1).amax() * x.abs().sum(dim=-2).amax()
     z = x.transpose(-1, -2) / scale
@@ -62,7 +64,7 @@ def moore_penrose_pinv(x: Tensor, iters: int = 6) -> Tensor:
 class NystromAttention(nn.Module):
     """Nystrom self-attention of one sequence: (n, dim) -> (n, dim).
 
-    As ``nystrom_attention.py`` (``NystromAttention.forward``): the sequence is zero-padded on the LEFT to a
+    As nystrom_attention.py lines 67-152: the sequence is zero-padded on the LEFT to a
     multiple of ``num_landmarks`` (the zero tokens stay in as keys and values: q = k = v = 0 there, since
     ``to_qkv`` has no bias); landmarks are means of ``ceil(n / m)`` consecutive (scaled) queries / keys;
     out = softmax(Q K_l^T) pinv(softmax(Q_l K_l^T)) (softmax(Q_l K^T) V) + depthwise conv of V along the
@@ -86,6 +88,8 @@ class NystromAttention(nn.Module):
         legacy_output_slice: bool = False,
     ):
         super().__init__()
+        if residual_kernel < 0 or (residual_kernel and residual_kernel % 2 == 0):
+            raise ValueError(f"residual_kernel must be odd (or 0 for none), got {residual_kernel}")
         self.heads, self.dim_head, self.num_landmarks = heads, dim_head, num_landmarks
         self.pinv_iterations, self.legacy_output_slice = pinv_iterations, legacy_output_slice
         self.scale = dim_head**-0.5
@@ -108,23 +112,23 @@ class NystromAttention(nn.Module):
         """
         n, m, h, d = x.shape[0], self.num_landmarks, self.heads, self.dim_head
         pad = (-n) % m
-        x = F.pad(x, (0, 0, pad, 0))  # (L, dim), L = n + pad = m * ceil(n / m), zeros first
+        x = F.pad(x, (0, 0, pad, 0))  # (L, dim), L = n + pad = m * ceil(n / m), zeros first (lines 72-75)
         length = n + pad
         q, k, v = (t.reshape(length, h, d).transpose(0, 1) for t in self.to_qkv(x).chunk(3, dim=-1))  # (h, L, d)
-        q = q * self.scale
+        q = q * self.scale  # line 91
         group = length // m  # = ceil(n / m) tokens per landmark
-        q_land = q.reshape(h, m, group, d).mean(dim=2)  # (h, m, d)
+        q_land = q.reshape(h, m, group, d).mean(dim=2)  # (h, m, d): sum over the group / group (lines 93-111)
         k_land = k.reshape(h, m, group, d).mean(dim=2)
         attn1 = torch.softmax(q @ k_land.transpose(-1, -2), dim=-1)  # (h, L, m)
         attn2 = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-1)  # (h, m, m)
         attn3 = torch.softmax(q_land @ k.transpose(-1, -2), dim=-1)  # (h, m, L)
-        attn2_inv = moore_penrose_pinv(attn2, self.pinv_iterations)
-        out = (attn1 @ attn2_inv) @ (attn3 @ v)  # (h, L, d)
+        attn2_inv = moore_penrose_pinv(attn2, self.pinv_iterations)  # lines 130-131
+        out = (attn1 @ attn2_inv) @ (attn3 @ v)  # (h, L, d), line 133
         if self.res_conv is not None:
-            out = out + self.res_conv(v)  # unbatched Conv2d input: (C=h, H=L, W=d)
+            out = out + self.res_conv(v)  # unbatched Conv2d input: (C=h, H=L, W=d), lines 137-138
         out = self.to_out(out.transpose(0, 1).reshape(length, h * d))  # (L, dim)
         first = 0 if self.legacy_output_slice else pad
-        out = out[first : first + n]
+        out = out[first : first + n]  # line 144 (0.0.9: ``out[:, :n]``)
         row = None
         if query is not None:
             r = first + query
@@ -134,7 +138,7 @@ class NystromAttention(nn.Module):
 
 
 class TransLayer(nn.Module):
-    """Pre-norm residual Nystrom attention, no feed-forward block (TransMIL.py ``TransLayer``): (n, dim)."""
+    """Pre-norm residual Nystrom attention, no feed-forward block (TransMIL.py lines 8-26): (n, dim)."""
 
     def __init__(self, *, dim: int, **attention: object):
         super().__init__()
@@ -147,7 +151,7 @@ class TransLayer(nn.Module):
 
 
 class PPEG(nn.Module):
-    """Pyramid position encoding generator (TransMIL.py ``PPEG``): (1 + S*S, dim) -> same shape.
+    """Pyramid position encoding generator (TransMIL.py lines 29-43): (1 + S*S, dim) -> same shape.
 
     Tokens 1.. are laid out row-major on an S x S grid (token t at row t // S, column t % S); the grid becomes
     grid + dwconv7(grid) + dwconv5(grid) + dwconv3(grid); the class token (row 0) passes unchanged.
@@ -193,7 +197,7 @@ class TransMIL(MILModel):
             heads=heads, dim_head=dim_head, num_landmarks=num_landmarks, pinv_iterations=pinv_iterations,
             residual_kernel=residual_kernel, dropout=dropout, legacy_output_slice=legacy_output_slice,
         )  # fmt: skip
-        # Built in the official order (TransMIL.__init__) so that a seed initialises the same way.
+        # Built in the official order (TransMIL.py lines 49-56) so that a seed initialises the same way.
         self.pos_layer = PPEG(dim=hidden)
         self.fc1 = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU())
         self.cls_token = nn.Parameter(torch.randn(1, hidden))
@@ -206,11 +210,11 @@ class TransMIL(MILModel):
         """One bag x (n, in_dim) -> (two-class logits (2,), instance scores (n,))."""
         n = x.shape[0]
         h, side = square_pad(self.fc1(x))  # (S*S, hidden)
-        h = torch.cat([self.cls_token, h], dim=0)  # (1 + S*S, hidden)
-        h, _ = self.layer1(h)
-        h = self.pos_layer(h, side)
-        h, attn = self.layer2(h, query=0)  # attn (1 + S*S,): the class token's row
-        logits = self.fc2(self.norm(h[0]))  # LayerNorm is per token: norm(h)[0] == norm(h[0])
+        h = torch.cat([self.cls_token, h], dim=0)  # (1 + S*S, hidden), lines 71-74
+        h, _ = self.layer1(h)  # line 77
+        h = self.pos_layer(h, side)  # line 80
+        h, attn = self.layer2(h, query=0)  # line 83; attn (1 + S*S,): the class token's row
+        logits = self.fc2(self.norm(h[0]))  # lines 86-89; LayerNorm is per token: norm(h)[0] == norm(h[0])
         return logits, attn[1 : n + 1]  # first occurrences of the n instances
 
     def forward(self, batch: MILBatch) -> MILOutput:
