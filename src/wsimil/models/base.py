@@ -6,6 +6,7 @@ one logit per bag and one score per instance (the score a heatmap shows). Its lo
 
 from __future__ import annotations
 
+import abc
 import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -39,13 +40,14 @@ class MILOutput:
     extras: dict[str, Tensor] = field(default_factory=dict)
 
 
-class MILModel(nn.Module):
-    """Base class: subclasses implement ``forward`` and may extend ``loss``."""
+class MILModel(nn.Module, abc.ABC):
+    """Base class: subclasses implement ``forward`` and may extend ``loss`` and ``param_groups``."""
 
     name: ClassVar[str] = "base"
 
-    def forward(self, batch: MILBatch) -> MILOutput:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward(self, batch: MILBatch) -> MILOutput:
+        """Bag logits (B,) and instance scores (N,) of a packed batch."""
 
     def param_groups(self) -> list[list[nn.Parameter]]:
         """Parameter groups, each with its own gradient-norm clipping (DTFD's two tiers); default: one."""
