@@ -14,6 +14,7 @@ rule train:
         seeds=" ".join(map(str, SEEDS)),
         overrides=get_overrides,
         device=config["training"]["device"],
+        precision=config["training"]["precision"],
     threads: config["training"]["threads"]
     log:
         f"{LOGS}/train/{{experiment}}/{{method}}.log",
@@ -26,4 +27,4 @@ rule train:
     shell:
         "wsimil train --features {params.features} --slides {input.sheet:q} --method {wildcards.method}"
         " --seed {params.seeds} --out {params.out:q} --overrides {params.overrides:q}"
-        " --experiment {wildcards.experiment} --device {params.device} --threads {threads} --no-progress 2> {log}"
+        " --experiment {wildcards.experiment} --device {params.device} --precision {params.precision} --threads {threads} --no-progress 2> {log}"

@@ -185,6 +185,17 @@ def test_evaluate_run_writes_expected_metrics(tmp_path):
     assert read_metrics(run / "metrics.json")["patch_auc_tumour_slides"] == pytest.approx(exp_tumour)
 
 
+def test_evaluate_run_records_the_slides_training_excluded(tmp_path):
+    run, feats = _fake_run(tmp_path)
+    assert evaluate_run(run, feats, n_boot=10)["n_excluded_slides"] == 0
+    info = json.loads((run / "run.json").read_text())
+    info["excluded_slides"] = {"tr_empty": "no patches in features/tr_empty.h5"}
+    (run / "run.json").write_text(json.dumps(info))
+    on_disk = json.loads((evaluate_run(run, feats, n_boot=10) and run / "metrics.json").read_text())
+    assert on_disk["n_excluded_slides"] == 1
+    assert on_disk["excluded_slides_note"] == "tr_empty: no patches in features/tr_empty.h5"
+
+
 def test_evaluate_run_without_tumor_fraction_skips_patch_metrics(tmp_path):
     run, feats = _fake_run(tmp_path, tumor_fraction=False)
     m = evaluate_run(run, feats, n_boot=50)

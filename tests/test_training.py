@@ -173,6 +173,9 @@ def test_bad_bags_stop_with_the_slide_named(tmp_path):
     write_features(tmp_path / "s2.h5", np.full((3, 4), np.nan, np.float32), np.zeros((3, 2), int))
     with pytest.raises(WsimilError, match=r"slide s2: .*NaN"):
         load_bags(sheet, tmp_path)
+    write_features(tmp_path / "s2.h5", np.full((3, 4), np.inf, np.float32), np.zeros((3, 2), int))
+    with pytest.raises(WsimilError, match=r"slide s2: .*infinite"):
+        load_bags(sheet, tmp_path)
     (tmp_path / "s2.h5").unlink()
     with pytest.raises(WsimilError, match=r"slide s2: feature file not found"):
         load_bags(sheet, tmp_path)

@@ -162,7 +162,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     train_and_write(read_sheet(args.slides), args.features, args.method, seeds, outs, overrides, device=device,
-                    meta={"experiment": args.experiment, "sheet": str(args.slides)}, progress=not args.no_progress)
+                    meta={"experiment": args.experiment, "sheet": str(args.slides)}, progress=not args.no_progress,
+                    precision=args.precision)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -268,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overrides", help="overrides as JSON (what the rules pass)")
     s.add_argument("--experiment", default="adhoc", help="experiment name recorded in run.json")
     s.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                   help="training forward passes in fp32 (the reference) or under bfloat16 autocast; auto = bf16 "
+                        "where the device runs it natively (AVX512-BF16/AMX CPUs, Ampere+ GPUs)")
     s.add_argument("--threads", type=int)
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_train)

@@ -16,6 +16,8 @@ files. Writes ``metrics.json`` beside them, atomically.
   slides (label 1) — the FocusMIL / DTFD localisation protocol; ``patch_*_all_slides``: the same over all of
   the split's slides (normal slides add only negatives).
 - ``patch_metrics_skipped_reason``: null, or why the patch metrics are null (no ``tumor_fraction``).
+- ``n_excluded_slides``, ``excluded_slides_note``: slides the training run left out (empty bags), from
+  ``run.json``, with the reason of each.
 
 A NaN is written as JSON ``null`` (strict JSON, readable by any tool); :func:`read_metrics` turns it back
 into NaN.
@@ -143,6 +145,9 @@ def _run_identity(run_dir: Path) -> dict[str, Any]:
         except (OSError, ValueError) as exc:
             raise WsimilError(f"cannot read {run_json}: {exc}") from exc
         from_file = {k: info[k] for k in ("method", "seed", "experiment") if k in info}
+        excluded = info.get("excluded_slides") or {}  # empty bags left out of training and scoring
+        from_file["n_excluded_slides"] = len(excluded)
+        from_file["excluded_slides_note"] = "; ".join(f"{k}: {v}" for k, v in sorted(excluded.items())) or None
     ident = {**from_path, **from_file}
     missing = [k for k in ("method", "seed", "experiment") if k not in ident]
     if missing:

@@ -114,9 +114,9 @@ class CausalMIL(MILModel):
         return MILOutput(bag_logits=logits[top], instance_scores=logits, extras=extras)
 
     def loss(self, out: MILOutput, batch: MILBatch) -> dict[str, Tensor]:
-        e = out.extras
+        e = {k: v.float() if v.is_floating_point() else v for k, v in out.extras.items()}  # bf16 autocast
         bce = nn.functional.binary_cross_entropy_with_logits(out.bag_logits, batch.labels)
-        recon = nn.functional.mse_loss(e["recon"], batch.x[e["max_index"]])  # mean over B x D
+        recon = nn.functional.mse_loss(e["recon"], batch.x[e["max_index"]].float())  # mean over B x D
         kl_prior = gaussian_kl(e["prior_mu"], e["prior_logvar"]).sum(-1).mean()  # KL(p(z|u) || N(0, 1))
         post = (e["mu_max"], e["logvar_max"], e["prior_mu"], e["prior_logvar"])
         if self.kl_estimator == "sample" and self.training:  # the original: log q(z) - log p(z) at the sample

@@ -49,7 +49,7 @@ def smooth_top1_svm(scores: Tensor, target: Tensor, *, alpha: float = 1.0, tau: 
                          f"and {tuple(target.shape)}")
     if scores.shape[0] == 0:
         return scores.sum() * 0.0
-    target = target.long()
+    target, scores = target.long(), scores.float()
     off_target = torch.ones_like(scores)
     off_target.scatter_(1, target[:, None], 0.0)  # [j != y]
     augmented = scores + alpha * off_target - scores.gather(1, target[:, None])  # (n, C), 0 at y

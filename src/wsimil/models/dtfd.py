@@ -158,7 +158,8 @@ class DTFDMIL(MILModel):
         weighted = a.unsqueeze(-1) * h  # (N, 512) tattFeats = a_k h_k
         pooled = segment_sum(weighted, group, n_groups)  # (G, 512) tattFeat_tensor
         logits1 = self.classifier1(self.dropout1(pooled))  # (G, 2)
-        cam = weighted @ self.classifier1.weight.T  # (N, 2) get_cam_1d: W_c . (a_k h_k), no bias
+        with torch.autocast(h.device.type, enabled=False):  # float32 under bf16 autocast: cam1 - cam0 cancels
+            cam = weighted.float() @ self.classifier1.weight.T  # (N, 2) get_cam_1d: W_c . (a_k h_k), no bias
         cam_diff = cam[:, 1] - cam[:, 0]  # softmax(cam)[:, 1] = sigmoid(cam_diff): same ranking
         inst_prob = torch.sigmoid(cam_diff)
 

@@ -46,7 +46,7 @@ class FocusMIL(MILModel):
         bce = nn.functional.binary_cross_entropy_with_logits(out.bag_logits, batch.labels)
         if not self.variational:
             return {"loss": bce, "bce": bce}
-        kl = gaussian_kl(out.extras["mu"], out.extras["logvar"]).mean()
+        kl = gaussian_kl(out.extras["mu"].float(), out.extras["logvar"].float()).mean()
         return {"loss": bce + self.beta * kl, "bce": bce, "kl": kl}
 
 

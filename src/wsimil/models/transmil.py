@@ -51,7 +51,13 @@ def square_pad(h: Tensor) -> tuple[Tensor, int]:
 def moore_penrose_pinv(x: Tensor, iters: int = 6) -> Tensor:
     """Iterative Moore-Penrose pseudo-inverse of (..., m, m) (Nystromformer eq. 16; nystrom_attention.py
     lines 13-27). The initial scale is the max absolute row sum times the max absolute
-    column sum over the *whole* tensor, i.e. over all heads of a sequence, as the official code does."""
+    column sum over the *whole* tensor, i.e. over all heads of a sequence, as the official code does.
+    Always float32 (autocast off): the Newton-Schulz iteration diverges in bfloat16."""
+    with torch.autocast(x.device.type, enabled=False):
+        return _pinv(x.float() if x.dtype in (torch.bfloat16, torch.float16) else x, iters)
+
+
+def _pinv(x: Tensor, iters: int) -> Tensor:
     scale = x.abs().sum(dim=-1).amax() * x.abs().sum(dim=-2).amax()
     z = x.transpose(-1, -2) / scale
     eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
@@ -119,9 +125,10 @@ class NystromAttention(nn.Module):
         group = length // m  # = ceil(n / m) tokens per landmark
         q_land = q.reshape(h, m, group, d).mean(dim=2)  # (h, m, d): sum over the group / group (lines 93-111)
         k_land = k.reshape(h, m, group, d).mean(dim=2)
-        attn1 = torch.softmax(q @ k_land.transpose(-1, -2), dim=-1)  # (h, L, m)
-        attn2 = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-1)  # (h, m, m)
-        attn3 = torch.softmax(q_land @ k.transpose(-1, -2), dim=-1)  # (h, m, L)
+        # softmaxes in float32 (a no-op in fp32; under bf16 autocast the products stay bf16)
+        attn1 = torch.softmax(q @ k_land.transpose(-1, -2), dim=-1, dtype=torch.float32)  # (h, L, m)
+        attn2 = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-1, dtype=torch.float32)  # (h, m, m)
+        attn3 = torch.softmax(q_land @ k.transpose(-1, -2), dim=-1, dtype=torch.float32)  # (h, m, L)
         attn2_inv = moore_penrose_pinv(attn2, self.pinv_iterations)  # lines 130-131
         out = (attn1 @ attn2_inv) @ (attn3 @ v)  # (h, L, d), line 133
         if self.res_conv is not None:

@@ -1,7 +1,8 @@
 """Bags in memory and packed batches.
 
-All feature files of a run are read once into float32 tensors; a batch is the concatenation of several
-bags' instances plus a bag index (no padding).
+All feature files of a run are read once and kept in their stored dtype (float16 halves the memory: the
+270 CAMELYON16 training slides at 1024-d take 4.4 GB, not 8.8 GB); a batch is the concatenation of several
+bags' instances, converted to float32 in the same copy, plus a bag index (no padding).
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def load_bags(sheet: pd.DataFrame, features_dir: str | os.PathLike) -> BagSet:
         except WsimilError as exc:
             raise WsimilError(f"slide {sid}: {exc}") from None
         dim = bag.features.shape[1]
-        feats.append(torch.from_numpy(np.asarray(bag.features, dtype=np.float32)))
+        keep_dtype = bag.features.dtype if bag.features.dtype in (np.float16, np.float32) else np.float32
+        feats.append(torch.from_numpy(np.ascontiguousarray(bag.features, dtype=keep_dtype)))
         keep.append(i)
     if not feats:
         raise WsimilError(f"no usable slides in the sample sheet for {features_dir}")
@@ -87,8 +89,10 @@ def _is_empty(path: Path) -> bool:
 
 
 def pack(bags: Sequence[Tensor], labels: Sequence[float] | None = None) -> MILBatch:
-    """Concatenate bags (N_i, D) into one batch: x (sum N_i, D), bag_index (sum N_i,)."""
-    x = torch.cat(list(bags), dim=0)
+    """Concatenate bags (N_i, D) into one batch: x (sum N_i, D) float32, bag_index (sum N_i,)."""
+    bags = list(bags)
+    x = torch.empty((sum(len(b) for b in bags), bags[0].shape[1]), dtype=torch.float32)
+    torch.cat(bags, dim=0, out=x)  # float16 storage -> float32 in the one copy
     sizes = torch.tensor([len(b) for b in bags])
     bag_index = torch.repeat_interleave(torch.arange(len(bags)), sizes)
     y = None if labels is None else torch.as_tensor(np.asarray(labels, dtype=np.float32))

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
-from torch import nn
+from torch import Tensor, nn
 
 from wsimil.models.base import MILModel, get_method
 from wsimil.training.data import BagSet, batches_by_size, pack
@@ -40,6 +40,7 @@ class TrainResult:
     history: list[dict[str, float]]
     best_epoch: int
     seconds: float
+    precision: str = "fp32"
 
 
 def safe_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -91,7 +92,8 @@ def make_schedulers(opt: torch.optim.Optimizer, hp: dict[str, Any]):
 
 @torch.inference_mode()
 def predict(model: MILModel, bags: BagSet, indices: Sequence[int], device: str = "cpu") -> Prediction:
-    """Score bags in eval mode, many bags per forward pass (the result does not depend on the grouping)."""
+    """Score bags in eval mode and float32, many bags per forward pass (the result does not depend on the
+    grouping)."""
     model.eval()
     indices = np.asarray(indices, dtype=int)
     logits = np.zeros(len(indices), dtype=np.float64)
@@ -114,6 +116,48 @@ def predict(model: MILModel, bags: BagSet, indices: Sequence[int], device: str =
     return Prediction(indices, logits, probs, inst, loss)
 
 
+def train_epoch(
+    model: MILModel,
+    bags: BagSet,
+    order: np.ndarray,
+    opt: torch.optim.Optimizer,
+    hp: dict[str, Any],
+    per_step: Any = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+) -> tuple[dict[str, float], np.ndarray]:
+    """One pass over the bags ``order`` in steps of ``hp["bags_per_batch"]`` bags.
+
+    Returns the mean of each loss term over the bags and the bag logits (len(order),) of the training
+    forward passes themselves (train mode, as the official loops report training metrics): the epoch runs
+    every bag forward once, never a second time for metrics.
+    """
+    model.train()
+    bpb = max(1, int(hp["bags_per_batch"]))
+    clip = float(hp["grad_clip"]) if hp.get("grad_clip") else None
+    groups = model.param_groups() if clip else []
+    sums: dict[str, Tensor] = {}
+    logits: list[Tensor] = []
+    for start in range(0, len(order), bpb):
+        idx = order[start : start + bpb]
+        batch = pack([bags.features[i] for i in idx], bags.labels[idx]).to(device)
+        with autocast(device, precision):  # the loss too: CLAM's instance classifiers run inside it
+            out = model(batch)
+            losses = model.loss(out, batch)
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        for group in groups:
+            nn.utils.clip_grad_norm_(group, clip)
+        opt.step()
+        if per_step is not None:
+            per_step.step()
+        for k, v in losses.items():  # summed on the device: no synchronisation per step
+            sums[k] = sums.get(k, 0.0) + v.detach().float() * len(idx)
+        logits.append(out.bag_logits.detach().float())
+    means = {k: float(v) / len(order) for k, v in sums.items()}
+    return means, torch.cat(logits).cpu().double().numpy()
+
+
 def train(
     bags: BagSet,
     method: str,
@@ -121,23 +165,27 @@ def train(
     overrides: dict[str, Any] | None = None,
     device: str = "cpu",
     progress: bool = False,
+    precision: str = "fp32",
 ) -> TrainResult:
-    """Train ``method`` on the ``train`` split, select the epoch on ``val``; returns the selected model."""
+    """Train ``method`` on the ``train`` split, select the epoch on ``val``; returns the selected model.
+
+    ``precision`` ``"bf16"`` runs the training forward passes under bfloat16 autocast (weights, gradients
+    and optimiser state stay float32); scores for validation and outputs are always computed in float32.
+    """
     spec = get_method(method)
     hp = spec.hparams(overrides)
+    precision = resolve_precision(precision, device)
     torch.manual_seed(seed)
     np.random.seed(seed)
     model = spec.build(bags.dim, hp).to(device)
     opt = make_optimizer(model, hp)
     per_step, per_epoch = make_schedulers(opt, hp)
-    groups = model.param_groups()
     stopper = EarlyStopping(**hp["early_stopping"]) if hp.get("early_stopping") else None
     gen = torch.Generator().manual_seed(seed)
     train_idx, val_idx = bags.indices("train"), bags.indices("val")
     if len(train_idx) == 0:
         raise ValueError("the sample sheet has no 'train' slides")
     selection = hp["selection"] if len(val_idx) else "last"
-    bpb = max(1, int(hp["bags_per_batch"]))
     history: list[dict[str, float]] = []
     best_key, best_state, best_epoch = None, None, -1
     t0 = time.perf_counter()
@@ -147,28 +195,12 @@ def train(
 
         epochs = tqdm(epochs, desc=f"{method} seed {seed}", unit="epoch", leave=False)
     for epoch in epochs:
-        model.train()
         order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
-        sums: dict[str, float] = {}
-        for start in range(0, len(order), bpb):
-            idx = order[start : start + bpb]
-            batch = pack([bags.features[i] for i in idx], bags.labels[idx]).to(device)
-            losses = model.loss(model(batch), batch)
-            opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            if hp.get("grad_clip"):
-                for group in groups:
-                    nn.utils.clip_grad_norm_(group, float(hp["grad_clip"]))
-            opt.step()
-            if per_step is not None:
-                per_step.step()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
+        means, train_logits = train_epoch(model, bags, order, opt, hp, per_step, device, precision)
         if per_epoch is not None:
             per_epoch.step()
-        tr = predict(model, bags, train_idx, device)
-        row = {"epoch": epoch, **{f"train_{k}": v / len(order) for k, v in sums.items()},
-               "train_auc": safe_auc(bags.labels[train_idx], tr.probs)}
+        row = {"epoch": epoch, **{f"train_{k}": v for k, v in means.items()},
+               "train_auc": safe_auc(bags.labels[order], train_logits)}
         if len(val_idx):
             va = predict(model, bags, val_idx, device)
             row.update(val_loss=va.loss, val_auc=safe_auc(bags.labels[val_idx], va.probs))
@@ -184,7 +216,33 @@ def train(
             break
     model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(model, hp, history, best_epoch, time.perf_counter() - t0)
+    return TrainResult(model, hp, history, best_epoch, time.perf_counter() - t0, precision)
+
+
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def bf16_native(device: str) -> bool:
+    """True where bfloat16 matmuls run natively: CUDA GPUs with bf16 (Ampere+), CPUs with AVX512-BF16 or AMX."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``fp32`` | ``bf16`` | ``auto`` (bf16 where native, else fp32) -> ``fp32`` | ``bf16``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
+    if precision == "auto":
+        return "bf16" if bf16_native(device) else "fp32"
+    if precision == "bf16" and not bf16_native(device):
+        log.warning("precision bf16 on %s without native bfloat16 support: emulated, likely slower than fp32", device)
+    return precision
+
+
+def autocast(device: str, precision: str) -> torch.autocast:
+    """bfloat16 autocast for ``precision == "bf16"``, a disabled context otherwise."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 class EarlyStopping:

@@ -72,7 +72,7 @@ def write_run(run_dir: str | os.PathLike, bags: BagSet, result: TrainResult, met
         }, tmp / "model.pt")
         write_json_atomic(tmp / "run.json", {
             **meta, "hparams": _plain(result.hparams), "best_epoch": result.best_epoch,
-            "train_seconds": round(result.seconds, 3), "device": device, "versions": software_versions(),
+            "train_seconds": round(result.seconds, 3), "device": device, "precision": result.precision, "versions": software_versions(),
             "git_commit": git_commit(), "excluded_slides": bags.excluded, "n_slides": {s: int((bags.splits == s).sum()) for s in ("train", "val", "test")},
         })
         if run_dir.exists():
@@ -95,12 +95,12 @@ def load_model(path: str | os.PathLike):
 def train_and_write(
     sheet: pd.DataFrame, features_dir: str | os.PathLike, method: str, seeds: list[int], out_dirs: list[Path],
     overrides: dict[str, Any] | None = None, device: str = "cpu", meta: dict[str, Any] | None = None,
-    progress: bool = True,
+    progress: bool = True, precision: str = "fp32",
 ) -> None:
     """Load the bags once, then train and write one run per seed."""
     bags = load_bags(sheet, features_dir)
     for seed, out in zip(seeds, out_dirs):
-        result = train(bags, method, seed, overrides, device=device, progress=progress)
+        result = train(bags, method, seed, overrides, device=device, progress=progress, precision=precision)
         best = result.history[result.best_epoch]
         log.info("%s seed %d: %d epochs in %.1f s, selected epoch %d (val AUC %.3f, val loss %.3f) -> %s", method,
                  seed, len(result.history), result.seconds, result.best_epoch, best.get("val_auc", float("nan")),
