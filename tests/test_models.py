@@ -113,3 +113,27 @@ def test_focusmil_ablations():
     batch = pack(_bags(), [1, 0, 1, 0])
     torch.testing.assert_close(model(batch).bag_logits, model(batch).bag_logits)  # no sampling
     assert set(model.loss(model(batch), batch)) == {"loss", "bce"}
+
+
+def test_dropout_keeps_each_element_with_probability_1_minus_p_and_scales():
+    """models.layers.Dropout (the cheaper CPU mask) has nn.Dropout's distribution and contract."""
+    from torch import nn
+
+    from wsimil.models.layers import Dropout
+
+    x = torch.ones(400, 1000, requires_grad=True)
+    for p in (0.25, 0.5, 0.1):
+        torch.manual_seed(0)
+        y = Dropout(p).train()(x)
+        kept = (y != 0).float()
+        assert kept.mean().item() == pytest.approx(1 - p, abs=3e-3)  # 400k draws: sd 7e-4
+        assert kept.mean(0).std().item() == pytest.approx((p * (1 - p) / 400) ** 0.5, rel=0.1)  # independent
+        assert torch.allclose(y[y != 0], torch.tensor(1 / (1 - p)), rtol=1e-4)
+        (g,) = torch.autograd.grad(y.sum(), x)
+        assert torch.equal(g, y.detach())  # d(x * mask / keep)/dx = mask / keep
+    torch.manual_seed(3)
+    a = Dropout(0.25).train()(x)
+    torch.manual_seed(3)
+    assert torch.equal(a, Dropout(0.25).train()(x))  # the torch generator makes it reproducible
+    assert torch.equal(Dropout(0.25).eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)
+    assert Dropout(0.3).state_dict() == nn.Dropout(0.3).state_dict() == {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from wsimil.models.base import MILBatch, MILModel, MILOutput, register_method
+from wsimil.models.layers import Dropout
 from wsimil.models.ops import segment_softmax, segment_sum
 
 
@@ -19,8 +20,8 @@ class GatedAttention(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, dropout: float = 0.0):
         super().__init__()
-        self.a = nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh(), nn.Dropout(dropout))
-        self.b = nn.Sequential(nn.Linear(in_dim, hidden), nn.Sigmoid(), nn.Dropout(dropout))
+        self.a = nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh(), Dropout(dropout))
+        self.b = nn.Sequential(nn.Linear(in_dim, hidden), nn.Sigmoid(), Dropout(dropout))
         self.c = nn.Linear(hidden, 1)
 
     def forward(self, h):
@@ -32,7 +33,7 @@ class ABMIL(MILModel):
 
     def __init__(self, *, in_dim: int, hidden: int = 512, attention_hidden: int = 256, dropout: float = 0.25):
         super().__init__()
-        self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), Dropout(dropout))
         self.attention = GatedAttention(hidden, attention_hidden, dropout)
         self.classifier = nn.Linear(hidden, 1)
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from wsimil.models.abmil import GatedAttention
 from wsimil.models.base import MILBatch, MILModel, MILOutput, register_method
+from wsimil.models.layers import Dropout
 from wsimil.models.ops import segment_softmax, segment_sum
 
 INSTANCE_LOSSES = ("svm", "ce")
@@ -109,7 +110,7 @@ class CLAM(MILModel):
         self.n_classes = 2
         self.k_sample, self.bag_weight = int(k_sample), float(bag_weight)
         self.instance_loss, self.subtyping = instance_loss, bool(subtyping)
-        self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), Dropout(dropout))
         # model_clam.py: Attn_Net_Gated appends Dropout(0.25) to both branches whenever dropout is on.
         att_dropout = 0.25 if dropout > 0 else 0.0
         if self.multi_branch:

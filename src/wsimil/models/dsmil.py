@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from wsimil.models.base import MILBatch, MILModel, MILOutput, register_method
+from wsimil.models.layers import Dropout
 from wsimil.models.ops import segment_argmax, segment_max, segment_softmax, segment_sum
 
 VALUE_NETWORKS = ("identity", "linear_relu", "linear")
@@ -83,9 +84,9 @@ class DSMIL(MILModel):
         if values == "identity":
             self.v: nn.Module = nn.Identity()
         elif values == "linear_relu":
-            self.v = nn.Sequential(nn.Dropout(dropout_v), nn.Linear(in_dim, in_dim), nn.ReLU())
+            self.v = nn.Sequential(Dropout(dropout_v), nn.Linear(in_dim, in_dim), nn.ReLU())
         else:
-            self.v = nn.Sequential(nn.Dropout(dropout_v), nn.Linear(in_dim, in_dim))
+            self.v = nn.Sequential(Dropout(dropout_v), nn.Linear(in_dim, in_dim))
         # BClassifier.fcc = Conv1d(C, C, kernel_size=d) over the (1, C, d) bag embedding; C = 1 -> affine map.
         self.fcc = nn.Linear(in_dim, 1)
         self.query_dim = query_dim

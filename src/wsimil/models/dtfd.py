@@ -47,6 +47,7 @@ from torch.nn import functional as F
 
 from wsimil.models.abmil import GatedAttention
 from wsimil.models.base import MILBatch, MILModel, MILOutput, register_method
+from wsimil.models.layers import Dropout
 from wsimil.models.ops import segment_argmax, segment_count, segment_mean, segment_softmax, segment_sum
 
 DISTILL = ("maxs", "maxmins", "afs", "mas")
@@ -98,11 +99,11 @@ class DTFDMIL(MILModel):
         # Tier 1 (the official first optimiser: dimReduction, attention, classifier)
         self.reduce = nn.Sequential(nn.Linear(in_dim, hidden, bias=False), nn.ReLU())  # network.py DimReduction
         self.attention1 = GatedAttention(hidden, attention_hidden)  # Attention_Gated(L=512, D=128, K=1)
-        self.dropout1 = nn.Dropout(dropout)  # Classifier_1fc droprate (official 0)
+        self.dropout1 = Dropout(dropout)  # Classifier_1fc droprate (official 0)
         self.classifier1 = nn.Linear(hidden, 2)
         # Tier 2 (the official attCls = Attention_with_Classifier, second optimiser)
         self.attention2 = GatedAttention(hidden, attention_hidden)
-        self.dropout2 = nn.Dropout(dropout)  # droprate_2 (official 0)
+        self.dropout2 = Dropout(dropout)  # droprate_2 (official 0)
         self.classifier2 = nn.Linear(hidden, 2)
 
     # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Sequence
 from torch import nn
 
 from wsimil.models.base import MILBatch, MILModel, MILOutput, register_method
+from wsimil.models.layers import Dropout
 from wsimil.models.ops import segment_max, segment_mean
 
 
@@ -30,7 +31,7 @@ class InstancePoolingMIL(MILModel):
         for h in hidden:
             layers += [nn.Linear(d, h), nn.ReLU()]
             d = h
-        layers.append(nn.Dropout(dropout))  # mi-Net: a single dropout after the last hidden layer
+        layers.append(Dropout(dropout))  # mi-Net: a single dropout after the last hidden layer
         self.net = nn.Sequential(*layers)
         self.score = nn.Linear(d, 1)  # MINNs Score_pooling: Dense(1) per instance
         self.pooling = pooling

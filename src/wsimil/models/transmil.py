@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from wsimil.models.base import MILBatch, MILModel, MILOutput, register_method
+from wsimil.models.layers import Dropout
 
 
 def square_pad(h: Tensor) -> tuple[Tensor, int]:
@@ -101,7 +102,7 @@ class NystromAttention(nn.Module):
         self.scale = dim_head**-0.5
         inner = heads * dim_head
         self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
+        self.to_out = nn.Sequential(nn.Linear(inner, dim), Dropout(dropout))
         # Conv2d over (heads, L, dim_head) with a (k, 1) kernel, one filter per head: a 1-D conv along the
         # sequence shared by a head's channels (nystrom_attention.py ``res_conv``). 0 disables it.
         self.res_conv = (

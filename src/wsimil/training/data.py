@@ -88,11 +88,16 @@ def _is_empty(path: Path) -> bool:
         return False
 
 
-def pack(bags: Sequence[Tensor], labels: Sequence[float] | None = None) -> MILBatch:
-    """Concatenate bags (N_i, D) into one batch: x (sum N_i, D) float32, bag_index (sum N_i,)."""
+def pack(
+    bags: Sequence[Tensor], labels: Sequence[float] | None = None, dtype: torch.dtype = torch.float32
+) -> MILBatch:
+    """Concatenate bags (N_i, D) into one batch: x (sum N_i, D) of ``dtype``, bag_index (sum N_i,).
+
+    ``dtype`` bfloat16 is for bf16 autocast training, whose first matmul would round x to bf16 anyway.
+    """
     bags = list(bags)
-    x = torch.empty((sum(len(b) for b in bags), bags[0].shape[1]), dtype=torch.float32)
-    torch.cat(bags, dim=0, out=x)  # float16 storage -> float32 in the one copy
+    x = torch.empty((sum(len(b) for b in bags), bags[0].shape[1]), dtype=dtype)
+    torch.cat(bags, dim=0, out=x)  # float16 storage -> dtype in the one copy
     sizes = torch.tensor([len(b) for b in bags])
     bag_index = torch.repeat_interleave(torch.arange(len(bags)), sizes)
     y = None if labels is None else torch.as_tensor(np.asarray(labels, dtype=np.float32))

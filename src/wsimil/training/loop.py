@@ -138,9 +138,10 @@ def train_epoch(
     groups = model.param_groups() if clip else []
     sums: dict[str, Tensor] = {}
     logits: list[Tensor] = []
+    x_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     for start in range(0, len(order), bpb):
         idx = order[start : start + bpb]
-        batch = pack([bags.features[i] for i in idx], bags.labels[idx]).to(device)
+        batch = pack([bags.features[i] for i in idx], bags.labels[idx], x_dtype).to(device)
         with autocast(device, precision):  # the loss too: CLAM's instance classifiers run inside it
             out = model(batch)
             losses = model.loss(out, batch)
