@@ -77,20 +77,25 @@ def test_fp32_training_is_unchanged_by_the_autocast_context():
     assert pd.DataFrame(a.history).equals(pd.DataFrame(b.history))
 
 
-def test_float16_features_stay_float16_in_memory_and_pack_to_float32(tmp_path):
+def test_features_are_read_into_one_array_float16_when_all_files_are(tmp_path):
     rng = np.random.default_rng(0)
-    feats = {"s0": rng.normal(size=(30, 8)).astype(np.float16), "s1": rng.normal(size=(20, 8)).astype(np.float32)}
+    feats = {"s0": rng.normal(size=(30, 8)).astype(np.float16), "s1": rng.normal(size=(20, 8)).astype(np.float16)}
     for sid, f in feats.items():
-        with h5py.File(tmp_path / f"{sid}.h5", "w") as h:
-            h.create_dataset("features", data=f)
-            h.create_dataset("coords", data=np.zeros((len(f), 2), np.int64))
+        write_features(tmp_path / f"{sid}.h5", f, np.zeros((len(f), 2), np.int64))
     sheet = pd.DataFrame({"slide_id": ["s0", "s1"], "label": [1, 0], "split": ["train", "train"]})
     bags = load_bags(sheet, tmp_path)
-    assert bags.features[0].dtype == torch.float16 and bags.features[1].dtype == torch.float32
-    batch = pack(bags.features, bags.labels)
+    assert [b.dtype for b in bags.features] == [torch.float16, torch.float16]
+    assert bags.features[1].data_ptr() == bags.features[0].data_ptr() + 30 * 8 * 2  # views of one array
+    batch = pack(bags.features[::-1], bags.labels[::-1])
     assert batch.x.dtype == torch.float32 and batch.x.shape == (50, 8)
-    np.testing.assert_array_equal(batch.x[:30].numpy(), feats["s0"].astype(np.float32))
-    np.testing.assert_array_equal(batch.x[30:].numpy(), feats["s1"])
+    np.testing.assert_array_equal(batch.x[:20].numpy(), feats["s1"].astype(np.float32))
+    np.testing.assert_array_equal(batch.x[20:].numpy(), feats["s0"].astype(np.float32))
+    assert pack(bags.features, bags.labels, torch.bfloat16).x.dtype == torch.bfloat16
+    # one float32 file: everything is held in float32, values unchanged
+    write_features(tmp_path / "s1.h5", feats["s1"].astype(np.float32), np.zeros((20, 2), np.int64))
+    bags = load_bags(sheet, tmp_path)
+    assert [b.dtype for b in bags.features] == [torch.float32, torch.float32]
+    np.testing.assert_array_equal(bags.features[0].numpy(), feats["s0"].astype(np.float32))
 
 
 @needs_bf16

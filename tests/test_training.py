@@ -145,8 +145,12 @@ def test_early_stopping_and_multistep_schedule():
 
 def test_early_stopping_ends_training_before_the_last_epoch():
     bags = toy_bags(n=(20, 10, 4))
-    res = train(bags, "maxpool", 0, {"epochs": 50, "early_stopping": {"monitor": "val_loss", "patience": 1, "min_epochs": 2}})
-    assert 2 <= len(res.history) < 50
+    # lr 0: the validation loss never improves after epoch 0 -> stop once patience and min_epochs allow
+    stop = {"monitor": "val_loss", "patience": 1, "min_epochs": 3}
+    res = train(bags, "maxpool", 0, {"epochs": 50, "lr": 0.0, "early_stopping": stop})
+    assert len(res.history) == 3
+    res = train(bags, "maxpool", 0, {"epochs": 50, "lr": 0.0, "early_stopping": {**stop, "patience": 4}})
+    assert len(res.history) == 5
 
 
 def _sheet_with_features(tmp_path, n=6, dim=4):

@@ -99,6 +99,40 @@ def write_features(
             f.attrs[k] = v
 
 
+def feature_shape(path: str | os.PathLike) -> tuple[int, int, np.dtype]:
+    """``(N, D, dtype)`` of a feature file's ``features``, without reading them (N may be 0)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WsimilError(f"feature file not found: {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            if "features" not in f:
+                raise WsimilError(f"{path}: no 'features' dataset (found {sorted(f.keys())})")
+            shape, dtype = f["features"].shape, f["features"].dtype
+    except OSError as exc:
+        raise WsimilError(f"cannot read feature file {path}: {exc}") from exc
+    if len(shape) == 3 and shape[0] == 1:  # some CLAM exports keep a leading batch axis
+        shape = shape[1:]
+    if len(shape) != 2 or dtype.kind != "f":
+        raise WsimilError(f"{path}: 'features' must be a float (N, D) array, got {dtype} {shape}")
+    return int(shape[0]), int(shape[1]), dtype
+
+
+def read_features_into(path: str | os.PathLike, out: np.ndarray) -> None:
+    """Read the ``features`` of ``path`` straight into ``out`` (N, D) (converting the dtype on the way,
+    no temporary copy) and check that every value is finite."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            dset = f["features"]
+            dset.read_direct(out, source_sel=np.s_[0] if dset.ndim == 3 else None)
+    except (OSError, TypeError, ValueError) as exc:
+        raise WsimilError(f"cannot read feature file {path}: {exc}") from exc
+    # a float64 sum is finite iff every value is (no overflow from float16/32 inputs) and allocates nothing
+    if not np.isfinite(out.sum(dtype=np.float64)):
+        raise WsimilError(f"{path}: features contain NaN or infinite values")
+
+
 def read_features(path: str | os.PathLike, expected_dim: int | None = None) -> FeatureBag:
     """Read and check one feature file: a clear error names the file for a missing dataset, NaNs or a wrong dimension."""
     path = Path(path)

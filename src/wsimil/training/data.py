@@ -1,7 +1,7 @@
 """Bags in memory and packed batches.
 
-All feature files of a run are read once and kept in their stored dtype (float16 halves the memory: the
-270 CAMELYON16 training slides at 1024-d take 4.4 GB, not 8.8 GB); a batch is the concatenation of several
+All feature files of a run are read once into one array in their stored dtype (float16 halves the memory:
+the 270 CAMELYON16 training slides at 1024-d take 4.4 GB, not 8.8 GB); a batch is the concatenation of several
 bags' instances, converted to float32 in the same copy, plus a bag index (no padding).
 """
 
@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from wsimil.features.store import read_features
+from wsimil.features.store import feature_shape, read_features_into
 from wsimil.io import WsimilError
 from wsimil.models.base import MILBatch
 
@@ -47,45 +47,48 @@ class BagSet:
 def load_bags(sheet: pd.DataFrame, features_dir: str | os.PathLike) -> BagSet:
     """Read ``<features_dir>/<slide_id>.h5`` for every slide of ``sheet`` (checked: shape, NaN, same D).
 
-    A slide without patches (an empty bag) is excluded with a warning and listed in ``BagSet.excluded``;
-    every other problem stops with an error naming the slide.
+    All features go into one contiguous array (float16 when every file is float16, else float32), each
+    file read straight into its rows: no per-file temporaries whose freed holes would stay resident.
+    ``BagSet.features[i]`` are views of it. A slide without patches (an empty bag) is excluded with a
+    warning and listed in ``BagSet.excluded``; every other problem stops with an error naming the slide.
     """
     features_dir = Path(features_dir)
-    feats: list[Tensor] = []
     keep: list[int] = []
+    sizes: list[int] = []
     excluded: dict[str, str] = {}
-    dim = None
+    dim, dtypes = None, set()
     for i, (sid, label) in enumerate(zip(sheet["slide_id"], sheet["label"])):
         if label not in (0, 1):
             raise WsimilError(f"slide {sid}: label {label!r} is not 0 (normal) or 1 (tumour)")
         path = features_dir / f"{sid}.h5"
-        if _is_empty(path):
+        try:
+            n, d, dtype = feature_shape(path)
+        except WsimilError as exc:
+            raise WsimilError(f"slide {sid}: {exc}") from None
+        if n == 0:
             excluded[sid] = f"no patches in {path}"
             log.warning("slide %s excluded: %s", sid, excluded[sid])
             continue
+        if dim is not None and d != dim:
+            raise WsimilError(f"slide {sid}: {path}: feature dimension {d}, expected {dim} like the other slides")
+        dim = d
+        dtypes.add(np.dtype(dtype))
+        keep.append(i)
+        sizes.append(n)
+    if not keep:
+        raise WsimilError(f"no usable slides in the sample sheet for {features_dir}")
+    store_dtype = np.float16 if dtypes == {np.dtype(np.float16)} else np.float32
+    flat = np.empty((sum(sizes), dim), dtype=store_dtype)
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    kept = sheet.iloc[keep]
+    for j, sid in enumerate(kept["slide_id"]):
         try:
-            bag = read_features(path, expected_dim=dim)
+            read_features_into(features_dir / f"{sid}.h5", flat[bounds[j] : bounds[j + 1]])
         except WsimilError as exc:
             raise WsimilError(f"slide {sid}: {exc}") from None
-        dim = bag.features.shape[1]
-        keep_dtype = bag.features.dtype if bag.features.dtype in (np.float16, np.float32) else np.float32
-        feats.append(torch.from_numpy(np.ascontiguousarray(bag.features, dtype=keep_dtype)))
-        keep.append(i)
-    if not feats:
-        raise WsimilError(f"no usable slides in the sample sheet for {features_dir}")
-    kept = sheet.iloc[keep]
+    whole = torch.from_numpy(flat)
+    feats = [whole[bounds[j] : bounds[j + 1]] for j in range(len(keep))]
     return BagSet(list(kept["slide_id"]), kept["label"].to_numpy(int), kept["split"].to_numpy(str), feats, excluded)
-
-
-def _is_empty(path: Path) -> bool:
-    """True when a feature file exists and holds zero patches (other problems are left to read_features)."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            return "features" in f and f["features"].shape[0] == 0
-    except OSError:
-        return False
 
 
 def pack(

@@ -19,7 +19,9 @@ from wsimil.training.data import BagSet, batches_by_size, pack
 
 log = logging.getLogger(__name__)
 
-EVAL_MAX_INSTANCES = 200_000  # instances per inference batch (bounded memory, few Python steps)
+# Feature values per inference batch: 2^25 = 32k instances of 1024-d (128 MB in fp32, a few hundred MB of
+# activations), so scoring adds little to the resident features; a bigger bag is scored alone.
+EVAL_MAX_ELEMENTS = 1 << 25
 
 
 @dataclass
@@ -100,7 +102,7 @@ def predict(model: MILModel, bags: BagSet, indices: Sequence[int], device: str =
     inst: list[np.ndarray] = [np.empty(0, np.float32)] * len(indices)
     losses = []
     sizes = [len(bags.features[i]) for i in indices]
-    for chunk in batches_by_size(sizes, EVAL_MAX_INSTANCES):
+    for chunk in batches_by_size(sizes, max(1, EVAL_MAX_ELEMENTS // bags.dim)):
         idx = indices[chunk]
         batch = pack([bags.features[i] for i in idx], bags.labels[idx]).to(device)
         out = model(batch)

@@ -1,0 +1,40 @@
+"""The benchmark scripts run (at toy scale) and write what benchmarks/README.md reports; no time is asserted."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_training_benchmark_runs_every_variant_at_toy_scale(tmp_path):
+    out = tmp_path / "t.csv"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "training.py"), "--dim", "16", "--bags", "10",
+           "--mean-length", "100", "--methods", "maxpool", "dtfd_afs", "--threads", "1",
+           "--workdir", str(tmp_path / "work"), "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    df = pd.read_csv(out)
+    assert df["method"].tolist() == ["maxpool", "dtfd_afs"]
+    assert (df["n_bags"] == 10).all() and df["n_instances"].iloc[0] == df["n_instances"].iloc[1]
+    timed = ["ref_fp32_s", "ours_fp32_s", "bare_fp32_s", "ours_bf16_s", "bare_bf16_s", "run_s"]
+    assert (df[timed] > 0).all().all() and (df["peak_rss_gb"] > 0.1).all()
+    np.testing.assert_allclose(df["overhead_bf16"], df["ours_bf16_s"] / df["bare_bf16_s"], rtol=1e-3)
+    assert "| maxpool | 10 |" in out.with_suffix(".md").read_text()
+    # the data: float16 HDF5 for wsimil, CLAM-style float32 .pt for the reference, the same values
+    data = next((tmp_path / "work").iterdir())
+    sheet = pd.read_csv(data / "slides.csv")
+    assert sheet["n"].mean() == pytest.approx(100, rel=0.05) and sheet["label"].sum() == round(10 * 111 / 270)
+    sid = sheet["slide_id"][0]
+    with h5py.File(data / "h5_files" / f"{sid}.h5") as f:
+        x16 = f["features"][:]
+    x32 = torch.load(data / "pt_files" / f"{sid}.pt", weights_only=True)
+    assert x16.dtype == np.float16 and x32.dtype == torch.float32
+    np.testing.assert_array_equal(x16.astype(np.float32), x32.numpy())
+
