@@ -105,7 +105,7 @@ def worker(args: argparse.Namespace) -> dict:
     train(bags, method, seed=0, overrides={"epochs": 1, "early_stopping": None}, precision=args.run_precision)
     row["run_s"] = time.perf_counter() - t
     row["run_precision"] = args.run_precision
-    row["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
     every = BagSet(bags.slide_ids, bags.labels, np.full(len(bags.labels), "train"), bags.features)
     order = np.random.default_rng(1).permutation(len(every.labels))
@@ -236,7 +236,7 @@ def markdown(df: pd.DataFrame, precisions: list[str]) -> str:
     cols = ["method", "n_bags", "bags_per_batch", "ref_fp32_s"]
     for p in precisions:
         cols += [f"ours_{p}_s", f"bare_{p}_s", f"overhead_{p}"]
-    cols += [f"speedup_ours_{best}_vs_ref", "run_s", "peak_rss_gb"]
+    cols += [f"speedup_ours_{best}_vs_ref", "run_s", "peak_rss_gib"]
     head = "| " + " | ".join(cols) + " |\n|" + "---|" + "---:|" * (len(cols) - 1) + "\n"
     body = ""
     for _, r in df[cols].iterrows():

@@ -24,7 +24,7 @@ def test_training_benchmark_runs_every_variant_at_toy_scale(tmp_path):
     assert df["method"].tolist() == ["maxpool", "dtfd_afs"]
     assert (df["n_bags"] == 10).all() and df["n_instances"].iloc[0] == df["n_instances"].iloc[1]
     timed = ["ref_fp32_s", "ours_fp32_s", "bare_fp32_s", "ours_bf16_s", "bare_bf16_s", "run_s"]
-    assert (df[timed] > 0).all().all() and (df["peak_rss_gb"] > 0.1).all()
+    assert (df[timed] > 0).all().all() and (df["peak_rss_gib"] > 0.1).all()
     np.testing.assert_allclose(df["overhead_bf16"], df["ours_bf16_s"] / df["bare_bf16_s"], rtol=1e-3)
     assert "| maxpool | 10 |" in out.with_suffix(".md").read_text()
     # the data: float16 HDF5 for wsimil, CLAM-style float32 .pt for the reference, the same values

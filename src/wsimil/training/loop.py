@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import ctypes
+import functools
 import logging
 import math
 import time
@@ -19,9 +21,9 @@ from wsimil.training.data import BagSet, batches_by_size, pack
 
 log = logging.getLogger(__name__)
 
-# Feature values per inference batch: 2^25 = 32k instances of 1024-d (128 MB in fp32, a few hundred MB of
-# activations), so scoring adds little to the resident features; a bigger bag is scored alone.
-EVAL_MAX_ELEMENTS = 1 << 25
+# Feature values per inference batch: 2^23 = 8k instances of 1024-d (32 MB in fp32), so that scoring needs
+# no more memory than a training step on a typical slide; a bigger bag is scored alone.
+EVAL_MAX_ELEMENTS = 1 << 23
 
 
 @dataclass
@@ -43,6 +45,28 @@ class TrainResult:
     best_epoch: int
     seconds: float
     precision: str = "fp32"
+
+
+TRIM_EVERY = 16  # steps between returns of freed heap memory to the OS
+
+
+def release_free_memory() -> None:
+    """Hand the free pages of the C heap back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Activations of bags of different lengths leave holes in the heap that glibc keeps resident: over a
+    CAMELYON16 epoch they grew the process by ~0.5 GB. A trim every few steps costs about 1% of the epoch.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def safe_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -113,6 +137,7 @@ def predict(model: MILModel, bags: BagSet, indices: Sequence[int], device: str =
         bounds = np.cumsum([0] + [sizes[c] for c in chunk])
         for j, c in enumerate(chunk):
             inst[c] = scores[bounds[j] : bounds[j + 1]]
+        del batch, out, parts
     probs = 1.0 / (1.0 + np.exp(-logits))
     loss = float(np.sum(losses) / max(len(indices), 1)) if len(indices) else float("nan")
     return Prediction(indices, logits, probs, inst, loss)
@@ -141,9 +166,11 @@ def train_epoch(
     sums: dict[str, Tensor] = {}
     logits: list[Tensor] = []
     x_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    for start in range(0, len(order), bpb):
-        idx = order[start : start + bpb]
-        batch = pack([bags.features[i] for i in idx], bags.labels[idx], x_dtype).to(device)
+    steps = [order[s : s + bpb] for s in range(0, len(order), bpb)]
+    largest = max(sum(len(bags.features[i]) for i in idx) for idx in steps)
+    buffer = torch.empty((largest, bags.dim), dtype=x_dtype)  # every step's batch is a view of it
+    for step, idx in enumerate(steps):
+        batch = pack([bags.features[i] for i in idx], bags.labels[idx], x_dtype, buffer).to(device)
         with autocast(device, precision):  # the loss too: CLAM's instance classifiers run inside it
             out = model(batch)
             losses = model.loss(out, batch)
@@ -157,6 +184,9 @@ def train_epoch(
         for k, v in losses.items():  # summed on the device: no synchronisation per step
             sums[k] = sums.get(k, 0.0) + v.detach().float() * len(idx)
         logits.append(out.bag_logits.detach().float())
+        del batch, out, losses  # else they stay alive through the next step's forward pass
+        if step % TRIM_EVERY == TRIM_EVERY - 1:
+            release_free_memory()
     means = {k: float(v) / len(order) for k, v in sums.items()}
     return means, torch.cat(logits).cpu().double().numpy()
 
@@ -206,6 +236,7 @@ def train(
                "train_auc": safe_auc(bags.labels[order], train_logits)}
         if len(val_idx):
             va = predict(model, bags, val_idx, device)
+            release_free_memory()
             row.update(val_loss=va.loss, val_auc=safe_auc(bags.labels[val_idx], va.probs))
         history.append(row)
         key = _selection_key(selection, row)
