@@ -68,7 +68,7 @@ def test_train_then_evaluate_by_hand(tiny_features, capsys):
     assert code == 0
     for s in (0, 1):
         meta = json.loads((t / "runs" / f"seed{s}" / "run.json").read_text())
-        assert meta["hparams"]["epochs"] == 2 and meta["seed"] == s
+        assert meta["hparams"]["epochs"] == 2 and meta["seed"] == s and meta["precision"] == "fp32"
     assert main(["evaluate", str(t / "runs" / "seed0"), "--features", str(t / "f")]) == 0
     metrics = json.loads((t / "runs" / "seed0" / "metrics.json").read_text())
     assert 0 <= metrics["slide_auc"] <= 1
@@ -88,3 +88,11 @@ def test_train_with_unknown_parameter_fails_with_the_allowed_ones(tiny_features,
     assert code == 2
     assert "model.attention_hidden" in capsys.readouterr().err
     assert not (t / "run").exists()
+
+
+def test_train_precision_is_checked_by_the_parser(tiny_features, capsys):
+    t = tiny_features
+    with pytest.raises(SystemExit):
+        main(["train", "--features", str(t / "f"), "--slides", str(t / "slides.csv"), "--method", "maxpool",
+              "--precision", "fp16", "--out", str(t / "run")])
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err

@@ -137,3 +137,23 @@ def test_dropout_keeps_each_element_with_probability_1_minus_p_and_scales():
     assert torch.equal(a, Dropout(0.25).train()(x))  # the torch generator makes it reproducible
     assert torch.equal(Dropout(0.25).eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)
     assert Dropout(0.3).state_dict() == nn.Dropout(0.3).state_dict() == {}
+
+
+@pytest.mark.parametrize("n_bags,limit", [(1, 1 << 24), (3, 1 << 24), (3, 10)])  # one bag, dense, scatter
+def test_segment_weighted_sum_is_the_per_bag_sum_of_weighted_values(monkeypatch, n_bags, limit):
+    import wsimil.models.ops as ops
+
+    monkeypatch.setattr(ops, "_DENSE_WEIGHTS_LIMIT", limit)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.sort(torch.randint(0, n_bags, (40,), generator=g)).values
+    idx[:n_bags] = torch.arange(n_bags)  # every bag non-empty
+    idx = torch.sort(idx).values
+    w = torch.rand(40, generator=g, dtype=torch.float64).requires_grad_()
+    v = torch.randn(40, 5, generator=g, dtype=torch.float64).requires_grad_()
+    got = ops.segment_weighted_sum(w, v, idx, n_bags)
+    expected = torch.stack([(w[idx == b, None] * v[idx == b]).sum(0) for b in range(n_bags)])
+    torch.testing.assert_close(got, expected)
+    gw, gv = torch.autograd.grad((got * torch.arange(5.0, dtype=torch.float64)).sum(), (w, v))
+    ew, ev = torch.autograd.grad((expected * torch.arange(5.0, dtype=torch.float64)).sum(), (w, v))
+    torch.testing.assert_close(gw, ew)
+    torch.testing.assert_close(gv, ev)

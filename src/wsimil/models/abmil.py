@@ -12,7 +12,7 @@ from torch import nn
 
 from wsimil.models.base import MILBatch, MILModel, MILOutput, register_method
 from wsimil.models.layers import Dropout
-from wsimil.models.ops import segment_softmax, segment_sum
+from wsimil.models.ops import segment_softmax, segment_weighted_sum
 
 
 class GatedAttention(nn.Module):
@@ -41,7 +41,7 @@ class ABMIL(MILModel):
         h = self.fc(batch.x)  # (N, 512)
         scores = self.attention(h)  # (N,) raw attention, the heatmap score
         a = segment_softmax(scores, batch.bag_index, batch.n_bags)  # (N,), sums to 1 per bag
-        z = segment_sum(a.unsqueeze(-1) * h, batch.bag_index, batch.n_bags)  # (B, 512)
+        z = segment_weighted_sum(a, h, batch.bag_index, batch.n_bags)  # (B, 512) sum_k a_k h_k
         return MILOutput(bag_logits=self.classifier(z).squeeze(-1), instance_scores=scores, extras={"attention": a})
 
 

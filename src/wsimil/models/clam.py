@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from wsimil.models.abmil import GatedAttention
 from wsimil.models.base import MILBatch, MILModel, MILOutput, register_method
 from wsimil.models.layers import Dropout
-from wsimil.models.ops import segment_softmax, segment_sum
+from wsimil.models.ops import segment_softmax, segment_weighted_sum
 
 INSTANCE_LOSSES = ("svm", "ce")
 
@@ -135,13 +135,13 @@ class CLAM(MILModel):
             logits = []
             for c in range(self.n_classes):  # class c: its own softmax, pooled feature and classifier
                 a_c = segment_softmax(a_raw[:, c], idx, nb)
-                m_c = segment_sum(a_c.unsqueeze(-1) * h, idx, nb)  # (B, 512)
+                m_c = segment_weighted_sum(a_c, h, idx, nb)  # (B, 512)
                 logits.append(self.classifiers[c](m_c).squeeze(-1))
             class_logits = torch.stack(logits, dim=1)  # (B, 2)
             scores = a_raw[:, 1]
         else:
             a = segment_softmax(a_raw, idx, nb)
-            class_logits = self.classifiers(segment_sum(a.unsqueeze(-1) * h, idx, nb))  # (B, 2)
+            class_logits = self.classifiers(segment_weighted_sum(a, h, idx, nb))  # (B, 2)
             scores = a_raw
         return MILOutput(
             bag_logits=class_logits[:, 1] - class_logits[:, 0],

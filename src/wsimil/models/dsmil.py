@@ -25,7 +25,7 @@ classifier logit c_n; the official colour maps draw the attention A instead, whi
 ``extras["attention"]`` (it sums to 1 within a bag, so it is not comparable across slides).
 
 The packed batch replaces the official per-slide loop: the critical instance per bag by ``segment_argmax``,
-the softmax per bag by ``segment_softmax``, b per bag by ``segment_sum``.
+the softmax per bag by ``segment_softmax``, b per bag by ``segment_weighted_sum``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from wsimil.models.base import MILBatch, MILModel, MILOutput, register_method
 from wsimil.models.layers import Dropout
-from wsimil.models.ops import segment_argmax, segment_max, segment_softmax, segment_sum
+from wsimil.models.ops import segment_argmax, segment_max, segment_softmax, segment_weighted_sum
 
 VALUE_NETWORKS = ("identity", "linear_relu", "linear")
 INITS = ("orthogonal", "pytorch")
@@ -102,7 +102,7 @@ class DSMIL(MILModel):
         # A_n = softmax_n(q_n . q_m / sqrt(128)) within each bag (BClassifier.forward; paper Eq. 4).
         sim = (q * q[m][idx]).sum(-1) / math.sqrt(self.query_dim)  # (N,)
         a = segment_softmax(sim, idx, n_bags)  # (N,)
-        b = segment_sum(a.unsqueeze(-1) * self.v(h), idx, n_bags)  # (B, d) = A^T V per bag
+        b = segment_weighted_sum(a, self.v(h), idx, n_bags)  # (B, d) = A^T V per bag
         bag = self.fcc(b).squeeze(-1)  # (B,) aggregator logit, stream 2
         max_c = segment_max(c, idx, n_bags)  # (B,) max-pooling logit
         if self.average:  # train_tcga.py test(): 0.5 sigmoid(max) + 0.5 sigmoid(bag) as the slide score

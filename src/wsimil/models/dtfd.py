@@ -48,7 +48,9 @@ from torch.nn import functional as F
 from wsimil.models.abmil import GatedAttention
 from wsimil.models.base import MILBatch, MILModel, MILOutput, register_method
 from wsimil.models.layers import Dropout
-from wsimil.models.ops import segment_argmax, segment_count, segment_mean, segment_softmax, segment_sum
+from wsimil.models.ops import (
+    segment_argmax, segment_count, segment_mean, segment_softmax, segment_sum, segment_weighted_sum,
+)
 
 DISTILL = ("maxs", "maxmins", "afs", "mas")
 _PROJECTION_ROWS = 65_536  # rows per float64 chunk of the eval-split projection (bounded memory)
@@ -156,12 +158,13 @@ class DTFDMIL(MILModel):
         h = self.reduce(batch.x)  # (N, 512) tmidFeat
         scores1 = self.attention1(h)  # (N,) pre-softmax attention
         a = segment_softmax(scores1, group, n_groups)  # (N,) softmax within each pseudo-bag
-        weighted = a.unsqueeze(-1) * h  # (N, 512) tattFeats = a_k h_k
-        pooled = segment_sum(weighted, group, n_groups)  # (G, 512) tattFeat_tensor
+        pooled = segment_weighted_sum(a, h, group, n_groups)  # (G, 512) tattFeat_tensor = sum_k a_k h_k
         logits1 = self.classifier1(self.dropout1(pooled))  # (G, 2)
-        with torch.autocast(h.device.type, enabled=False):  # float32 under bf16 autocast: cam1 - cam0 cancels
-            cam = weighted.float() @ self.classifier1.weight.T  # (N, 2) get_cam_1d: W_c . (a_k h_k), no bias
-        cam_diff = cam[:, 1] - cam[:, 0]  # softmax(cam)[:, 1] = sigmoid(cam_diff): same ranking
+        # get_cam_1d: cam_c = W_c . (a_k h_k), no bias; softmax(cam)[:, 1] = sigmoid(cam_1 - cam_0) (same
+        # ranking), computed as a_k (h_k . (W_1 - W_0)): no (N, 512) product, and under bf16 autocast no
+        # cancellation between two separately rounded CAMs
+        w = self.classifier1.weight
+        cam_diff = a * (h @ (w[1] - w[0])).float()  # (N,)
         inst_prob = torch.sigmoid(cam_diff)
 
         # Distillation: one (or for maxmins two) 512-d row(s) per non-empty pseudo-bag

@@ -54,3 +54,26 @@ def segment_argmax(values: Tensor, bag_index: Tensor, n_bags: int) -> Tensor:
     cand = torch.where(is_max, pos, torch.full_like(pos, values.numel()))
     out = torch.full((n_bags,), values.numel(), dtype=torch.long, device=values.device)
     return out.scatter_reduce(0, bag_index, cand, reduce="amin", include_self=True)
+
+
+# Above this many entries of the dense (B, N) weight matrix, segment_weighted_sum scatters instead.
+_DENSE_WEIGHTS_LIMIT = 1 << 24
+
+
+def segment_weighted_sum(weights: Tensor, values: Tensor, bag_index: Tensor, n_bags: int) -> Tensor:
+    """sum_k w_k v_k per bag: weights (N,), values (N, D) -> (B, D), float32 or float64.
+
+    Attention pooling. Computed as one matmul, (B, N) weights @ (N, D) values, so that under bf16 autocast
+    it runs on the bf16 units with float32 accumulation, and no (N, D) product is written (let alone one in
+    float32: for DSMIL's 1024-d values that product cost more than the model's layers). Falls back to a
+    scatter of the products when the dense (B, N) matrix would be large (many big bags per step).
+    """
+    n = values.shape[0]
+    if n_bags == 1:
+        out = weights.unsqueeze(0) @ values
+    elif n_bags * n <= _DENSE_WEIGHTS_LIMIT:
+        dense = weights.new_zeros((n_bags, n)).index_put((bag_index, torch.arange(n, device=values.device)), weights)
+        out = dense @ values
+    else:
+        return segment_sum(weights.unsqueeze(-1) * values, bag_index, n_bags)
+    return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
