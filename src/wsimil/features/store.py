@@ -136,24 +136,18 @@ def read_features_into(path: str | os.PathLike, out: np.ndarray) -> None:
 def read_features(path: str | os.PathLike, expected_dim: int | None = None) -> FeatureBag:
     """Read and check one feature file: a clear error names the file for a missing dataset, NaNs or a wrong dimension."""
     path = Path(path)
-    if not path.is_file():
-        raise WsimilError(f"feature file not found: {path}")
+    n, d, dtype = feature_shape(path)
+    if n == 0:
+        raise WsimilError(f"{path}: 'features' must be (N>0, D), got (0, {d})")
+    if expected_dim is not None and d != expected_dim:
+        raise WsimilError(f"{path}: feature dimension {d}, expected {expected_dim} like the other slides")
+    feats = np.empty((n, d), dtype=dtype)
+    read_features_into(path, feats)
     try:
         with h5py.File(path, "r") as f:
-            if "features" not in f:
-                raise WsimilError(f"{path}: no 'features' dataset (found {sorted(f.keys())})")
-            feats = f["features"][:]
-            coords = f["coords"][:] if "coords" in f else np.zeros((len(feats), 2), dtype=np.int64)
+            coords = f["coords"][:] if "coords" in f else np.zeros((n, 2), dtype=np.int64)
             tf = f["tumor_fraction"][:] if "tumor_fraction" in f else None
             attrs = {k: _attr(v) for k, v in f.attrs.items()}
     except OSError as exc:
         raise WsimilError(f"cannot read feature file {path}: {exc}") from exc
-    if feats.ndim == 3 and feats.shape[0] == 1:  # some CLAM exports keep a leading batch axis
-        feats = feats[0]
-    if feats.ndim != 2 or len(feats) == 0:
-        raise WsimilError(f"{path}: 'features' must be (N>0, D), got {feats.shape}")
-    if expected_dim is not None and feats.shape[1] != expected_dim:
-        raise WsimilError(f"{path}: feature dimension {feats.shape[1]}, expected {expected_dim} like the other slides")
-    if not np.isfinite(feats).all():
-        raise WsimilError(f"{path}: features contain NaN or infinite values")
     return FeatureBag(features=feats, coords=coords, tumor_fraction=tf, attrs=attrs)
