@@ -85,7 +85,7 @@ def worker(args: argparse.Namespace) -> dict:
     from wsimil.models.base import MILBatch, get_method
     from wsimil.models.layers import Dropout
     from wsimil.training.data import BagSet, load_bags, pack
-    from wsimil.training.loop import autocast, make_optimizer, make_schedulers, train, train_epoch
+    from wsimil.training.loop import batch_dtype, make_optimizer, make_schedulers, train, train_epoch, train_step
 
     torch.set_num_threads(args.threads)
     data = Path(args.data)
@@ -109,24 +109,11 @@ def worker(args: argparse.Namespace) -> dict:
 
     every = BagSet(bags.slide_ids, bags.labels, np.full(len(bags.labels), "train"), bags.features)
     order = np.random.default_rng(1).permutation(len(every.labels))
-    clip = float(hp["grad_clip"]) if hp.get("grad_clip") else None
-
     def fresh():
         torch.manual_seed(0)
         model = spec.build(bags.dim, hp)
         opt = make_optimizer(model, hp)
         return model, opt, make_schedulers(opt, hp)[0]
-
-    def step(model, opt, batch, precision):
-        with autocast("cpu", precision):
-            out = model(batch)
-            losses = model.loss(out, batch)
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        if clip:
-            for group in model.param_groups():
-                nn.utils.clip_grad_norm_(group, clip)
-        opt.step()
 
     bpb = row["bags_per_batch"]
     warm = order[: 2 * bpb]
@@ -139,13 +126,13 @@ def worker(args: argparse.Namespace) -> dict:
 
         model, opt, _ = fresh()
         model.train()
-        x_dtype = torch.bfloat16 if p == "bf16" else torch.float32
+        x_dtype = batch_dtype(p)
         total = 0.0
         for i, start in enumerate([0, bpb] + list(range(0, len(order), bpb))):
             idx = order[start : start + bpb]
             batch = pack([every.features[j] for j in idx], every.labels[idx], x_dtype)
             t = time.perf_counter()
-            step(model, opt, batch, p)
+            train_step(model, opt, batch, hp, "cpu", p)
             if i >= 2:  # the first two are warm-up
                 total += time.perf_counter() - t
         row[f"bare_{p}_s"] = total
@@ -164,7 +151,7 @@ def worker(args: argparse.Namespace) -> dict:
             t = time.perf_counter()
         x = torch.load(data / "pt_files" / f"{ids[j]}.pt", weights_only=True)
         y = torch.tensor([float(every.labels[j])])
-        step(model, opt, MILBatch(x, torch.zeros(len(x), dtype=torch.long), 1, y), "fp32")
+        train_step(model, opt, MILBatch(x, torch.zeros(len(x), dtype=torch.long), 1, y), hp, "cpu", "fp32")
     row["ref_fp32_s"] = time.perf_counter() - t
     return row
 

@@ -16,7 +16,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 
-from wsimil.models.base import MILModel, get_method
+from wsimil.models.base import MILBatch, MILModel, MILOutput, get_method
 from wsimil.training.data import BagSet, batches_by_size, pack
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,29 @@ def predict(model: MILModel, bags: BagSet, indices: Sequence[int], device: str =
     return Prediction(indices, logits, probs, inst, loss)
 
 
+def batch_dtype(precision: str) -> torch.dtype:
+    """dtype of the packed instances for ``precision`` (bf16 autocast would round x to bf16 anyway)."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def train_step(
+    model: MILModel, opt: torch.optim.Optimizer, batch: MILBatch, hp: dict[str, Any], device: str = "cpu",
+    precision: str = "fp32",
+) -> tuple[MILOutput, dict[str, Tensor]]:
+    """One optimiser step on a packed batch: forward and loss (under autocast for bf16), backward, gradient
+    clipping per parameter group when ``hp["grad_clip"]`` is set, optimiser step."""
+    with autocast(device, precision):  # the loss too: CLAM's instance classifiers run inside it
+        out = model(batch)
+        losses = model.loss(out, batch)
+    opt.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    if hp.get("grad_clip"):
+        for group in model.param_groups():
+            nn.utils.clip_grad_norm_(group, float(hp["grad_clip"]))
+    opt.step()
+    return out, losses
+
+
 def train_epoch(
     model: MILModel,
     bags: BagSet,
@@ -161,24 +184,15 @@ def train_epoch(
     """
     model.train()
     bpb = max(1, int(hp["bags_per_batch"]))
-    clip = float(hp["grad_clip"]) if hp.get("grad_clip") else None
-    groups = model.param_groups() if clip else []
     sums: dict[str, Tensor] = {}
     logits: list[Tensor] = []
-    x_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    x_dtype = batch_dtype(precision)
     steps = [order[s : s + bpb] for s in range(0, len(order), bpb)]
     largest = max(sum(len(bags.features[i]) for i in idx) for idx in steps)
     buffer = torch.empty((largest, bags.dim), dtype=x_dtype)  # every step's batch is a view of it
     for step, idx in enumerate(steps):
         batch = pack([bags.features[i] for i in idx], bags.labels[idx], x_dtype, buffer).to(device)
-        with autocast(device, precision):  # the loss too: CLAM's instance classifiers run inside it
-            out = model(batch)
-            losses = model.loss(out, batch)
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        for group in groups:
-            nn.utils.clip_grad_norm_(group, clip)
-        opt.step()
+        out, losses = train_step(model, opt, batch, hp, device, precision)
         if per_step is not None:
             per_step.step()
         for k, v in losses.items():  # summed on the device: no synchronisation per step
