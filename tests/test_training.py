@@ -192,3 +192,42 @@ def test_bad_bags_stop_with_the_slide_named(tmp_path):
         f.create_dataset("features", data=np.zeros((0, 4), np.float16))
     bags = load_bags(sheet, tmp_path)
     assert "s3" not in bags.slide_ids and "no patches" in bags.excluded["s3"] and len(bags.slide_ids) == 5
+
+
+def test_micro_batched_step_has_the_whole_steps_gradient(monkeypatch):
+    """CausalMIL's loss is a mean over bags: a step split into micro-batches accumulates the same gradient."""
+    from wsimil.models.causalmil import CausalMIL
+    from wsimil.training import loop
+
+    bags = toy_bags(n=(12, 0, 0), dim=16)
+    idx = np.arange(12)
+    torch.manual_seed(0)
+    model = CausalMIL(in_dim=16, hidden=8, latent=4).eval()  # eval: no sampling, no dropout
+    whole = pack([bags.features[i] for i in idx], bags.labels[idx])
+    out = model(whole)
+    model.loss(out, whole)["loss"].backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+
+    monkeypatch.setattr(loop, "STEP_MAX_INSTANCES", 100)
+    chunks = loop.step_chunks(model, [len(bags.features[i]) for i in idx])
+    assert len(chunks) > 2 and sorted(np.concatenate(chunks)) == list(range(12))
+    micro = [pack([bags.features[i] for i in c], bags.labels[c]) for c in chunks]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    logits, losses = loop.train_step(model, opt, micro, {"grad_clip": None}, n_bags=12)
+    for got, want in zip((p.grad for p in model.parameters()), expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(logits, out.bag_logits.detach())
+    torch.testing.assert_close(losses["loss"], model.loss(out, whole)["loss"].detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_step_of_a_model_whose_loss_is_not_a_bag_mean_cannot_be_split():
+    from wsimil.models.base import get_method
+    from wsimil.training import loop
+
+    bags = toy_bags(n=(4, 0, 0), dim=8)
+    model = get_method("focusmil").build(8)  # its KL term is a mean over instances, not bags
+    assert loop.step_chunks(model, [10**6, 10**6]) == [[0, 1]]
+    micro = [pack([bags.features[i]], bags.labels[[i]]) for i in range(2)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with pytest.raises(ValueError, match="focusmil: its loss is not a mean over bags"):
+        loop.train_step(model, opt, micro, {"grad_clip": None}, n_bags=2)

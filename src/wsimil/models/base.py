@@ -44,6 +44,9 @@ class MILModel(nn.Module, abc.ABC):
     """Base class: subclasses implement ``forward`` and may extend ``loss`` and ``param_groups``."""
 
     name: ClassVar[str] = "base"
+    # True when ``loss`` is a mean of per-bag terms: a training step may then be split into micro-batches of
+    # bags whose gradients, weighted by bag count, add up to the whole step's (training.loop.train_step).
+    loss_is_bag_mean: ClassVar[bool] = False
 
     @abc.abstractmethod
     def forward(self, batch: MILBatch) -> MILOutput:

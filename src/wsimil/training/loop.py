@@ -9,7 +9,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 # Feature values per inference batch: 2^23 = 8k instances of 1024-d (32 MB in fp32), so that scoring needs
 # no more memory than a training step on a typical slide; a bigger bag is scored alone.
 EVAL_MAX_ELEMENTS = 1 << 23
+STEP_MAX_INSTANCES = 1 << 18  # micro-batch cap of a training step, for models whose loss is a mean over bags
 
 
 @dataclass
@@ -149,21 +150,54 @@ def batch_dtype(precision: str) -> torch.dtype:
 
 
 def train_step(
-    model: MILModel, opt: torch.optim.Optimizer, batch: MILBatch, hp: dict[str, Any], device: str = "cpu",
+    model: MILModel,
+    opt: torch.optim.Optimizer,
+    batch: MILBatch | Iterable[MILBatch],
+    hp: dict[str, Any],
+    device: str = "cpu",
     precision: str = "fp32",
-) -> tuple[MILOutput, dict[str, Tensor]]:
-    """One optimiser step on a packed batch: forward and loss (under autocast for bf16), backward, gradient
-    clipping per parameter group when ``hp["grad_clip"]`` is set, optimiser step."""
-    with autocast(device, precision):  # the loss too: CLAM's instance classifiers run inside it
-        out = model(batch)
-        losses = model.loss(out, batch)
+    n_bags: int | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One optimiser step: forward and loss (under autocast for bf16), backward, gradient clipping per
+    parameter group when ``hp["grad_clip"]`` is set, optimiser step.
+
+    ``batch`` may be micro-batches (a list or a generator) that together are the step's ``n_bags`` bags, for
+    models whose loss is a mean over bags (``MILModel.loss_is_bag_mean``): each micro-batch's loss is
+    weighted by its share of the bags before its own backward pass, so the accumulated gradient is the whole
+    step's while only one micro-batch's activations are alive. Returns the bag logits (B,) and the losses
+    (bag-weighted means over the micro-batches).
+    """
+    if isinstance(batch, MILBatch):
+        batch, n_bags = [batch], batch.n_bags
     opt.zero_grad(set_to_none=True)
-    losses["loss"].backward()
+    logits: list[Tensor] = []
+    losses: dict[str, Tensor] = {}
+    for k, b in enumerate(batch):
+        if k == 1 and not model.loss_is_bag_mean:
+            raise ValueError(f"{model.name}: its loss is not a mean over bags, a step cannot be split")
+        with autocast(device, precision):  # the loss too: CLAM's instance classifiers run inside it
+            out = model(b)
+            parts = model.loss(out, b)
+        share = b.n_bags / n_bags
+        (parts["loss"] if share == 1 else parts["loss"] * share).backward()
+        for name, v in parts.items():
+            losses[name] = losses.get(name, 0.0) + v.detach() * share
+        logits.append(out.bag_logits.detach())
+        del b, out, parts  # the next micro-batch may be packed into the same buffer
     if hp.get("grad_clip"):
         for group in model.param_groups():
             nn.utils.clip_grad_norm_(group, float(hp["grad_clip"]))
     opt.step()
-    return out, losses
+    return (logits[0] if len(logits) == 1 else torch.cat(logits)), losses
+
+
+def step_chunks(model: MILModel, sizes: Sequence[int]) -> list[list[int]]:
+    """Positions of the micro-batches of one step whose bags have ``sizes`` instances: the whole step, or, for
+    a model whose loss is a mean over bags, groups of at most ``STEP_MAX_INSTANCES`` instances (CausalMIL's
+    128-bag steps are ~1 M CAMELYON16 instances, whose activations alone would take several GB)."""
+    if not model.loss_is_bag_mean:
+        return [list(range(len(sizes)))]
+    return batches_by_size(sizes, STEP_MAX_INSTANCES)
 
 
 def train_epoch(
@@ -187,18 +221,26 @@ def train_epoch(
     sums: dict[str, Tensor] = {}
     logits: list[Tensor] = []
     x_dtype = batch_dtype(precision)
-    steps = [order[s : s + bpb] for s in range(0, len(order), bpb)]
-    largest = max(sum(len(bags.features[i]) for i in idx) for idx in steps)
-    buffer = torch.empty((largest, bags.dim), dtype=x_dtype)  # every step's batch is a view of it
-    for step, idx in enumerate(steps):
-        batch = pack([bags.features[i] for i in idx], bags.labels[idx], x_dtype, buffer).to(device)
-        out, losses = train_step(model, opt, batch, hp, device, precision)
+    steps = []  # per step: its micro-batches, each an array of bag indices
+    for s in range(0, len(order), bpb):
+        idx = order[s : s + bpb]
+        steps.append([idx[c] for c in step_chunks(model, [len(bags.features[i]) for i in idx])])
+    largest = max(sum(len(bags.features[i]) for i in c) for chunks in steps for c in chunks)
+    buffer = torch.empty((largest, bags.dim), dtype=x_dtype)  # every micro-batch's x is a view of it
+
+    def packed(chunks):  # lazily: a micro-batch is packed after the previous one's backward freed its graph
+        for c in chunks:
+            yield pack([bags.features[i] for i in c], bags.labels[c], x_dtype, buffer).to(device)
+
+    for step, chunks in enumerate(steps):
+        n = sum(len(c) for c in chunks)
+        step_logits, losses = train_step(model, opt, packed(chunks), hp, device, precision, n_bags=n)
         if per_step is not None:
             per_step.step()
         for k, v in losses.items():  # summed on the device: no synchronisation per step
-            sums[k] = sums.get(k, 0.0) + v.detach().float() * len(idx)
-        logits.append(out.bag_logits.detach().float())
-        del batch, out, losses  # else they stay alive through the next step's forward pass
+            sums[k] = sums.get(k, 0.0) + v.float() * n
+        logits.append(step_logits.float())
+        del step_logits, losses  # else they stay alive through the next step's forward pass
         if step % TRIM_EVERY == TRIM_EVERY - 1:
             release_free_memory()
     means = {k: float(v) / len(order) for k, v in sums.items()}
