@@ -1,11 +1,15 @@
 # What the rules share: the validated config, the sample sheet, path helpers and input functions.
 
 import json
+import re
 from pathlib import Path
 
-from wsimil.config import validate_config
+from wsimil.config import validate_config, write_config
 from wsimil.datasets.sheet import read_sheet, resolve
-from wsimil.io import SLIDE_ID_PATTERN
+from wsimil.experiments import cell_overrides, features_subdir, ood_sheet, patch_tag, plan_cells
+from wsimil.io import SLIDE_ID_PATTERN, copy_atomic
+from wsimil.poison import select_poisoned_slides
+from wsimil.reporting.experiments import all_outputs, experiment_outputs, needs, summary_outputs
 
 validate_config(config, "config")
 
@@ -15,10 +19,8 @@ LOGS = f"{OUT}/logs"
 BENCH = f"{OUT}/benchmarks"
 # Parameters that change a result are part of its path (a changed resolution or extractor never
 # reuses old files).
-PATCH_TAG = f"{config['patching']['target_mpp']}mpp_{config['patching']['patch_size']}px"
-PATCHES = f"{OUT}/patches/{PATCH_TAG}"
-FEATURES = f"{OUT}/features/{PATCH_TAG}/{config['features']['extractor']}"
-POISON_TAG = f"poison_s{config['poison']['strength']}_f{config['poison']['fraction']}_seed{config['poison']['seed']}"
+PATCHES = f"{OUT}/patches/{patch_tag(config)}"
+FEATURES = f"{OUT}/{features_subdir(config, '')}".rstrip("/")
 METHODS = config["training"]["methods"]
 SEEDS = config["training"]["seeds"]
 EXPERIMENTS = config["experiments"]
@@ -44,8 +46,6 @@ TUMOUR_SYNTH = [s for s in SLIDES if str(_ROWS.loc[s, "annotation"])]
 
 wildcard_constraints:
     slide=SLIDE_ID_PATTERN.strip("^$"),
-    experiment="|".join(EXPERIMENTS),
-    method="|".join(METHODS),
 
 
 def get_dataset_dir(wildcards, output):
@@ -60,7 +60,7 @@ def get_milunit_dir(wildcards, output):
 
 
 def get_results_dir(wildcards, output):
-    """results/<dataset>, from the report rule's first output (tables/<name>.md)."""
+    """results/<dataset>, from a report rule's first output (tables/<name>.md)."""
     return str(Path(output[0]).parent.parent)
 
 
@@ -93,6 +93,7 @@ def get_label(wildcards):
 
 
 MILUNIT = f"{OUT}/milunit/seed{config['milunit']['seed']}"
+OOD_SHEET = f"{OUT}/data/slides_ood.csv"
 
 
 def milunit_ids():
@@ -100,64 +101,92 @@ def milunit_ids():
     return [f"{split}_{i:04d}" for split, n in config["milunit"]["bags"].items() for i in range(n)]
 
 
-def features_dir(experiment):
-    if experiment == "milunit":
-        return f"{MILUNIT}/features"
-    return f"{FEATURES}/{POISON_TAG}" if experiment == "poison" else f"{FEATURES}/clean"
+# Cells: the sets of runs of every experiment (wsimil.experiments; docs/experiments.md).
+CELLS = {c.name: c for c in plan_cells(config)}
+RUN_METHODS = sorted({m for c in CELLS.values() for m in c.methods})
+OOD_SLIDES = list(ood_sheet(SHEET, config["ood"]["train_centers"])["slide_id"]) if "ood" in EXPERIMENTS else []
 
 
-def get_experiment_sheet(wildcards):
-    return f"{MILUNIT}/slides.csv" if wildcards.experiment == "milunit" else SHEET_PATH
+wildcard_constraints:
+    cell="|".join(re.escape(c) for c in CELLS) or "^$",
+    method="|".join(RUN_METHODS),
+    experiment="|".join(EXPERIMENTS),
+
+
+def features_dir(cell):
+    kind = CELLS[cell].features
+    return f"{MILUNIT}/features" if kind == "milunit" else f"{OUT}/{features_subdir(config, kind)}"
+
+
+def cell_sheet(cell):
+    return {"main": SHEET_PATH, "ood": OOD_SHEET, "milunit": f"{MILUNIT}/slides.csv"}[CELLS[cell].sheet]
+
+
+def cell_slides(cell):
+    return {"main": SLIDES, "ood": OOD_SLIDES, "milunit": milunit_ids()}[CELLS[cell].sheet]
+
+
+def get_cell_sheet(wildcards):
+    return cell_sheet(wildcards.cell)
 
 
 def get_features_dir(wildcards):
-    return features_dir(wildcards.experiment)
+    return features_dir(wildcards.cell)
 
 
-def get_experiment_features(wildcards):
-    ids = milunit_ids() if wildcards.experiment == "milunit" else SLIDES
-    return expand("{dir}/{slide}.h5", dir=features_dir(wildcards.experiment), slide=ids)
+def get_cell_features(wildcards):
+    return expand("{dir}/{slide}.h5", dir=features_dir(wildcards.cell), slide=cell_slides(wildcards.cell))
 
 
 RUN_FILES = ["predictions.csv", "instance_scores.h5", "history.csv", "model.pt", "run.json"]
 
 
-def run_dir(experiment, method, seed):
-    return f"{OUT}/runs/{experiment}/{method}/seed{seed}"
+def run_dir(cell, method, seed):
+    return f"{OUT}/runs/{cell}/{method}/seed{seed}"
 
 
 def get_run_template(wildcards):
     """The run directory of every seed; the CLI fills in {seed}."""
-    return run_dir(wildcards.experiment, wildcards.method, "{seed}")
+    return run_dir(wildcards.cell, wildcards.method, "{seed}")
+
+
+def get_poison_params(wildcards):
+    """The `poison:` section with the level of the requested feature folder."""
+    level = {"strength": float(wildcards.strength), "fraction": float(wildcards.fraction), "seed": int(wildcards.pseed)}
+    return json.dumps({**config["poison"], **level}, sort_keys=True)
 
 
 def get_overrides(wildcards):
-    return json.dumps(config["training"]["overrides"].get(wildcards.method, {}), sort_keys=True)
+    return json.dumps(cell_overrides(config, CELLS[wildcards.cell], wildcards.method), sort_keys=True)
 
 
-def get_experiment_run_dirs(wildcards):
-    return " ".join(run_dir(wildcards.experiment, m, s) for m in METHODS for s in SEEDS)
+def cell_runs(cell):
+    return [(m, s) for m in CELLS[cell].methods for s in SEEDS]
 
 
-def get_experiment_runs(wildcards):
-    return [f"{run_dir(wildcards.experiment, m, s)}/predictions.csv" for m in METHODS for s in SEEDS]
+def train_outputs(cell):
+    return [f"{run_dir(cell, m, s)}/{f}" for m, s in cell_runs(cell) for f in RUN_FILES]
 
 
-def get_all_metrics(wildcards=None):
-    return [f"{run_dir(e, m, s)}/metrics.json" for e in EXPERIMENTS for m in METHODS for s in SEEDS]
+def metrics_files(cells):
+    return [f"{run_dir(c, m, s)}/metrics.json" for c in cells for m, s in cell_runs(c)]
 
 
-def report_outputs():
-    tables = [f"{OUT}/tables/{e}.{ext}" for e in EXPERIMENTS for ext in ("csv", "md")]
-    figures = [f"{OUT}/figures/slide_auc.png"]
-    if {"standard", "poison"} <= set(EXPERIMENTS):
-        tables += [f"{OUT}/tables/poison_comparison.{ext}" for ext in ("csv", "md")]
-        figures += [f"{OUT}/figures/poison_comparison.png"]
-    return tables, figures
+def get_cell_runs(wildcards):
+    return [f"{run_dir(wildcards.cell, m, s)}/predictions.csv" for m, s in cell_runs(wildcards.cell)]
+
+
+def get_cell_run_dirs(wildcards):
+    return " ".join(run_dir(wildcards.cell, m, s) for m, s in cell_runs(wildcards.cell))
+
+
+def experiment_inputs(experiment):
+    """What an experiment's tables and figures are made from: the metrics of its cells and of the cells it
+    compares with (wsimil.reporting.experiments.needs)."""
+    return metrics_files(needs(config, experiment))
 
 
 def get_final_output():
-    """Tables and figures, and every run directory in full (a deleted model.pt is rebuilt too)."""
-    tables, figures = report_outputs()
-    runs = [f"{run_dir(e, m, s)}/{f}" for e in EXPERIMENTS for m in METHODS for s in SEEDS for f in RUN_FILES]
-    return tables + figures + runs + get_all_metrics()
+    """Every experiment's tables and figures, the summary, and every run directory in full."""
+    runs = [f for c in CELLS for f in train_outputs(c)]
+    return [f"{OUT}/{f}" for f in all_outputs(config, HAS_SLIDES)] + runs + metrics_files(CELLS)

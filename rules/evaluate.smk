@@ -1,21 +1,26 @@
-# Slide and patch metrics of every run of an experiment (one job: scoring is cheap, start-up is not).
+# Slide, patch and lesion metrics of every run of a cell: one job per cell (scoring is cheap, start-up is
+# not). A rule per cell, because cells differ in their methods and so in their outputs.
 
+for _cell in CELLS:
 
-rule evaluate:
-    input:
-        runs=get_experiment_runs,
-        features=get_experiment_features,
-    output:
-        [f"{OUT}/runs/{{experiment}}/{m}/seed{s}/metrics.json" for m in METHODS for s in SEEDS],
-    params:
-        runs=get_experiment_run_dirs,
-        features=get_features_dir,
-        threshold=config["evaluation"]["threshold"],
-        positive=config["evaluation"]["patch_positive_fraction"],
-    log:
-        f"{LOGS}/evaluate/{{experiment}}.log",
-    conda:
-        "../envs/wsimil.yaml"
-    shell:
-        "wsimil evaluate {params.runs} --features {params.features} --threshold {params.threshold}"
-        " --patch-positive-fraction {params.positive} 2> {log}"
+    rule:
+        name:
+            f"evaluate_{re.sub(r'[^A-Za-z0-9_]', '_', _cell)}"
+        input:
+            runs=[f"{run_dir(_cell, m, s)}/predictions.csv" for m, s in cell_runs(_cell)],
+            features=expand("{dir}/{slide}.h5", dir=features_dir(_cell), slide=cell_slides(_cell)),
+            sheet=cell_sheet(_cell),
+        output:
+            metrics_files([_cell]),
+        params:
+            runs=" ".join(run_dir(_cell, m, s) for m, s in cell_runs(_cell)),
+            features=features_dir(_cell),
+            threshold=config["evaluation"]["threshold"],
+            positive=config["evaluation"]["patch_positive_fraction"],
+        log:
+            f"{LOGS}/evaluate/{_cell}.log",
+        conda:
+            "../envs/wsimil.yaml"
+        shell:
+            "wsimil evaluate {params.runs} --features {params.features} --sheet {input.sheet:q}"
+            " --threshold {params.threshold} --patch-positive-fraction {params.positive} 2> {log}"

@@ -1,30 +1,106 @@
-# Tables (csv, md, tex) and figures from the evaluated runs; both appear in `snakemake --report`.
+# Each experiment's tables (csv, md, tex) and figures (png, pdf) from its evaluated runs, one job per
+# experiment, every file in `snakemake --report` with its caption (report/captions/<name>.rst). Named targets:
+# `snakemake standard`, `... poison`, `... figures`, `... tables`, `... summary` rebuild from finished runs.
+
+HAS_SLIDES = bool(SYNTH_DIR) or all(str(p) for p in SHEET["path"])
+HEATMAP_SLIDES = [s for s in SLIDES if _ROWS.loc[s, "split"] == "test" and _ROWS.loc[s, "label"] == 1][:2]
 
 
-rule report_tables_figures:
-    input:
-        get_all_metrics,
+def _reported(files):
+    """report() for what the HTML report shows (markdown tables, PNG figures), plain paths for the rest."""
+    out = []
+    for f in files:
+        stem, ext = Path(f).stem, Path(f).suffix
+        kind = "Tables" if f.startswith("tables/") else "Figures"
+        if ext in (".md", ".png"):
+            out.append(report(f"{OUT}/{f}", caption=f"../report/captions/{stem}.rst", category=kind))
+        else:
+            out.append(f"{OUT}/{f}")
+    return out
+
+
+def heatmap_inputs(experiment):
+    if f"figures/heatmaps_{experiment}.png" not in experiment_outputs(config, experiment, HAS_SLIDES):
+        return []
+    slides = [get_slide(type("W", (), {"slide": s})) for s in HEATMAP_SLIDES]
+    notes = [get_annotation_path(type("W", (), {"slide": s})) for s in HEATMAP_SLIDES]
+    return slides + [n for n in notes if n]
+
+
+rule run_config:
+    """The merged config of this run (config.yaml, --configfile, --config), validated, for the report jobs and
+    for the record; rewritten when the config changes."""
     output:
-        tables=[
-            report(t, caption="../report/table.rst", category="Tables")
-            for t in report_outputs()[0]
-            if t.endswith(".md")
-        ],
-        csv=[t for t in report_outputs()[0] if t.endswith(".csv")],
-        figures=[
-            report(f, caption="../report/figure.rst", category="Figures")
-            for f in report_outputs()[1]
-        ],
+        report(f"{OUT}/config.yaml", caption="../report/captions/config.rst", category="Run"),
     params:
-        runs=f"{OUT}/runs",
-        experiments=" ".join(EXPERIMENTS),
-        methods=" ".join(METHODS),
-        out=get_results_dir,
-        dataset=DATASET,
+        config=json.dumps(config, sort_keys=True, default=str),
+    run:
+        write_config(config, output[0])
+
+
+localrules:
+    run_config,
+
+
+for _exp in EXPERIMENTS:
+
+    rule:
+        name:
+            f"report_{_exp}"
+        input:
+            config=f"{OUT}/config.yaml",
+            metrics=experiment_inputs(_exp),
+            slides=heatmap_inputs(_exp),
+            sheet=[SHEET_PATH] if HAS_SLIDES else [],
+        output:
+            _reported(experiment_outputs(config, _exp, HAS_SLIDES)),
+        params:
+            experiment=_exp,
+            out=OUT,
+            sheet=f"--sheet {SHEET_PATH}" if HAS_SLIDES else "",
+            heatmaps=" ".join(HEATMAP_SLIDES),
+        log:
+            f"{LOGS}/report/{_exp}.log",
+        conda:
+            "../envs/wsimil.yaml"
+        shell:
+            "wsimil report --config {input.config} --experiment {params.experiment} --out {params.out}"
+            " {params.sheet} --heatmap-slides {params.heatmaps} 2> {log}"
+
+    rule:
+        name:
+            _exp
+        input:
+            getattr(rules, f"report_{_exp}").output,
+        default_target: False
+
+
+rule report_summary:
+    input:
+        config=f"{OUT}/config.yaml",
+        metrics=metrics_files(CELLS),
+    output:
+        _reported(summary_outputs()),
+    params:
+        out=OUT,
     log:
-        f"{LOGS}/report.log",
+        f"{LOGS}/report/summary.log",
     conda:
         "../envs/wsimil.yaml"
     shell:
-        "wsimil report --runs {params.runs} --experiments {params.experiments} --methods {params.methods}"
-        " --dataset {params.dataset} --out {params.out} 2> {log}"
+        "wsimil summary --config {input.config} --out {params.out} 2> {log}"
+
+
+rule summary:
+    input:
+        rules.report_summary.output,
+
+
+rule tables:
+    input:
+        [f"{OUT}/{f}" for f in all_outputs(config, HAS_SLIDES) if f.startswith("tables/")],
+
+
+rule figures:
+    input:
+        [f"{OUT}/{f}" for f in all_outputs(config, HAS_SLIDES) if f.startswith("figures/")],

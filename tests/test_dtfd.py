@@ -278,3 +278,22 @@ def test_every_distillation_learns_the_toy_problem(name):
     test = bags.indices("test")
     auc = safe_auc(bags.labels[test], predict(result.model, bags, test).probs)
     assert auc >= 0.95, f"{name}: test AUC {auc:.3f}"
+
+
+def test_predict_returns_the_tier1_score_of_every_pseudo_bag():
+    """The ablation's Tier-1 AUC is over pseudo-bags (the official test loop): predict keeps them per slide."""
+    from wsimil.training.data import BagSet
+    from wsimil.training.loop import predict
+
+    torch.manual_seed(0)
+    feats = [torch.randn(n, 6) for n in (9, 2, 12)]  # the 2-instance bag has only 2 non-empty pseudo-bags
+    bags = BagSet(["a", "b", "c"], np.array([1, 0, 1]), np.array(["test"] * 3), feats)
+    model = get_method("dtfd_afs").build(6, get_method("dtfd_afs").hparams({"model": {"n_pseudo_bags": 4}}))
+    pred = predict(model, bags, np.arange(3))
+    assert [len(g) for g in pred.group_scores] == [4, 2, 4]
+    with torch.no_grad():
+        model.eval()
+        alone = model(pack([feats[2]], [1]))
+    want = torch.sigmoid(alone.extras["tier1_logits"]).numpy()
+    np.testing.assert_allclose(pred.group_scores[2], want, rtol=1e-5, atol=1e-6)
+    assert predict(get_method("abmil").build(6), bags, np.arange(3)).group_scores is None

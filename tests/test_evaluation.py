@@ -237,3 +237,207 @@ def test_evaluate_run_rejects_bad_predictions(tmp_path):
     df.to_csv(run / "predictions.csv", index=False)
     with pytest.raises(WsimilError, match="te_n2"):
         evaluate_run(run, feats, n_boot=10)
+
+
+# ----------------------------------------------------------------------------------------- thresholds
+
+
+def test_youden_threshold_known_answer_and_tie_rule():
+    from wsimil.evaluation.metrics import youden_threshold
+
+    # J: 0.8 -> .5, 0.7 -> 0, 0.6 -> .5, 0.1 -> 0. Tie 0.8 / 0.6: 0.6 is closer to 0.5
+    # (the official DTFD-MIL / DSMIL optimal_thresh would take the first maximum, 0.8)
+    assert youden_threshold([0, 0, 1, 1], [0.1, 0.7, 0.8, 0.6]) == (0.6, None)
+    assert youden_threshold([0, 1], [0.2, 0.9]) == (0.9, None)  # the highest threshold that keeps TPR 1
+    # equal distance from 0.5 (0.3 and 0.7 tie in J): the higher threshold
+    assert youden_threshold([0, 1, 0, 1], [0.1, 0.3, 0.5, 0.7])[0] == 0.7
+    thr, reason = youden_threshold([1, 1], [0.2, 0.9])
+    assert math.isnan(thr) and "positive" in reason
+
+
+def test_evaluate_run_thresholds_from_validation_and_test(tmp_path):
+    run, feats = _fake_run(tmp_path)
+    m = evaluate_run(run, feats, n_boot=10)
+    # val: va_n 0.6 (label 0), va_t 0.4 (label 1): J(0.6) = -1, J(0.4) = 0 -> 0.4
+    assert m["slide_threshold_val"] == 0.4 and m["slide_threshold_val_reason"] is None
+    # test at 0.4: scores n 0.1, 0.7, t 0.8, 0.6 -> predictions 0, 1, 1, 1
+    assert m["slide_accuracy_valthr"] == 0.75
+    assert m["slide_f1_valthr"] == pytest.approx(0.8)
+    assert m["slide_balanced_accuracy_valthr"] == 0.75
+    # test's own Youden: 0.6 (tie with 0.8, closer to 0.5) -> same predictions as at 0.4
+    assert m["slide_threshold_youden_test"] == 0.6 and m["slide_threshold_youden_test_reason"] is None
+    assert m["slide_accuracy_youden_test"] == 0.75 and m["slide_f1_youden_test"] == pytest.approx(0.8)
+    # the 0.5 keys are unchanged: predictions 0, 1, 1, 1 as well
+    assert m["slide_accuracy"] == 0.75 and m["threshold"] == 0.5
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk["slide_threshold_val"] == 0.4 and on_disk["slide_threshold_val_reason"] is None
+
+
+def test_evaluate_run_threshold_fallbacks(tmp_path):
+    run, feats = _fake_run(tmp_path)
+    df = pd.read_csv(run / "predictions.csv")
+    df.loc[df["slide_id"] == "va_t", "label"] = 0  # validation: one class
+    df.to_csv(run / "predictions.csv", index=False)
+    m = evaluate_run(run, feats, n_boot=10)
+    assert m["slide_threshold_val"] == 0.5 and "negative" in m["slide_threshold_val_reason"]
+    assert m["slide_accuracy_valthr"] == m["slide_accuracy"]
+    df[df["split"] != "val"].to_csv(run / "predictions.csv", index=False)  # no validation split at all
+    m = evaluate_run(run, feats, n_boot=10)
+    assert m["slide_threshold_val"] == 0.5 and "no validation slides" in m["slide_threshold_val_reason"]
+    df.loc[df["split"] == "test", "label"] = 1  # test: one class -> no Youden threshold of its own
+    df.to_csv(run / "predictions.csv", index=False)
+    m = evaluate_run(run, feats, n_boot=10)
+    assert math.isnan(m["slide_threshold_youden_test"]) and math.isnan(m["slide_f1_youden_test"])
+    assert "positive" in m["slide_threshold_youden_test_reason"]
+    assert json.loads((run / "metrics.json").read_text())["slide_threshold_youden_test"] is None
+
+
+# ----------------------------------------------------------------------------------------- extra score columns
+
+
+def test_evaluate_run_extra_score_columns(tmp_path):
+    run, feats = _fake_run(tmp_path)
+    df = pd.read_csv(run / "predictions.csv")
+    tier1 = {"tr_n": 0.3, "tr_t": 0.2, "va_n": 0.1, "va_t": 0.9, "te_n1": 0.2, "te_n2": 0.5, "te_t1": 0.4, "te_t2": 0.9}
+    df["tier1_score"] = df["slide_id"].map(tier1)
+    df["center"] = "RUMC"  # other extra columns are kept, not rejected
+    df.to_csv(run / "predictions.csv", index=False)
+    m = evaluate_run(run, feats, n_boot=10)
+    assert m["tier1_train_auc"] == 0.0 and m["tier1_val_auc"] == 1.0
+    assert m["tier1_test_auc"] == pytest.approx(0.75)  # 0.4 > 0.2 only, 0.9 > both -> 3/4
+    assert m["tier1_test_n"] == 4 and m["tier1_test_auc_nan_reason"] is None
+    assert m["slide_auc"] == pytest.approx(0.75)  # the main score is still `score`
+    # a split whose slides all lack the value, or hold one class, is null with a reason
+    df.loc[df["split"] == "val", "tier1_score"] = np.nan
+    df.loc[df["slide_id"] == "tr_n", "label"] = 1
+    df.to_csv(run / "predictions.csv", index=False)
+    m = evaluate_run(run, feats, n_boot=10)
+    assert math.isnan(m["tier1_val_auc"]) and m["tier1_val_n"] == 0 and "no val slides" in m["tier1_val_auc_nan_reason"]
+    assert math.isnan(m["tier1_train_auc"]) and "positive" in m["tier1_train_auc_nan_reason"]
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk["tier1_val_auc"] is None and on_disk["tier1_test_auc"] == pytest.approx(0.75)
+
+
+def test_bad_extra_score_column_is_named(tmp_path):
+    run, feats = _fake_run(tmp_path)
+    df = pd.read_csv(run / "predictions.csv")
+    df["tier1_score"] = ["0.1"] * 7 + ["high"]
+    df.to_csv(run / "predictions.csv", index=False)
+    with pytest.raises(WsimilError, match=r"predictions.csv: column 'tier1_score'.*te_t2"):
+        evaluate_run(run, feats, n_boot=10)
+
+
+# ----------------------------------------------------------------------------------------- FROC in evaluate_run
+
+_STEP, _MPP = 100, 1.0  # level-0 px per patch, um per level-0 px
+
+
+def _froc_run(tmp_path: Path, inverted: bool = False, attrs: bool = True) -> tuple[Path, Path, dict]:
+    """A run whose test slides are one tumour slide (lesion on cells 3..6 of a 12 x 12 grid) and one normal
+    slide; the tumour slide's heatmap is perfect (or fires only outside the lesion)."""
+    from wsimil.slides.annotations import write_asap_xml
+
+    run, feats = tmp_path / "runs" / "froc" / "maxpool" / "seed0", tmp_path / "features"
+    run.mkdir(parents=True)
+    ys, xs = np.mgrid[0:12, 0:12]
+    coords = np.stack([xs.ravel(), ys.ravel()], axis=1) * _STEP
+    inside = ((xs >= 3) & (xs <= 6) & (ys >= 3) & (ys <= 6)).ravel()
+    tumour = np.where(inside, 0.1, 0.9) if inverted else np.where(inside, 0.95, 0.1)
+    inst = {"tr_n": np.full(144, 0.1), "tr_t": tumour, "va_n": np.full(144, 0.1), "va_t": tumour,
+            "te_n": np.full(144, 0.2), "te_t": tumour}
+    labels = {"tr_n": 0, "tr_t": 1, "va_n": 0, "va_t": 1, "te_n": 0, "te_t": 1}
+    splits = {"tr_n": "train", "tr_t": "train", "va_n": "val", "va_t": "val", "te_n": "test", "te_t": "test"}
+    pd.DataFrame([{"slide_id": s, "label": labels[s], "split": splits[s], "score": 0.3 + 0.4 * labels[s]}
+                  for s in labels]).to_csv(run / "predictions.csv", index=False)
+    with h5py.File(run / "instance_scores.h5", "w") as f:
+        for s, v in inst.items():
+            f.create_dataset(s, data=v.astype(np.float32))
+    (run / "run.json").write_text(json.dumps({"method": "maxpool", "seed": 0, "experiment": "froc"}))
+    extra = {"level0_size": _STEP, "mpp_level0": _MPP} if attrs else {}
+    for s in labels:
+        tf = inside.astype(np.float32) if labels[s] else np.zeros(144, np.float32)
+        write_features(feats / f"{s}.h5", np.ones((144, 4), np.float32), coords, tumor_fraction=tf, attrs=extra)
+    (tmp_path / "annotations").mkdir()
+    lesion = np.array([[300, 300], [700, 300], [700, 700], [300, 700]])  # 400 um: no ITC
+    for s in ("tr_t", "va_t", "te_t"):
+        write_asap_xml(tmp_path / "annotations" / f"{s}.xml", [lesion])
+    annotations = {s: (str(tmp_path / "annotations" / f"{s}.xml") if labels[s] else None) for s in labels}
+    return run, feats, annotations
+
+
+FROC_KEYS = ["froc", "froc_sens_at_0.25", "froc_sens_at_0.5", "froc_sens_at_1", "froc_sens_at_2", "froc_sens_at_4",
+             "froc_sens_at_8", "froc_n_slides", "froc_n_lesions", "froc_n_itc_lesions", "froc_skipped_reason"]
+
+
+def test_evaluate_run_froc_perfect_and_inverted_heatmaps(tmp_path):
+    run, feats, ann = _froc_run(tmp_path / "a")
+    m = evaluate_run(run, feats, n_boot=10, annotations=ann)
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert set(FROC_KEYS) <= set(on_disk)
+    assert m["froc"] == 1.0 and m["froc_sens_at_0.25"] == 1.0 and m["froc_sens_at_8"] == 1.0
+    assert (m["froc_n_slides"], m["froc_n_lesions"], m["froc_n_itc_lesions"]) == (2, 1, 0)
+    assert m["froc_skipped_reason"] is None and on_disk["froc"] == 1.0
+    run, feats, ann = _froc_run(tmp_path / "b", inverted=True)
+    m = evaluate_run(run, feats, n_boot=10, annotations=ann)
+    assert m["froc"] == 0.0 and m["froc_sens_at_8"] == 0.0
+
+
+def test_evaluate_run_froc_skipped_with_reasons(tmp_path):
+    run, feats, ann = _froc_run(tmp_path / "a")
+    m = evaluate_run(run, feats, n_boot=10)  # no annotations
+    assert math.isnan(m["froc"]) and "--sheet" in m["froc_skipped_reason"]
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk["froc"] is None and on_disk["froc_sens_at_1"] is None and on_disk["froc_n_slides"] is None
+    # the tumour slide without annotation is left out; no annotated tumour slide remains
+    m = evaluate_run(run, feats, n_boot=10, annotations={**ann, "te_t": None})
+    assert math.isnan(m["froc"]) and "no annotated tumour slide" in m["froc_skipped_reason"]
+    # a feature file without level-0 geometry (e.g. a CLAM export)
+    run, feats, ann = _froc_run(tmp_path / "b", attrs=False)
+    m = evaluate_run(run, feats, n_boot=10, annotations=ann)
+    assert math.isnan(m["froc"]) and "te_" in m["froc_skipped_reason"] and "level0_size" in m["froc_skipped_reason"]
+    assert m["slide_auc"] == 1.0  # the rest of the metrics are still there
+
+
+def test_evaluate_run_froc_missing_annotation_file_is_named(tmp_path):
+    run, feats, ann = _froc_run(tmp_path)
+    Path(ann["te_t"]).unlink()
+    with pytest.raises(WsimilError, match="te_t.xml"):
+        evaluate_run(run, feats, n_boot=10, annotations=ann)
+
+
+def test_cli_evaluate_with_sheet(tmp_path, capsys):
+    from wsimil.cli import main
+
+    run, feats, ann = _froc_run(tmp_path)
+    rows = [{"slide_id": s, "label": int(a is not None), "split": "test", "center": "0", "path": f"slides/{s}.tif",
+             "annotation": f"annotations/{s}.xml" if a else ""} for s, a in ann.items()]
+    pd.DataFrame(rows).to_csv(tmp_path / "slides.csv", index=False)
+    assert main(["evaluate", str(run), "--features", str(feats), "--sheet", str(tmp_path / "slides.csv")]) == 0
+    assert json.loads((run / "metrics.json").read_text())["froc"] == 1.0
+    assert main(["evaluate", str(run), "--features", str(feats)]) == 0  # backward compatible: no FROC
+    assert json.loads((run / "metrics.json").read_text())["froc"] is None
+    assert main(["evaluate", str(run), "--features", str(feats), "--sheet", str(tmp_path / "nope.csv")]) == 2
+    assert "sample sheet not found" in capsys.readouterr().err
+
+
+def test_evaluate_run_tier1_auc_over_pseudo_bags(tmp_path):
+    run, feats = _fake_run(tmp_path)
+    rows = []
+    # test: tumour pseudo-bags 0.9, 0.4 / 0.8, 0.3; normal 0.5, 0.2 / 0.1, 0.6 -> AUC over 4 x 4 pairs
+    bags = (("te_t1", 1, [0.9, 0.4]), ("te_t2", 1, [0.8, 0.3]), ("te_n1", 0, [0.5, 0.2]), ("te_n2", 0, [0.1, 0.6]),
+            ("tr_t", 1, [0.7]), ("tr_n", 0, [0.2]))
+    for sid, lab, scores in bags:
+        split = "test" if sid.startswith("te") else "train"
+        rows += [{"slide_id": sid, "label": lab, "split": split, "pseudo_bag": k, "score": v}
+                 for k, v in enumerate(scores)]
+    pd.DataFrame(rows).to_csv(run / "pseudo_bags.csv", index=False)
+    m = evaluate_run(run, feats, n_boot=10)
+    pos, neg = [0.9, 0.4, 0.8, 0.3], [0.5, 0.2, 0.1, 0.6]
+    assert m["tier1_test_auc"] == pytest.approx(roc_auc_score([1] * 4 + [0] * 4, pos + neg))
+    assert m["tier1_test_n"] == 8 and m["tier1_train_auc"] == 1.0
+    assert math.isnan(m["tier1_val_auc"]) and m["tier1_val_n"] == 0
+    assert m["tier1_val_auc_nan_reason"] == "no val pseudo-bags"
+    assert m["tier1_auc_source"].startswith("pseudo_bags.csv")
+    pd.DataFrame(rows).drop(columns="pseudo_bag").to_csv(run / "pseudo_bags.csv", index=False)
+    with pytest.raises(WsimilError, match=r"pseudo_bags.csv: missing columns \['pseudo_bag'\]"):
+        evaluate_run(run, feats, n_boot=10)

@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from wsimil.io import WsimilError, atomic_path, check_slide_id
+from wsimil.io import WsimilError, check_slide_id, copy_atomic
 
 log = logging.getLogger("wsimil")
 
@@ -134,8 +133,7 @@ def cmd_poison(args: argparse.Namespace) -> None:
     if args.slide_id in targets:
         _extract(args, PoisonSpec(strength=pcfg["strength"], fraction=pcfg["fraction"], seed=pcfg["seed"]))
     else:
-        with atomic_path(args.out) as tmp:
-            shutil.copyfile(args.clean, tmp)
+        copy_atomic(args.clean, args.out)
         log.info("%s is not a poison target: clean features copied", args.slide_id)
 
 
@@ -167,17 +165,46 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from wsimil.evaluation.evaluate import evaluate_run
+    from wsimil.evaluation.evaluate import annotations_from_sheet, evaluate_run
 
+    annotations = annotations_from_sheet(args.sheet) if args.sheet else None
     for run in args.run_dirs:
-        m = evaluate_run(run, args.features, threshold=args.threshold, positive_fraction=args.patch_positive_fraction)
-        log.info("%s: test AUC %s", run, m.get("test", {}).get("auc") if isinstance(m.get("test"), dict) else m.get("auc"))
+        m = evaluate_run(run, args.features, threshold=args.threshold, positive_fraction=args.patch_positive_fraction,
+                         annotations=annotations)
+        log.info("%s: %s AUC %.4f, FROC %s", run, m["split"], m["slide_auc"],
+                 f"{m['froc']:.4f}" if m["froc"] == m["froc"] else f"n/a ({m['froc_skipped_reason']})")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from wsimil.reporting.report import write_report
+    from wsimil.config import load_config
+    from wsimil.datasets.sheet import read_sheet
+    from wsimil.reporting.experiments import write_experiment
 
-    write_report(args.runs, args.experiments, args.methods, args.out, dataset=args.dataset)
+    config = load_config(args.config)
+    sheet = None
+    if args.sheet:
+        sheet = read_sheet(args.sheet)
+        sheet.attrs["path"] = str(args.sheet)
+    for path in write_experiment(config, args.experiment, args.out, sheet, args.heatmap_slides or []):
+        log.info("wrote %s", path)
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    from wsimil.config import load_config
+    from wsimil.reporting.summary import write_summary
+
+    for path in write_summary(load_config(args.config), args.out):
+        log.info("wrote %s", path)
+
+
+def cmd_ood_sheet(args: argparse.Namespace) -> None:
+    from wsimil.datasets.sheet import read_sheet
+    from wsimil.experiments import ood_sheet
+    from wsimil.io import write_text_atomic
+
+    sheet = ood_sheet(read_sheet(args.sheet), args.train_centers or None)
+    write_text_atomic(args.out, sheet.to_csv(index=False))
+    log.info("%s: %d slides (%s)", args.out, len(sheet), sheet.groupby("split").size().to_dict())
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
@@ -281,15 +308,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--features", type=Path, required=True, help="feature folder with tumor_fraction (patch metrics)")
     s.add_argument("--threshold", type=float, default=0.5)
     s.add_argument("--patch-positive-fraction", type=float, default=0.5)
+    s.add_argument("--sheet", type=Path, help="sample sheet slides.csv: its annotation column (ASAP XML, relative to "
+                   "the sheet's folder) gives the lesions for the CAMELYON16 FROC; without it the FROC is skipped")
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("report", help="tables (csv, md, tex) and figures from evaluated runs")
-    s.add_argument("--runs", type=Path, required=True, help="results/<dataset>/runs")
-    s.add_argument("--experiments", nargs="+", required=True)
-    s.add_argument("--methods", nargs="+", help="order of methods in tables and figures")
-    s.add_argument("--dataset", default="", help="dataset name for captions")
-    s.add_argument("--out", type=Path, required=True, help="results/<dataset>")
+    s = sub.add_parser("report", help="one experiment's tables (csv, md, tex) and figures from its evaluated runs")
+    s.add_argument("--config", type=Path, required=True, help="the workflow config (YAML or JSON; the experiments are "
+                   "planned from it): results/<dataset>/config.yaml, written by the workflow")
+    s.add_argument("--experiment", required=True, help="standard, ood, poison, dtfd_ablation, minet_curves, "
+                   "dose_response or milunit")
+    s.add_argument("--out", type=Path, required=True, help="results/<dataset> (runs/ inside, tables/ and figures/ written)")
+    s.add_argument("--sheet", type=Path, help="slides.csv, for the slide images and annotations of the heatmaps")
+    s.add_argument("--heatmap-slides", nargs="*", help="test slides shown in the heatmap figures")
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("summary", help="SUMMARY.md, the paper-vs-reproduced table and the overview figure")
+    s.add_argument("--config", type=Path, required=True, help="the workflow config (results/<dataset>/config.yaml)")
+    s.add_argument("--out", type=Path, required=True, help="results/<dataset>")
+    s.set_defaults(func=cmd_summary)
+
+    s = sub.add_parser("ood-sheet", help="the out-of-distribution sample sheet: train on some centres, test on the others")
+    s.add_argument("--sheet", type=Path, required=True, help="slides.csv")
+    s.add_argument("--train-centers", nargs="*", help="centres whose train/val slides are used (default: first half)")
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(func=cmd_ood_sheet)
 
     sub.add_parser("methods", help="list methods and their published defaults").set_defaults(func=cmd_methods)
     sub.add_parser("extractors", help="list feature extractors").set_defaults(func=cmd_extractors)
@@ -304,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("fontTools").setLevel(logging.WARNING)  # matplotlib's PDF font subsetting is chatty
     try:
         args.func(args)
     except WsimilError as exc:

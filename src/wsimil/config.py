@@ -7,6 +7,7 @@ value stops everything at once with a message that names the key and the allowed
 from __future__ import annotations
 
 import copy
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -121,6 +122,14 @@ def load_config(path: str | os.PathLike) -> dict:
     except yaml.YAMLError as exc:
         raise WsimilError(f"cannot parse config {path}: {exc}") from exc
     return validate_config(config, path)
+
+
+def write_config(config: dict, path: str | os.PathLike) -> None:
+    """Write a validated config as YAML (atomically), keys in schema order, loadable by :func:`load_config`."""
+    from wsimil.io import write_text_atomic
+
+    plain = json.loads(json.dumps(config, default=str))  # Snakemake's config may hold non-plain mappings
+    write_text_atomic(path, yaml.safe_dump(plain, sort_keys=False, default_flow_style=None, width=110))
 
 
 def default_config() -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import re
 import tempfile
 from pathlib import Path
@@ -52,6 +53,12 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy ``src`` to ``dst`` through a temporary file: ``dst`` is complete or absent."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:

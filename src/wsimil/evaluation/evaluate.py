@@ -5,17 +5,33 @@ every split), ``instance_scores.h5`` (one score per patch, feature-file order) a
 experiment; optional: the path names them too), plus the ``tumor_fraction`` of the evaluated slides' feature
 files. Writes ``metrics.json`` beside them, atomically.
 
+How each metric is computed, with sources: ``docs/metrics.md``.
+
 ``metrics.json`` is one flat object (one row of the results table):
 
 - ``slide_*``: metrics on the evaluated split (``split``, default test): ``slide_auc`` with its stratified
   bootstrap CI ``slide_auc_ci_low`` / ``slide_auc_ci_high``, ``slide_accuracy``, ``slide_f1``,
   ``slide_balanced_accuracy`` at ``threshold``, ``slide_n``, ``slide_n_pos``.
+- ``slide_threshold_val`` (+ ``slide_threshold_val_reason``): the Youden threshold of the *validation*
+  split's predictions (0.5 when validation is absent or one-class, with the reason), and
+  ``slide_accuracy_valthr``, ``slide_f1_valthr``, ``slide_balanced_accuracy_valthr`` on the evaluated split.
+- ``slide_threshold_youden_test`` (+ ``_reason``), ``slide_accuracy_youden_test``, ``slide_f1_youden_test``,
+  ``slide_balanced_accuracy_youden_test``: the Youden threshold of the evaluated split itself, as the
+  official DTFD-MIL / DSMIL code reports Acc / F1 — optimistic (the threshold sees the test labels).
+- ``<name>_<split>_auc`` (+ ``_n``, ``_auc_nan_reason``, ``<name>_auc_source``) for every extra
+  ``<name>_score`` column of ``predictions.csv`` (e.g. DTFD's ``tier1_score`` -> ``tier1_test_auc``), on
+  each split; a ``pseudo_bags.csv`` (DTFD-MIL: slide_id,label,split,pseudo_bag,score) gives the ``tier1_*``
+  keys over pseudo-bags instead, as the official First-Tier AUC.
 - ``train_auc``, ``val_auc``, ``test_auc`` (+ ``*_n``, ``*_auc_nan_reason``): the slide AUC of every split
   in ``predictions.csv`` (a split with no slides is null).
 - ``patch_*_tumour_slides``: patch AUC / AP / mean per-slide AUC / counts over the evaluated split's tumour
   slides (label 1) — the FocusMIL / DTFD localisation protocol; ``patch_*_all_slides``: the same over all of
   the split's slides (normal slides add only negatives).
 - ``patch_metrics_skipped_reason``: null, or why the patch metrics are null (no ``tumor_fraction``).
+- ``froc``, ``froc_sens_at_0.25`` ... ``froc_sens_at_8``, ``froc_n_slides``, ``froc_n_lesions``,
+  ``froc_n_itc_lesions``, ``froc_skipped_reason``, ``froc_note``: the CAMELYON16 lesion-level FROC of the
+  instance-score heatmaps (:mod:`wsimil.evaluation.froc`) when annotations are given, else null with the
+  reason.
 - ``n_excluded_slides``, ``excluded_slides_note``: slides the training run left out (empty bags), from
   ``run.json``, with the reason of each.
 
@@ -30,23 +46,45 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import h5py
 import numpy as np
 import pandas as pd
 
 from wsimil import __version__
-from wsimil.evaluation.metrics import bootstrap_auc_ci, patch_metrics, slide_metrics
+from wsimil.evaluation.froc import FROC_RATES, detections_from_heatmap, froc, lesions_from_xml
+from wsimil.evaluation.metrics import (
+    bootstrap_auc_ci,
+    patch_metrics,
+    score_auc,
+    slide_metrics,
+    youden_threshold,
+)
 from wsimil.io import WsimilError, write_json_atomic
 
 PREDICTION_COLUMNS = ("slide_id", "label", "split", "score")
 SPLITS = ("train", "val", "test")
 _SEED_DIR = re.compile(r"^seed(\d+)$")
+_EXTRA_SCORE = re.compile(r"^(?P<name>[A-Za-z0-9_]+)_score$")
+
+
+def extra_score_columns(df: pd.DataFrame) -> dict[str, str]:
+    """Extra score columns of a predictions table: ``{"tier1": "tier1_score", ...}`` (``score`` itself excluded)."""
+    out = {}
+    for col in df.columns:
+        m = _EXTRA_SCORE.match(str(col))
+        if m and col not in PREDICTION_COLUMNS:
+            out[m.group("name")] = str(col)
+    return out
 
 
 def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
-    """Read and check ``predictions.csv``: the contract's columns, unique ids, 0/1 labels, scores in [0, 1]."""
+    """Read and check ``predictions.csv``: the contract's columns, unique ids, 0/1 labels, scores in [0, 1].
+
+    Other columns are kept. An extra ``<name>_score`` column must be numeric (an empty cell is NaN: no
+    score for that slide) and is returned as float.
+    """
     path = Path(path)
     if not path.is_file():
         raise WsimilError(f"predictions file not found: {path} (has the training run finished?)")
@@ -71,7 +109,17 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
     bad_split = sorted(set(df["split"].astype(str)) - set(SPLITS))
     if bad_split:
         raise WsimilError(f"{path}: unknown split values {bad_split} (expected {list(SPLITS)})")
-    return df.assign(label=labels.astype(np.int64), score=scores.astype(np.float64))
+    extra = {}
+    for col in extra_score_columns(df).values():
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = df["slide_id"][values.isna() & df[col].notna()].tolist()
+        bad += df["slide_id"][np.isinf(values.to_numpy(dtype=np.float64, na_value=np.nan))].tolist()
+        if bad:
+            raise WsimilError(
+                f"{path}: column {col!r} must hold finite numbers (or be empty); bad for slides {bad[:5]}"
+            )
+        extra[col] = values.astype(np.float64)
+    return df.assign(label=labels.astype(np.int64), score=scores.astype(np.float64), **extra)
 
 
 def read_instance_scores(path: str | os.PathLike, slide_ids: list[str]) -> dict[str, np.ndarray]:
@@ -171,11 +219,13 @@ def evaluate_run(
     positive_fraction: float = 0.5,
     n_boot: int = 1000,
     bootstrap_seed: int = 0,
+    annotations: Mapping[str, str | os.PathLike | None] | None = None,
 ) -> dict[str, Any]:
-    """Compute the slide and patch metrics of one run, write ``<run_dir>/metrics.json`` and return them.
+    """Compute the slide, patch and lesion (FROC) metrics of one run, write ``<run_dir>/metrics.json`` and return them.
 
-    The returned dict holds NaN where ``metrics.json`` holds null. Raises :class:`WsimilError` naming the
-    file for a missing or malformed input.
+    ``annotations``: slide id -> ASAP XML path (None or absent: no annotation, i.e. no lesion on a normal
+    slide) for the FROC; None skips it. The returned dict holds NaN where ``metrics.json`` holds null.
+    Raises :class:`WsimilError` naming the file for a missing or malformed input.
     """
     run_dir, features_dir = Path(run_dir), Path(features_dir)
     if split not in SPLITS:
@@ -209,12 +259,16 @@ def evaluate_run(
     low, high = bootstrap_auc_ci(labels, scores, n_boot=n_boot, seed=bootstrap_seed)
     out.update({f"slide_{k}": v for k, v in m.items() if k != "threshold"})
     out["slide_auc_ci_low"], out["slide_auc_ci_high"] = low, high
+    out.update(_threshold_block(preds, labels, scores, split))
+    out.update(_extra_score_block(preds))
+    out.update(_pseudo_bag_block(run_dir / "pseudo_bags.csv"))
 
     # Patch level.
     slide_ids = ev["slide_id"].tolist()
     ev_labels = dict(zip(slide_ids, ev["label"].tolist()))
     fractions = {s: read_tumor_fraction(features_dir / f"{s}.h5") for s in slide_ids}
     out.update(_patch_block(run_dir, slide_ids, ev_labels, fractions, positive_fraction))
+    out.update(_froc_block(run_dir, features_dir, slide_ids, ev_labels, annotations))
 
     write_json_atomic(run_dir / "metrics.json", _nan_to_none(out))
     return out
@@ -265,4 +319,186 @@ def _patch_block(
         out[f"patch_auc_nan_reason_{group}"] = pm["auc_nan_reason"]
     if unannotated:
         out["patch_metrics_note"] = f"tumour slides without tumor_fraction left out: {unannotated[:10]}"
+    return out
+
+
+def _threshold_block(preds: pd.DataFrame, labels: np.ndarray, scores: np.ndarray, split: str) -> dict[str, Any]:
+    """Accuracy / F1 / balanced accuracy at the validation-chosen and at the evaluated split's own Youden threshold."""
+    out: dict[str, Any] = {}
+    val = preds[preds["split"] == "val"]
+    if val.empty:
+        thr, reason = 0.5, "no validation slides in predictions.csv: fell back to 0.5"
+    else:
+        thr, why = youden_threshold(val["label"].to_numpy(), val["score"].to_numpy())
+        reason = None if why is None else f"validation split: {why}; fell back to 0.5"
+        thr = 0.5 if why else thr
+    m = slide_metrics(labels, scores, thr)
+    out.update({
+        "slide_threshold_val": thr,
+        "slide_threshold_val_reason": reason,
+        "slide_accuracy_valthr": m["accuracy"],
+        "slide_f1_valthr": m["f1"],
+        "slide_balanced_accuracy_valthr": m["balanced_accuracy"],
+    })
+    thr, why = youden_threshold(labels, scores)
+    m = slide_metrics(labels, scores, thr) if why is None else {}
+    out.update({
+        "slide_threshold_youden_test": thr,
+        "slide_threshold_youden_test_reason": None if why is None else f"{split} split: {why}",
+        "slide_accuracy_youden_test": m.get("accuracy", math.nan),
+        "slide_f1_youden_test": m.get("f1", math.nan),
+        "slide_balanced_accuracy_youden_test": m.get("balanced_accuracy", math.nan),
+    })
+    return out
+
+
+def _extra_score_block(preds: pd.DataFrame) -> dict[str, Any]:
+    """``<name>_<split>_auc`` for every extra ``<name>_score`` column (slides without a value left out)."""
+    out: dict[str, Any] = {}
+    for name, col in extra_score_columns(preds).items():
+        out[f"{name}_auc_source"] = f"predictions.csv column {col}: one score per slide"
+        for s in SPLITS:
+            part = preds[(preds["split"] == s) & preds[col].notna()]
+            auc, reason = score_auc(part["label"].to_numpy(), part[col].to_numpy(), f"{s} slides with a {col}")
+            out[f"{name}_{s}_auc"], out[f"{name}_{s}_n"] = auc, len(part)
+            out[f"{name}_{s}_auc_nan_reason"] = reason
+    return out
+
+
+PSEUDO_BAG_COLUMNS = ("slide_id", "label", "split", "pseudo_bag", "score")
+
+
+def _pseudo_bag_block(path: Path) -> dict[str, Any]:
+    """``tier1_<split>_auc`` over the pseudo-bags of ``pseudo_bags.csv`` (DTFD-MIL), when the file exists.
+
+    Each pseudo-bag carries its slide's label, as in the official test loop's First-Tier AUC
+    (``Main_DTFD_MIL.py``). Takes the place of the same keys from a ``tier1_score`` column of
+    ``predictions.csv``; ``tier1_auc_source`` says which one was used.
+    """
+    if not path.is_file():
+        return {}
+    try:
+        df = pd.read_csv(path, dtype={"slide_id": str, "split": str})
+    except (OSError, ValueError) as exc:
+        raise WsimilError(f"cannot read {path}: {exc}") from exc
+    missing = [c for c in PSEUDO_BAG_COLUMNS if c not in df.columns]
+    if missing:
+        raise WsimilError(f"{path}: missing columns {missing} (expected {','.join(PSEUDO_BAG_COLUMNS)})")
+    labels = pd.to_numeric(df["label"], errors="coerce")
+    scores = pd.to_numeric(df["score"], errors="coerce")
+    bad = df["slide_id"][~labels.isin([0, 1]) | ~np.isfinite(scores.to_numpy(dtype=np.float64, na_value=np.nan))]
+    if len(bad):
+        raise WsimilError(f"{path}: label must be 0/1 and score finite; bad rows for slides {bad.tolist()[:5]}")
+    out: dict[str, Any] = {"tier1_auc_source": f"{path.name}: one score per pseudo-bag, labelled with its slide"}
+    for s in SPLITS:
+        part = df["split"] == s
+        auc, reason = score_auc(labels[part].to_numpy(np.int64), scores[part].to_numpy(np.float64), f"{s} pseudo-bags")
+        out[f"tier1_{s}_auc"], out[f"tier1_{s}_n"], out[f"tier1_{s}_auc_nan_reason"] = auc, int(part.sum()), reason
+    return out
+
+
+def annotations_from_sheet(sheet_path: str | os.PathLike) -> dict[str, str | None]:
+    """Slide id -> annotation XML path (resolved against the sheet's folder; None when empty) from ``slides.csv``."""
+    from wsimil.datasets.sheet import read_sheet, resolve
+
+    sheet = read_sheet(sheet_path)
+    out = {}
+    for sid, ann in zip(sheet["slide_id"], sheet["annotation"]):
+        p = resolve(sheet_path, str(ann).strip())
+        out[str(sid)] = None if p is None else str(p)
+    return out
+
+
+_FROC_GEOMETRY_ATTRS = ("level0_size", "mpp_level0")
+
+
+def read_patch_geometry(path: str | os.PathLike) -> tuple[np.ndarray | None, float, float, str | None]:
+    """``coords`` (N, 2), level-0 patch side and level-0 um/px of a feature file, or a reason they are missing.
+
+    The attributes are those :mod:`wsimil.features.extract` writes (``level0_size``, ``mpp_level0``), on
+    the file or on its ``coords`` dataset. Returns ``(coords, level0_size, mpp_level0, None)`` or
+    ``(None, nan, nan, reason)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WsimilError(f"feature file not found: {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            if "coords" not in f:
+                return None, math.nan, math.nan, f"{path}: no 'coords' dataset"
+            attrs = {**dict(f["coords"].attrs), **dict(f.attrs)}
+            missing = [k for k in _FROC_GEOMETRY_ATTRS if k not in attrs]
+            if missing:
+                return None, math.nan, math.nan, (
+                    f"{path}: attribute(s) {missing} missing (needed for patch geometry in level-0 px and um; "
+                    "feature files written by `wsimil extract` have them)"
+                )
+            coords = np.asarray(f["coords"][()], dtype=np.float64).reshape(-1, 2)
+            size, mpp = float(attrs["level0_size"]), float(attrs["mpp_level0"])
+    except OSError as exc:
+        raise WsimilError(f"cannot read feature file {path}: {exc}") from exc
+    if not (size > 0 and mpp > 0):
+        return None, math.nan, math.nan, f"{path}: level0_size={size}, mpp_level0={mpp} must be > 0"
+    return coords, size, mpp, None
+
+
+def _froc_empty(reason: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"froc": math.nan, "froc_skipped_reason": reason, "froc_note": None}
+    out.update({f"froc_sens_at_{r:g}": math.nan for r in FROC_RATES})
+    out.update({"froc_n_slides": math.nan, "froc_n_lesions": math.nan, "froc_n_itc_lesions": math.nan})
+    return out
+
+
+def _froc_block(
+    run_dir: Path,
+    features_dir: Path,
+    slide_ids: list[str],
+    labels: dict[str, int],
+    annotations: Mapping[str, str | os.PathLike | None] | None,
+) -> dict[str, Any]:
+    """The CAMELYON16 FROC of the instance-score heatmaps of the evaluated slides.
+
+    A normal slide without annotation has no lesion; a tumour slide without annotation cannot be scored
+    and is left out (named in ``froc_note``).
+    """
+    if annotations is None:
+        return _froc_empty("no annotations given (pass `--sheet slides.csv` to `wsimil evaluate`)")
+    ann = {s: (None if annotations.get(s) in (None, "") else Path(annotations[s])) for s in slide_ids}
+    unannotated = [s for s in slide_ids if labels[s] == 1 and ann[s] is None]
+    usable = [s for s in slide_ids if s not in unannotated]
+    if not any(labels[s] == 1 for s in usable):
+        return _froc_empty(
+            f"no annotated tumour slide among the {len(slide_ids)} evaluated slides "
+            f"({len(unannotated)} tumour slides without annotation)"
+        )
+    geometry = {}
+    for s in usable:
+        coords, size, mpp, why = read_patch_geometry(features_dir / f"{s}.h5")
+        if why:
+            return _froc_empty(why)
+        geometry[s] = (coords, size, mpp)
+    scores_path = run_dir / "instance_scores.h5"
+    scores = read_instance_scores(scores_path, usable)
+    detections, lesions = {}, {}
+    for s in usable:
+        coords, size, mpp = geometry[s]
+        if len(scores[s]) != len(coords):
+            raise WsimilError(
+                f"{scores_path}: slide {s}: {len(scores[s])} instance scores but {len(coords)} coords in "
+                f"{features_dir / f'{s}.h5'} (instance scores must follow the feature file's patch order)"
+            )
+        try:
+            detections[s] = detections_from_heatmap(scores[s], coords, size)
+        except ValueError as exc:
+            raise WsimilError(f"{scores_path}: slide {s}: {exc}") from exc
+        lesions[s] = lesions_from_xml(ann[s], mpp)
+    res = froc(detections, lesions, n_slides=len(usable))
+    out: dict[str, Any] = {
+        "froc": res["froc"],
+        "froc_skipped_reason": res["nan_reason"],
+        "froc_note": f"tumour slides without annotation left out: {unannotated[:10]}" if unannotated else None,
+    }
+    out.update({f"froc_sens_at_{k}": v for k, v in res["sensitivity"].items()})
+    out.update({"froc_n_slides": res["n_slides"], "froc_n_lesions": res["n_lesions"],
+                "froc_n_itc_lesions": res["n_itc_lesions"]})
     return out

@@ -22,6 +22,7 @@ from sklearn.metrics import (
     balanced_accuracy_score,
     f1_score,
     roc_auc_score,
+    roc_curve,
 )
 
 NAN = float("nan")
@@ -83,6 +84,36 @@ def slide_metrics(labels, scores, threshold: float = 0.5) -> dict:
         "f1": float(f1_score(labels, pred, zero_division=0)),
         "balanced_accuracy": bacc,
     }
+
+
+def youden_threshold(labels, scores, prefer: float = 0.5) -> tuple[float, str | None]:
+    """The score threshold that maximises Youden's J = TPR - FPR, and None; or ``(NaN, reason)`` on one class.
+
+    Candidates are the finite thresholds of ``sklearn.metrics.roc_curve`` (every distinct score, with
+    ``drop_intermediate=False`` so no tied point is dropped); a slide is positive when ``score >= threshold``,
+    as in ``roc_curve``. Ties in J go to the threshold closest to ``prefer`` (0.5), and a remaining tie (two
+    thresholds equally far from it) to the higher one. The official DTFD-MIL / DSMIL ``optimal_thresh`` takes
+    the first maximum of ``roc_curve``'s list instead, i.e. the highest tied threshold.
+    """
+    labels, scores = _check_labels_scores(labels, scores, "Youden threshold")
+    reason = _one_class_reason(labels, "slides")
+    if reason:
+        return NAN, reason.replace("AUC undefined", "Youden threshold undefined")
+    fpr, tpr, thr = roc_curve(labels, scores, drop_intermediate=False)
+    finite = np.isfinite(thr)
+    fpr, tpr, thr = fpr[finite], tpr[finite], thr[finite]
+    j = tpr - fpr
+    tied = np.flatnonzero(np.isclose(j, j.max(), rtol=0.0, atol=1e-12))
+    # lexicographic: smallest distance to `prefer`, then the highest threshold
+    best = min(tied, key=lambda i: (abs(float(thr[i]) - prefer), -float(thr[i])))
+    return float(thr[best]), None
+
+
+def score_auc(labels, scores, what: str = "slides") -> tuple[float, str | None]:
+    """ROC AUC of ``scores`` against ``labels`` and None, or ``(NaN, reason)`` when a class is missing."""
+    labels, scores = _check_labels_scores(labels, scores, what)
+    reason = _one_class_reason(labels, what)
+    return (NAN, reason) if reason else (float(roc_auc_score(labels, scores)), None)
 
 
 def _auc_rows(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:

@@ -56,6 +56,11 @@ class MILModel(nn.Module, abc.ABC):
         """Parameter groups, each with its own gradient-norm clipping (DTFD's two tiers); default: one."""
         return [[p for p in self.parameters() if p.requires_grad]]
 
+    def group_scores(self, out: MILOutput) -> tuple[Tensor, Tensor] | None:
+        """Scores of sub-bags, for models that classify them (DTFD's Tier-1 pseudo-bags): probabilities (G,)
+        and the bag (G,) of each; None for models without sub-bags."""
+        return None
+
     def loss(self, out: MILOutput, batch: MILBatch) -> dict[str, Tensor]:
         """Losses of one batch; ``"loss"`` is what is minimised. Default: BCE on the bag logits."""
         bce = nn.functional.binary_cross_entropy_with_logits(out.bag_logits, batch.labels)

@@ -195,6 +195,12 @@ class DTFDMIL(MILModel):
             },
         )  # fmt: skip
 
+    def group_scores(self, out: MILOutput) -> tuple[Tensor, Tensor]:
+        """Tier-1 positive probability of every non-empty pseudo-bag (G,) and its slide (G,): the official test
+        loop's First-Tier AUC is computed over these pseudo-bags, each labelled with its slide's label."""
+        keep = out.extras["tier1_valid"].nonzero().squeeze(-1)
+        return torch.sigmoid(out.extras["tier1_logits"][keep].float()), keep // self.n_pseudo_bags
+
     def loss(self, out: MILOutput, batch: MILBatch) -> dict[str, Tensor]:
         """Tier-1 CE (mean over each slide's pseudo-bags, then over slides) + Tier-2 CE (mean over slides).
         ``bce`` is Tier 2's, the slide-level data term the training loop compares across methods."""

@@ -1,8 +1,10 @@
-"""Result figures: one point per seed plus mean ± std per method, dodged by experiment.
+"""Result figures: metrics per method and experiment, ROC curves, training curves, the DTFD pseudo-bag
+ablation and the poison dose-response (patch heatmaps: :mod:`wsimil.reporting.heatmaps`).
 
-Drawn with matplotlib's object interface on an Agg canvas (no pyplot state, no display needed), colours
-from seaborn's colour-blind-safe palette, sized for a paper column (6 x 3.5 in, 200 dpi). Every figure is
-written as PNG and, beside it, PDF; both atomically.
+Drawn with matplotlib's object interface on an Agg canvas (no pyplot state, no display needed), colour-blind
+safe colours (a method has one colour in every figure: :func:`method_colors`; its family one line style and
+marker: :func:`method_styles`), sized for a paper page (3.5 or 7 in wide, text >= 7 pt, 200 dpi). Every
+figure is written as PNG and, beside it, PDF; both atomically. Each function returns the paths it wrote.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -138,3 +141,491 @@ def plot_poison_comparison(
         chance=0.5,
         dpi=dpi,
     )
+
+
+# ======================================================================================================
+# Per-method figures: ROC curves, training curves, DTFD ablation, poison dose-response, metric dot plots.
+#
+# Every method keeps one colour in every figure (:func:`method_colors`) and its family one line style and
+# marker (:func:`method_styles`): max-pooling solid lines and circles, attention dashed lines and squares.
+# Sizes follow a paper page: 3.5 in (one column) or 7 in (two columns) wide, text 7-8 pt.
+
+COLUMN_IN = 3.5  # single-column width, inches
+PAGE_IN = 7.0  # double-column width, inches
+
+#: text sizes (pt) of every figure below; PDF fonts embedded as TrueType (editable, accepted by journals)
+_PAPER_RC = {
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "figure.titlesize": 9,
+    "figure.labelsize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.linewidth": 0.6,
+    "xtick.major.width": 0.6,
+    "ytick.major.width": 0.6,
+    "pdf.fonttype": 42,
+}
+
+# Okabe & Ito (2008) for the max-pooling family, Tol's "muted" scheme for the attention family: every
+# registered method has its own colour, fixed here so that it never depends on which methods a figure shows.
+_FIXED_COLOURS = {
+    # max-pooling (Okabe-Ito)
+    "focusmil": "#D55E00",  # vermillion
+    "focusmil_no_vib": "#E69F00",  # orange
+    "focusmil_bs1": "#CC79A7",  # reddish purple
+    "minet": "#0072B2",  # blue
+    "maxpool": "#009E73",  # bluish green
+    "meanpool": "#56B4E9",  # sky blue
+    "causalmil": "#000000",  # black
+    # attention (Tol muted)
+    "abmil": "#332288",  # indigo
+    "dsmil": "#44AA99",  # teal
+    "transmil": "#882255",  # wine
+    "clam_sb": "#999933",  # olive
+    "clam_mb": "#117733",  # green
+    "dtfd_maxs": "#CC6677",  # rose
+    "dtfd_maxmins": "#88CCEE",  # cyan
+    "dtfd_mas": "#AA4499",  # purple
+    "dtfd_afs": "#DDCC77",  # sand
+}
+# Methods without a fixed colour (a new registry entry, a variant such as "focusmil (beta=0.1)") take these
+# in the sorted order of their names (CARTO "Bold", then Tol "dark" greys and browns).
+_EXTRA_COLOURS = [
+    "#7F3C8D", "#3969AC", "#11A579", "#F2B701", "#E73F74", "#008695", "#80BA5A", "#E68310",
+    "#CF1C90", "#A5AA99", "#5F4690", "#1D6996", "#38A6A5", "#0F8554", "#73AF48", "#EDAD08",
+]  # fmt: skip
+_FAMILY_STYLE = {
+    "max-pooling": {"ls": "-", "marker": "o"},
+    "attention": {"ls": "--", "marker": "s"},
+    None: {"ls": ":", "marker": "D"},  # unknown family
+}
+
+
+class FigureInputError(WsimilError, ValueError):
+    """A table handed to a figure lacks a column or holds values the figure cannot draw."""
+
+
+def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise FigureInputError(
+            f"cannot plot {what}: the table lacks column(s) {missing} (has {list(df.columns)})"
+        )
+    if df.empty:
+        raise FigureInputError(f"cannot plot {what}: the table has no rows")
+
+
+def _base_method(name: str) -> str:
+    """``"focusmil (beta=0.1)"`` -> ``"focusmil"``: the registered method a variant's name starts with."""
+    return str(name).split(" (", 1)[0].strip()
+
+
+def method_family(name: str) -> str | None:
+    """``"max-pooling"`` or ``"attention"`` from the registry (variants by their base name); None if unknown."""
+    from wsimil.models.base import get_method  # imports torch: only when a figure needs it
+
+    try:
+        return get_method(_base_method(name)).family
+    except WsimilError:
+        return None
+
+
+def method_colors(methods: Sequence[str]) -> dict[str, str]:
+    """A fixed colour (hex) per method, the same in every figure and distinct within one call.
+
+    The registered methods have fixed colour-blind-safe colours (Okabe-Ito for max-pooling, Tol "muted" for
+    attention). Other names (variants such as ``"focusmil (beta=0.1)"``) take further colours in the sorted
+    order of those names, so the same set of names always gets the same colours.
+    """
+    names = list(dict.fromkeys(str(m) for m in methods))
+    out = {m: _FIXED_COLOURS[m] for m in names if m in _FIXED_COLOURS}
+    others = sorted(m for m in names if m not in _FIXED_COLOURS)
+    extra = list(_EXTRA_COLOURS)
+    if len(others) > len(extra):
+        extra += [c for c in sns.color_palette("husl", len(others) - len(extra)).as_hex()]
+    out.update(zip(others, extra))
+    return {m: out[m] for m in names}
+
+
+def method_styles(methods: Sequence[str]) -> dict[str, dict]:
+    """Per method: ``color`` (:func:`method_colors`), and ``ls`` and ``marker`` by family, plus ``family``."""
+    colours = method_colors(methods)
+    out = {}
+    for m, c in colours.items():
+        fam = method_family(m)
+        out[m] = {"color": c, **_FAMILY_STYLE[fam if fam in _FAMILY_STYLE else None], "family": fam}
+    return out
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _grid_shape(n: int, max_cols: int = 4) -> tuple[int, int]:
+    ncols = min(n, max_cols)
+    return int(np.ceil(n / ncols)), ncols
+
+
+def _std(v: np.ndarray) -> float:
+    v = np.asarray(v, dtype=float)
+    return float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def _order(values: pd.Series) -> list:
+    return list(dict.fromkeys(values.tolist()))
+
+
+def _wrap_name(name: str) -> str:
+    """Put a variant's parameters on their own line: ``"focusmil\\n(beta=0.1)"``."""
+    return str(name).replace(" (", "\n(", 1)
+
+
+def _hide_inner_labels(axes: np.ndarray, n_used: int) -> None:
+    nrows, ncols = axes.shape
+    for k, ax in enumerate(axes.flat):
+        if k >= n_used:
+            ax.set_visible(False)
+            continue
+        r, c = divmod(k, ncols)
+        below_used = (r + 1) * ncols + c < n_used
+        # sharex hides every label above the last row: show them where no panel sits below
+        ax.tick_params(labelbottom=not below_used)
+        if c > 0:
+            ax.tick_params(labelleft=False)
+
+
+def plot_roc_curves(
+    preds: pd.DataFrame, out_png: str | os.PathLike, title: str | None = None, *, dpi: int = 200
+) -> list[Path]:
+    """ROC curves of the test slides, one small panel per method (4 per row, in order of appearance).
+
+    ``preds``: one row per method x seed x slide with ``method, seed, label, score`` (if it has a ``split``
+    column only its ``test`` rows are used). Thin lines are the seeds (``sklearn.metrics.roc_curve``), the bold
+    line their vertical average on a common false-positive-rate grid; the panel title gives the test AUC
+    (``roc_auc_score``) as mean ± sample std over seeds. Returns the PNG and PDF paths.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    _require(preds, ("method", "seed", "label", "score"), "ROC curves")
+    if "split" in preds.columns:
+        preds = preds[preds["split"] == "test"]
+        if preds.empty:
+            raise FigureInputError("cannot plot ROC curves: no rows with split == 'test'")
+    methods = _order(preds["method"])
+    styles = method_styles(methods)
+    grid = np.linspace(0.0, 1.0, 201)
+    curves: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    aucs: dict[str, list[float]] = {}
+    for (method, seed), g in preds.groupby(["method", "seed"], sort=False):
+        y, s = g["label"].astype(int).to_numpy(), g["score"].astype(float).to_numpy()
+        if not np.isfinite(s).all():
+            raise FigureInputError(f"cannot plot ROC curves: method {method!r} seed {seed} has NaN/inf scores")
+        if len(np.unique(y)) != 2:
+            raise FigureInputError(
+                f"cannot plot ROC curves: method {method!r} seed {seed} has test labels {sorted(set(y))} only; "
+                "an ROC curve needs both classes"
+            )
+        fpr, tpr, _ = roc_curve(y, s)
+        curves.setdefault(method, []).append((fpr, tpr))
+        aucs.setdefault(method, []).append(float(roc_auc_score(y, s)))
+
+    nrows, ncols = _grid_shape(len(methods))
+    width = 2.6 if ncols == 1 else COLUMN_IN if ncols == 2 else PAGE_IN
+    side = width / ncols
+    with matplotlib.rc_context(_PAPER_RC):
+        fig = _figure(width, side * nrows + 0.45 + (0.2 if title else 0.0))
+        axes = np.atleast_2d(fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False))
+        for ax, method in zip(axes.flat, methods):
+            st = styles[method]
+            ax.plot([0, 1], [0, 1], color="0.6", lw=0.7, ls=":", zorder=1)
+            for fpr, tpr in curves[method]:
+                ax.plot(fpr, tpr, color=st["color"], lw=0.6, alpha=0.45, zorder=2)
+            mean_tpr = np.mean([np.interp(grid, fpr, tpr) for fpr, tpr in curves[method]], axis=0)
+            mean_tpr[0] = 0.0
+            ax.plot(grid, mean_tpr, color=st["color"], lw=1.6, ls=st["ls"], zorder=3)
+            a = np.asarray(aucs[method])
+            ax.set_title(f"{method}\nAUC {a.mean():.3f} ± {_std(a):.3f} (n={len(a)})", fontsize=7.5, pad=3)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1.0)
+            ax.set_aspect("equal")
+            ax.set_xticks([0, 0.5, 1])
+            ax.set_yticks([0, 0.5, 1])
+            ax.set_xticklabels(["0", "0.5", "1"])
+            ax.set_yticklabels(["0", "0.5", "1"])
+            ax.grid(color="0.92", lw=0.5)
+            ax.set_axisbelow(True)
+        _hide_inner_labels(axes, len(methods))
+        fig.supxlabel("false positive rate")
+        fig.supylabel("true positive rate")
+        if title:
+            fig.suptitle(title)
+        return _save(fig, Path(out_png), dpi)
+
+
+def plot_training_curves(history: pd.DataFrame, out_png: str | os.PathLike, *, dpi: int = 200) -> list[Path]:
+    """Train (solid) and validation (dashed) AUC per epoch, one panel per method in order of appearance.
+
+    ``history``: ``method, seed, epoch, train_auc, val_auc`` (NaN where an epoch was not evaluated). Thin lines
+    are the seeds, bold lines the mean over the seeds evaluated at that epoch. Shows overfitting as a train
+    curve rising to 1 while the validation curve stays low. Returns the PNG and PDF paths.
+    """
+    from matplotlib.lines import Line2D
+
+    _require(history, ("method", "seed", "epoch", "train_auc", "val_auc"), "training curves")
+    methods = _order(history["method"])
+    styles = method_styles(methods)
+    nrows, ncols = _grid_shape(len(methods))
+    width = COLUMN_IN if ncols <= 2 else PAGE_IN
+    panel_h = 1.45 if ncols > 2 else 1.6
+    curves = (("train_auc", "-", "train"), ("val_auc", "--", "validation"))
+    with matplotlib.rc_context(_PAPER_RC):
+        fig = _figure(width, panel_h * nrows + 0.6)
+        axes = np.atleast_2d(fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False))
+        for ax, method in zip(axes.flat, methods):
+            colour = styles[method]["color"]
+            h = history[history["method"] == method]
+            for col, ls, _ in curves:
+                wide = h.pivot_table(index="epoch", columns="seed", values=col, aggfunc="mean", dropna=False)
+                wide = wide.sort_index()
+                for seed in wide.columns:
+                    s = wide[seed].dropna()
+                    ax.plot(s.index, s.to_numpy(), color=colour, lw=0.5, ls=ls, alpha=0.45)
+                mean = wide.mean(axis=1, skipna=True).dropna()
+                ax.plot(mean.index, mean.to_numpy(), color=colour, lw=1.6, ls=ls)
+            ax.axhline(0.5, color="0.6", lw=0.6, ls=":", zorder=0)
+            ax.set_title(method, fontsize=7.5, pad=3)
+            ax.set_ylim(0, 1.02)
+            ax.set_yticks([0, 0.5, 1])
+            ax.grid(color="0.92", lw=0.5)
+            ax.set_axisbelow(True)
+        _hide_inner_labels(axes, len(methods))
+        fig.supxlabel("epoch")
+        fig.supylabel("slide AUC")
+        handles = [Line2D([], [], color="0.25", lw=1.6, ls=ls, label=f"{lab} (mean)") for _, ls, lab in curves]
+        handles.append(Line2D([], [], color="0.25", lw=0.5, alpha=0.6, label="one seed"))
+        fig.legend(handles=handles, loc="outside upper center", ncols=3, frameon=False)
+        return _save(fig, Path(out_png), dpi)
+
+
+def plot_dtfd_ablation(df: pd.DataFrame, out_png: str | os.PathLike, *, dpi: int = 200) -> list[Path]:
+    """DTFD-MIL test AUC against the number of pseudo-bags (log2 axis), one line per tier.
+
+    ``df``: ``n_pseudo_bags, seed, tier, auc`` (tier ``"Tier 1"`` / ``"Tier 2"``). Points are the seeds, the
+    line and band mean ± sample std. Returns the PNG and PDF paths.
+    """
+    _require(df, ("n_pseudo_bags", "seed", "tier", "auc"), "the DTFD pseudo-bag ablation")
+    if (df["n_pseudo_bags"] <= 0).any():
+        raise FigureInputError("cannot plot the DTFD ablation: n_pseudo_bags must be >= 1 (log2 axis)")
+    tiers = sorted(_order(df["tier"]), key=str)
+    palette = ["#0072B2", "#E69F00", "#009E73", "#CC79A7"]
+    markers = ["o", "s", "^", "D"]
+    ks = np.sort(df["n_pseudo_bags"].unique()).astype(float)
+    with matplotlib.rc_context(_PAPER_RC):
+        fig = _figure(COLUMN_IN, 2.5)
+        ax = fig.add_subplot()
+        nt = len(tiers)
+        for i, tier in enumerate(tiers):
+            d = df[df["tier"] == tier]
+            colour, marker = palette[i % len(palette)], markers[i % len(markers)]
+            g = d.groupby("n_pseudo_bags")["auc"]
+            mean = g.mean()
+            std = g.std(ddof=1).fillna(0.0)
+            x = mean.index.to_numpy(dtype=float)
+            dodge = 2 ** ((i - (nt - 1) / 2) * 0.06)  # keep the tiers' seed points apart
+            ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.18, lw=0)
+            ax.scatter(d["n_pseudo_bags"].astype(float) * dodge, d["auc"], s=9, color=colour, alpha=0.55,
+                       edgecolors="none", zorder=3)
+            ax.plot(x, mean.to_numpy(), color=colour, marker=marker, ms=4.5, lw=1.5, mec="white", mew=0.5,
+                    label=str(tier), zorder=4)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks)
+        ax.set_xticklabels([f"{k:g}" for k in ks])
+        ax.minorticks_off()
+        ax.set_xlim(ks.min() / 1.25, ks.max() * 1.25)
+        ax.set_xlabel("number of pseudo-bags per slide")
+        ax.set_ylabel("test slide AUC")
+        ax.grid(axis="y", color="0.92", lw=0.5)
+        ax.set_axisbelow(True)
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(max(0.0, lo), min(1.0, hi) if hi <= 1.0 else 1.0)
+        ax.legend(frameon=False, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=nt, borderaxespad=0.2)
+        ax.set_title("DTFD-MIL: pseudo-bag ablation", loc="left", pad=12)
+        return _save(fig, Path(out_png), dpi)
+
+
+def _method_legend(fig: Figure, methods: Sequence[str], styles: Mapping[str, dict], loc: str) -> None:
+    """One legend entry per method, each family starting its own row (max-pooling rows first)."""
+    from matplotlib.lines import Line2D
+
+    ncols = min(len(methods), 6 if fig.get_figwidth() > 5 else 3)
+    fams = list(dict.fromkeys(styles[m]["family"] for m in methods))
+    fams.sort(key=lambda f: {"max-pooling": 0, "attention": 1}.get(f, 2))
+    rows: list[list] = []
+    for fam in fams:
+        members = [m for m in methods if styles[m]["family"] == fam]
+        for i in range(0, len(members), ncols):
+            rows.append(members[i : i + ncols])
+    ncols = max(len(r) for r in rows)
+    grid = [r + [None] * (ncols - len(r)) for r in rows]  # blanks keep each family on its own rows
+
+    def handle(m):
+        if m is None:
+            return Line2D([], [], alpha=0.0, label=" ")
+        st = styles[m]
+        return Line2D([], [], color=st["color"], ls=st["ls"], marker=st["marker"], ms=3.5, lw=1.2, label=m)
+
+    # matplotlib fills a legend column by column: hand it the row-major grid transposed
+    handles = [handle(grid[r][c]) for c in range(ncols) for r in range(len(grid))]
+    fig.legend(handles=handles, loc=loc, ncols=ncols, frameon=False, handlelength=2.4, columnspacing=1.2)
+
+
+def plot_dose_response(
+    df: pd.DataFrame,
+    out_png: str | os.PathLike,
+    *,
+    fixed_fraction: float | None = None,
+    fixed_strength: float | None = None,
+    dpi: int = 200,
+) -> list[Path]:
+    """Poison dose-response: test AUC against poison strength (left) and against the fraction of patches
+    poisoned (right), one line per method (mean, with a ± sample std band over seeds), chance at 0.5.
+
+    ``df``: ``method, seed, axis, value, auc`` with ``axis`` ``"strength"`` or ``"fraction"``. The fraction
+    held fixed on the strength sweep (and the other way round) can be named in the panel titles.
+    Returns the PNG and PDF paths.
+    """
+    _require(df, ("method", "seed", "axis", "value", "auc"), "the poison dose-response")
+    bad = sorted(set(df["axis"]) - {"strength", "fraction"})
+    if bad:
+        raise FigureInputError(f"cannot plot the poison dose-response: axis values {bad}; use 'strength' or 'fraction'")
+    methods = _order(df["method"])
+    styles = method_styles(methods)
+    panels = [
+        ("strength", "poison strength",
+         "AUC vs poison strength" + (f" (fraction {fixed_fraction:g})" if fixed_fraction is not None else "")),
+        ("fraction", "fraction of patches poisoned",
+         "AUC vs poisoned fraction" + (f" (strength {fixed_strength:g})" if fixed_strength is not None else "")),
+    ]
+    panels = [p for p in panels if (df["axis"] == p[0]).any()]
+    with matplotlib.rc_context(_PAPER_RC):
+        rows_legend = sum(int(np.ceil(sum(styles[m]["family"] == f for m in methods) / 6))
+                          for f in {styles[m]["family"] for m in methods})
+        fig = _figure(PAGE_IN if len(panels) > 1 else COLUMN_IN, 2.5 + 0.16 * rows_legend)
+        axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+        for ax, (axis, xlabel, title) in zip(axes, panels):
+            d = df[df["axis"] == axis]
+            for method in methods:
+                st = styles[method]
+                g = d[d["method"] == method].groupby("value")["auc"]
+                if g.ngroups == 0:
+                    continue
+                mean, std = g.mean(), g.std(ddof=1).fillna(0.0)
+                x = mean.index.to_numpy(dtype=float)
+                ax.fill_between(x, mean - std, mean + std, color=st["color"], alpha=0.10, lw=0)
+                ax.plot(x, mean.to_numpy(), color=st["color"], ls=st["ls"], marker=st["marker"], ms=3.2,
+                        lw=1.2, mec="white", mew=0.4)
+            ax.axhline(0.5, color="0.45", lw=0.8, ls=":", zorder=1)
+            ax.text(1.0, 0.5, "chance ", transform=ax.get_yaxis_transform(), ha="right", va="bottom",
+                    fontsize=7, color="0.45")
+            ax.set_xlabel(xlabel)
+            ax.set_title(title, loc="left")
+            ax.set_ylim(0, 1)
+            ax.set_yticks(np.linspace(0, 1, 6))
+            ax.grid(color="0.92", lw=0.5)
+            ax.set_axisbelow(True)
+        axes[0].set_ylabel("test slide AUC")
+        _method_legend(fig, methods, styles, "outside lower center")
+        return _save(fig, Path(out_png), dpi)
+
+
+def plot_metric_bars(
+    df: pd.DataFrame,
+    out_png: str | os.PathLike,
+    metric_col: str,
+    ylabel: str,
+    *,
+    chance: float | None = None,
+    dpi: int = 200,
+) -> list[Path]:
+    """Dot plot of ``metric_col`` per method (rows) in one panel per experiment (columns, shared rows).
+
+    ``df``: ``experiment, method, seed, <metric_col>``. Small points are the seeds, the large marker with bar
+    the mean ± sample std; method colours and family markers as in every figure. Methods are listed
+    max-pooling family first (in order of appearance), then attention. ``ylabel`` names the metric (it is the
+    value axis, drawn horizontally). AUC-like metrics span 0..1 and get a chance line at 0.5 (``chance``).
+
+    Unlike :func:`plot_metric_by_method` (methods on x, experiments as colours), this shows experiments
+    side by side with one colour per method, readable with up to 16 methods.
+    Returns the PNG and PDF paths.
+    """
+    from matplotlib.lines import Line2D
+
+    _require(df, ("experiment", "method", "seed", metric_col), f"{metric_col!r} per method")
+    experiments = _order(df["experiment"])
+    methods = _order(df["method"])
+    styles = method_styles(methods)
+    fam_rank = {"max-pooling": 0, "attention": 1}
+    methods = sorted(methods, key=lambda m: fam_rank.get(styles[m]["family"], 2))  # stable: keeps appearance
+    if chance is None and (metric_col.endswith("auc") or "auc" in ylabel.lower()):
+        chance = 0.5
+    unit = chance is not None or any(metric_col.endswith(u) for u in _UNIT_METRICS)
+    n = len(experiments)
+    ncols = min(n, 4)
+    nrows = int(np.ceil(n / ncols))
+    width = COLUMN_IN if ncols == 1 else min(PAGE_IN, 1.3 + 1.6 * ncols) if ncols < 4 else PAGE_IN
+    height = (0.55 + 0.16 * len(methods)) * nrows + 0.35
+    y = np.arange(len(methods))[::-1]  # first method on top
+    with matplotlib.rc_context(_PAPER_RC):
+        fig = _figure(width, height)
+        axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
+        for k, ax in enumerate(axes.flat):
+            if k >= n:
+                ax.set_visible(False)
+                continue
+            exp = experiments[k]
+            d = df[df["experiment"] == exp]
+            for yi, method in zip(y, methods):
+                st = styles[method]
+                v = d.loc[d["method"] == method, metric_col].astype(float).to_numpy()
+                v = v[np.isfinite(v)]
+                if len(v) == 0:
+                    continue
+                jitter = np.linspace(-0.22, 0.22, len(v)) if len(v) > 1 else np.zeros(1)
+                ax.scatter(v, yi + jitter, s=7, color=st["color"], alpha=0.5, edgecolors="none", zorder=3,
+                           clip_on=False)
+                ax.errorbar(v.mean(), yi, xerr=_std(v), fmt=st["marker"], ms=4.5, color=st["color"], mec="black",
+                            mew=0.5, ecolor=st["color"], elinewidth=1.2, capsize=2, zorder=4, clip_on=False)
+            if chance is not None:
+                ax.axvline(chance, color="0.45", ls=":", lw=0.8, zorder=1)
+            fams = [styles[m]["family"] for m in methods]
+            for i in range(1, len(methods)):
+                if fams[i] != fams[i - 1]:  # a rule between the families
+                    ax.axhline((y[i] + y[i - 1]) / 2, color="0.75", lw=0.6)
+            ax.set_title(str(exp), loc="left")
+            ax.grid(axis="x", color="0.92", lw=0.5)
+            ax.set_axisbelow(True)
+            ax.spines["left"].set_visible(False)
+            ax.tick_params(axis="y", length=0)
+            if unit:
+                ax.set_xlim(0, 1)
+                ax.set_xticks([0, 0.25, 0.5, 0.75, 1])
+                ax.set_xticklabels(["0", ".25", ".5", ".75", "1"])
+            if k // ncols == nrows - 1 or k + ncols >= n:
+                ax.set_xlabel(ylabel)
+                ax.tick_params(labelbottom=True)
+        fig.legend(handles=[Line2D([], [], ls="none", color="0.35", marker=_FAMILY_STYLE[f]["marker"], ms=4,
+                                   label=f"{f} family") for f in ("max-pooling", "attention")
+                            if any(styles[m]["family"] == f for m in methods)],
+                   loc="outside upper right", ncols=2, frameon=False, handletextpad=0.2)
+        ax0 = axes.flat[0]
+        ax0.set_yticks(y)
+        ax0.set_yticklabels(methods)
+        ax0.set_ylim(-0.6, len(methods) - 0.4)
+        return _save(fig, Path(out_png), dpi)

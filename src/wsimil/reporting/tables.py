@@ -35,6 +35,13 @@ LABELS: dict[str, str] = {
     "train_auc": "train AUC",
     "val_auc": "val AUC",
     "test_auc": "test AUC",
+    "slide_auc_ci_low": "AUC 95% CI low",
+    "slide_auc_ci_high": "AUC 95% CI high",
+    "slide_accuracy_valthr": "accuracy (val threshold)",
+    "slide_f1_valthr": "F1 (val threshold)",
+    "slide_accuracy_youden_test": "accuracy (test Youden)",
+    "slide_f1_youden_test": "F1 (test Youden)",
+    "froc": "FROC",
     "n_seeds": "n seeds",
     "difference": "difference (poisoned − clean)",
 }

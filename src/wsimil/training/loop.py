@@ -36,6 +36,7 @@ class Prediction:
     probs: np.ndarray
     instance_scores: list[np.ndarray]
     loss: float
+    group_scores: list[np.ndarray] | None = None  # per bag, its sub-bags' scores (MILModel.group_scores)
 
 
 @dataclass
@@ -126,6 +127,7 @@ def predict(model: MILModel, bags: BagSet, indices: Sequence[int], device: str =
     logits = np.zeros(len(indices), dtype=np.float64)
     inst: list[np.ndarray] = [np.empty(0, np.float32)] * len(indices)
     losses = []
+    groups: list[np.ndarray] | None = None
     sizes = [len(bags.features[i]) for i in indices]
     for chunk in batches_by_size(sizes, max(1, EVAL_MAX_ELEMENTS // bags.dim)):
         idx = indices[chunk]
@@ -138,10 +140,16 @@ def predict(model: MILModel, bags: BagSet, indices: Sequence[int], device: str =
         bounds = np.cumsum([0] + [sizes[c] for c in chunk])
         for j, c in enumerate(chunk):
             inst[c] = scores[bounds[j] : bounds[j + 1]]
+        sub = model.group_scores(out)
+        if sub is not None:
+            groups = groups or [np.empty(0, np.float32)] * len(indices)
+            g_scores, g_bag = sub[0].float().cpu().numpy(), sub[1].cpu().numpy()
+            for j, c in enumerate(chunk):
+                groups[c] = g_scores[g_bag == j]
         del batch, out, parts
     probs = 1.0 / (1.0 + np.exp(-logits))
     loss = float(np.sum(losses) / max(len(indices), 1)) if len(indices) else float("nan")
-    return Prediction(indices, logits, probs, inst, loss)
+    return Prediction(indices, logits, probs, inst, loss, groups)
 
 
 def batch_dtype(precision: str) -> torch.dtype:

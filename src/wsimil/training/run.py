@@ -1,7 +1,8 @@
 """A training run on disk: the run directory contract of DESIGN.md, written atomically.
 
 ``<run_dir>/``: ``predictions.csv`` (slide_id,label,split,score), ``instance_scores.h5`` (one dataset per
-slide, same order as its feature file), ``history.csv``, ``model.pt`` (weights_only-loadable), ``run.json``.
+slide, same order as its feature file), ``history.csv``, ``model.pt`` (weights_only-loadable), ``run.json``;
+for DTFD also ``pseudo_bags.csv`` (slide_id,label,split,pseudo_bag,score: Tier-1 score of each pseudo-bag).
 """
 
 from __future__ import annotations
@@ -62,6 +63,13 @@ def write_run(run_dir: str | os.PathLike, bags: BagSet, result: TrainResult, met
         pd.DataFrame({
             "slide_id": bags.slide_ids, "label": bags.labels, "split": bags.splits, "score": pred.probs,
         }).to_csv(tmp / "predictions.csv", index=False, float_format="%.6g")
+        if pred.group_scores is not None:  # DTFD: Tier-1 score of every pseudo-bag (the ablation's Tier-1 AUC)
+            pd.DataFrame([
+                {"slide_id": sid, "label": lab, "split": sp, "pseudo_bag": k, "score": float(v)}
+                for sid, lab, sp, g in zip(bags.slide_ids, bags.labels, bags.splits, pred.group_scores)
+                for k, v in enumerate(g)
+            ], columns=["slide_id", "label", "split", "pseudo_bag", "score"]).to_csv(
+                tmp / "pseudo_bags.csv", index=False, float_format="%.6g")
         with h5py.File(tmp / "instance_scores.h5", "w") as f:
             for sid, scores in zip(bags.slide_ids, pred.instance_scores):
                 f.create_dataset(sid, data=scores.astype(np.float32))

@@ -1,0 +1,174 @@
+"""The experiments of the reproduction, planned from the config as *cells* of runs.
+
+A cell is a set of runs that share their features, sample sheet and training overrides:
+``results/<dataset>/runs/<cell>/<method>/seed<k>/``. Most experiments are one cell (``standard``, ``ood``,
+``poison``, ``milunit``); a sweep is one cell per value (``dtfd_ablation_m4``: DTFD with 4 pseudo-bags;
+``minet_curves_beta0.1``: FocusMIL with beta 0.1; ``dose_s0.5_f0.5``: poison strength 0.5 on half the
+patches). A point that another experiment already trains is shared, not trained twice: the dose-response
+curves start at the ``standard`` cell (no poison) and pass through the ``poison`` cell.
+
+Pure functions of the validated config: the Snakefile, ``wsimil report`` and the tests plan the same cells.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from wsimil.io import WsimilError
+
+EXPERIMENTS = ("standard", "ood", "poison", "dtfd_ablation", "minet_curves", "dose_response", "milunit")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One set of runs: every ``methods`` x seed on the features ``features`` and the sheet ``sheet``.
+
+    ``features``: ``clean``, a poison tag (:func:`poison_tag`) or ``milunit``; ``sheet``: ``main``, ``ood``
+    or ``milunit``; ``overrides``: per-method training overrides on top of ``training.overrides``;
+    ``params``: the values the cell stands for in its experiment's table (``{"n_pseudo_bags": 4}``).
+    """
+
+    name: str
+    experiment: str
+    features: str
+    sheet: str
+    methods: tuple[str, ...]
+    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+def fmt_number(x: float) -> str:
+    """A number as it appears in paths and cell names: 0.25 -> '0.25', 1.0 -> '1', 1e-3 -> '0.001'."""
+    return format(float(x), "g")
+
+
+def poison_tag(strength: float, fraction: float, seed: int) -> str:
+    """Feature folder name of one poison level (the parameters that change the features are in it)."""
+    return f"poison_s{fmt_number(strength)}_f{fmt_number(fraction)}_seed{int(seed)}"
+
+
+def patch_tag(config: Mapping[str, Any]) -> str:
+    """Folder name of the patch grid: the parameters that change the patches are in it."""
+    return f"{config['patching']['target_mpp']}mpp_{config['patching']['patch_size']}px"
+
+
+def features_subdir(config: Mapping[str, Any], kind: str) -> str:
+    """Feature folder of a cell's ``features`` (``clean`` or a poison tag) under ``results/<dataset>/``."""
+    return f"features/{patch_tag(config)}/{config['features']['extractor']}/{kind}"
+
+
+def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def plan_cells(config: Mapping[str, Any]) -> list[Cell]:
+    """Every cell of the experiments in ``config["experiments"]``, in table order, each name once."""
+    exps = list(config["experiments"])
+    methods = tuple(config["training"]["methods"])
+    p = config["poison"]
+    cells: list[Cell] = []
+    if "standard" in exps:
+        cells.append(Cell("standard", "standard", "clean", "main", methods))
+    if "ood" in exps:
+        cells.append(Cell("ood", "ood", "clean", "ood", methods, params=dict(config["ood"])))
+    if "poison" in exps:
+        cells.append(Cell("poison", "poison", poison_tag(p["strength"], p["fraction"], p["seed"]), "main", methods,
+                          params={"strength": p["strength"], "fraction": p["fraction"]}))
+    if "dtfd_ablation" in exps:
+        a = config["dtfd_ablation"]
+        for m in a["pseudo_bags"]:
+            cells.append(Cell(f"dtfd_ablation_m{m}", "dtfd_ablation", "clean", "main", (a["method"],),
+                              overrides={a["method"]: {"model": {"n_pseudo_bags": int(m)}}},
+                              params={"n_pseudo_bags": int(m)}))
+    if "minet_curves" in exps:
+        c = config["minet_curves"]
+        cells.append(Cell("minet_curves", "minet_curves", "clean", "main", tuple(c["methods"])))
+        for beta in c["betas"]:
+            cells.append(Cell(f"minet_curves_beta{fmt_number(beta)}", "minet_curves", "clean", "main", ("focusmil",),
+                              overrides={"focusmil": {"model": {"beta": float(beta)}}}, params={"beta": float(beta)}))
+    if "dose_response" in exps:
+        d = config["dose_response"]
+        dose_methods = tuple(d["methods"] or methods)
+        for strength, fraction in dose_levels(config):
+            name = dose_cell(config, strength, fraction)
+            if name != "poison":  # else the poison cell is this point
+                cells.append(Cell(name, "dose_response", poison_tag(strength, fraction, p["seed"]), "main",
+                                  dose_methods, params={"strength": strength, "fraction": fraction}))
+    if "milunit" in exps:
+        cells.append(Cell("milunit", "milunit", "milunit", "milunit", methods))
+    names = [c.name for c in cells]
+    if len(set(names)) != len(names):
+        raise WsimilError(f"experiments: two cells share a name in {names}")
+    return cells
+
+
+def dose_levels(config: Mapping[str, Any]) -> list[tuple[float, float]]:
+    """The (strength, fraction) points of the dose-response curves: each strength at the configured poison
+    fraction, each fraction at the configured poison strength (the poison experiment's point is on both)."""
+    p, d = config["poison"], config["dose_response"]
+    s0, f0 = float(p["strength"]), float(p["fraction"])
+    levels = [(float(s), f0) for s in d["strengths"]] + [(s0, float(f)) for f in d["fractions"]]
+    levels.append((s0, f0))
+    out: list[tuple[float, float]] = []
+    for lv in levels:
+        if lv not in out and lv[0] > 0 and lv[1] > 0:
+            out.append(lv)
+    return out
+
+
+def dose_cell(config: Mapping[str, Any], strength: float, fraction: float) -> str:
+    """The cell that holds the runs of one dose level (the poison cell for its own point)."""
+    p = config["poison"]
+    if "poison" in config["experiments"] and (strength, fraction) == (float(p["strength"]), float(p["fraction"])):
+        dose_methods = set(config["dose_response"]["methods"] or config["training"]["methods"])
+        if dose_methods <= set(config["training"]["methods"]):
+            return "poison"
+    return f"dose_s{fmt_number(strength)}_f{fmt_number(fraction)}"
+
+
+def cell_overrides(config: Mapping[str, Any], cell: Cell, method: str) -> dict[str, Any]:
+    """Training overrides of one method in one cell: ``training.overrides``, ``training.max_epochs`` (a cap on
+    the published epochs, for budget runs), then the cell's own (the swept parameter)."""
+    from wsimil.models.base import get_method
+
+    out = dict(config["training"]["overrides"].get(method, {}))
+    cap = config["training"].get("max_epochs")
+    if cap is not None and "epochs" not in out:
+        published = int(get_method(method).hparams()["epochs"])
+        if published > cap:
+            out["epochs"] = int(cap)
+    return _deep_merge(out, cell.overrides.get(method, {}))
+
+
+def ood_sheet(sheet: pd.DataFrame, train_centers: Sequence[Any] | None) -> pd.DataFrame:
+    """The out-of-distribution sheet (CAMELYON17 protocol): the training and validation slides of the
+    ``train_centers`` and the test slides of every other centre. ``train_centers`` null: the first half of
+    the centres in sorted order (at least one). Centres are compared as text (ints or hospital names)."""
+    centers = sorted(sheet["center"].astype(str).unique(), key=lambda c: (len(c), c))
+    if len(centers) < 2:
+        raise WsimilError(f"experiment ood: the sample sheet has one centre ({centers}); it needs two or more")
+    train = [str(c) for c in train_centers] if train_centers else centers[: max(1, len(centers) // 2)]
+    unknown = sorted(set(train) - set(centers))
+    if unknown:
+        raise WsimilError(f"ood.train_centers: {unknown} not among the sheet's centres {centers}")
+    if set(train) == set(centers):
+        raise WsimilError(f"ood.train_centers: {train} are all the centres; none is left to test on")
+    c = sheet["center"].astype(str)
+    keep = (sheet["split"].isin(["train", "val"]) & c.isin(train)) | ((sheet["split"] == "test") & ~c.isin(train))
+    out = sheet[keep].reset_index(drop=True)
+    for split in ("train", "val", "test"):
+        labels = set(out.loc[out["split"] == split, "label"])
+        if split != "val" and labels != {0, 1}:
+            raise WsimilError(f"experiment ood: the {split} slides of centres {train if split != 'test' else 'held out'} "
+                              f"do not hold both classes (labels {sorted(labels)})")
+    return out
+
+
+def experiment_cells(cells: Sequence[Cell], experiment: str) -> list[Cell]:
+    return [c for c in cells if c.experiment == experiment]

@@ -1,0 +1,362 @@
+"""Each experiment's tables and figures from its evaluated runs, and what the workflow declares they are.
+
+:func:`experiment_outputs` names the files an experiment writes (paths under ``results/<dataset>/``), so the
+Snakefile and :func:`write_experiment` agree; :func:`needs` names the cells whose ``metrics.json`` they read.
+Every table is written as csv (numbers), markdown and LaTeX (mean ± std over seeds); every figure as PNG
+and PDF.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from wsimil.evaluation.evaluate import read_instance_scores, read_predictions
+from wsimil.experiments import Cell, dose_cell, dose_levels, experiment_cells, features_subdir, plan_cells
+from wsimil.io import WsimilError
+from wsimil.reporting.tables import collect_metrics_files, summary_table, write_table
+
+log = logging.getLogger(__name__)
+
+TABLE_EXTS = ("csv", "md", "tex")
+FIGURE_EXTS = ("png", "pdf")
+
+#: the test-split metrics of the per-experiment tables, in column order (those the runs have)
+SLIDE_METRICS = (
+    "slide_auc", "slide_auc_ci_low", "slide_auc_ci_high", "slide_accuracy", "slide_f1",
+    "slide_accuracy_valthr", "slide_f1_valthr", "slide_accuracy_youden_test", "slide_f1_youden_test",
+    "patch_auc_tumour_slides", "patch_ap_tumour_slides", "patch_auc_all_slides", "patch_ap_all_slides", "froc",
+)  # fmt: skip
+PATCH_CAPTION = (
+    " Accuracy and F1 at threshold 0.5, at the threshold chosen on the validation split (Youden's J) and at the "
+    "test set's own Youden threshold (as the official DTFD-MIL and DSMIL code report; optimistic). Patch AUC / AP: "
+    "per-patch scores against the annotations, a patch is tumour when its tumour fraction is >= 0.5. FROC: "
+    "CAMELYON16 lesion-level score from each method's patch heatmap (docs/metrics.md)."
+)
+
+
+def _tables(*stems: str) -> list[str]:
+    return [f"tables/{s}.{e}" for s in stems for e in TABLE_EXTS]
+
+
+def _figures(*stems: str) -> list[str]:
+    return [f"figures/{s}.{e}" for s in stems for e in FIGURE_EXTS]
+
+
+def experiment_outputs(config: Mapping[str, Any], experiment: str, has_slides: bool = True) -> list[str]:
+    """Files (relative to ``results/<dataset>/``) that :func:`write_experiment` writes for ``experiment``.
+    ``has_slides``: the sheet has slide images (heatmaps need them; a features-only dataset has none)."""
+    exps = config["experiments"]
+    if experiment in ("standard", "ood", "poison"):
+        out = _tables(experiment) + _figures(f"roc_{experiment}")
+        if experiment in ("standard", "poison") and has_slides:
+            out += _figures(f"heatmaps_{experiment}")
+        if experiment == "poison" and "standard" in exps:
+            out += _tables("poison_comparison") + _figures("poison_comparison")
+        if experiment == "ood" and "standard" in exps:
+            out += _tables("ood_comparison")
+        return out
+    if experiment in ("dtfd_ablation", "minet_curves", "dose_response", "milunit"):
+        out = _tables(experiment) + _figures(experiment)
+        if experiment == "minet_curves" and config["minet_curves"]["betas"]:
+            out += _tables("focusmil_beta")
+        return out
+    raise WsimilError(f"unknown experiment {experiment!r}")
+
+
+def summary_outputs() -> list[str]:
+    return ["SUMMARY.md"] + _tables("paper_vs_reproduced") + _figures("slide_auc")
+
+
+def all_outputs(config: Mapping[str, Any], has_slides: bool = True) -> list[str]:
+    out = [f for e in config["experiments"] for f in experiment_outputs(config, e, has_slides)]
+    return out + summary_outputs()
+
+
+def needs(config: Mapping[str, Any], experiment: str | None) -> list[str]:
+    """Cells whose metrics an experiment's outputs read (``None``: the summary, which reads all)."""
+    cells = plan_cells(config)
+    if experiment is None:
+        return [c.name for c in cells]
+    own = [c.name for c in experiment_cells(cells, experiment)]
+    names = {c.name for c in cells}
+    extra: list[str] = []
+    if experiment in ("poison", "ood", "dose_response") and "standard" in names:
+        extra.append("standard")  # the clean reference (dose 0)
+    if experiment == "dose_response" and dose_cell(config, *_poison_point(config)) in names:
+        extra.append(dose_cell(config, *_poison_point(config)))  # the poison experiment's point
+    return list(dict.fromkeys(own + extra))
+
+
+def _poison_point(config: Mapping[str, Any]) -> tuple[float, float]:
+    return float(config["poison"]["strength"]), float(config["poison"]["fraction"])
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def run_dir(results: Path, cell: str, method: str, seed: int) -> Path:
+    return results / "runs" / cell / method / f"seed{seed}"
+
+
+def load_metrics(results: Path, cells: Sequence[Cell], seeds: Sequence[int]) -> pd.DataFrame:
+    """One row per run of ``cells`` (``experiment`` = the cell's name, as in the run's path)."""
+    paths = [run_dir(results, c.name, m, s) / "metrics.json" for c in cells for m in c.methods for s in seeds]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise WsimilError(f"metrics file not found: {missing[0]} (and {len(missing) - 1} more); evaluate the runs first")
+    return collect_metrics_files(paths)
+
+
+def _present(df: pd.DataFrame, cols: Sequence[str]) -> list[str]:
+    return [c for c in cols if c in df.columns and df[c].notna().any()]
+
+
+# ------------------------------------------------------------------------------------------------ writers
+
+
+def write_experiment(
+    config: Mapping[str, Any], experiment: str, results: str | os.PathLike, sheet: pd.DataFrame | None = None,
+    heatmap_slides: Sequence[str] = (),
+) -> list[Path]:
+    """Write every table and figure of ``experiment`` (see :func:`experiment_outputs`) under ``results``."""
+    results = Path(results)
+    seeds = list(config["training"]["seeds"])
+    cells = {c.name: c for c in plan_cells(config)}
+    dataset = config["dataset"]["name"]
+    written: list[Path] = []
+    own = experiment_cells(list(cells.values()), experiment)
+    df = load_metrics(results, [cells[n] for n in needs(config, experiment)], seeds)
+    methods = list(config["training"]["methods"])
+    if experiment in ("standard", "ood", "poison"):
+        cell = own[0]
+        mine = df[df["experiment"] == cell.name]
+        table = summary_table(mine, metrics=_present(mine, SLIDE_METRICS), methods=methods)
+        written += write_table(table, results / "tables" / experiment, f"{CAPTIONS[experiment]}{PATCH_CAPTION} ({dataset})")
+        from wsimil.reporting.figures import plot_roc_curves
+
+        written += plot_roc_curves(_test_predictions(results, cell, seeds), results / "figures" / f"roc_{experiment}.png",
+                                   title=f"ROC, {experiment} test slides ({dataset})")
+        if f"figures/heatmaps_{experiment}.png" in experiment_outputs(config, experiment, sheet is not None):
+            written += _heatmaps(results, cell, sheet, heatmap_slides, seeds[0], config, experiment)
+        if experiment == "poison" and "standard" in cells:
+            from wsimil.reporting.figures import plot_poison_comparison
+            from wsimil.reporting.tables import poison_comparison_table
+
+            comp = poison_comparison_table(df, "standard", "poison", methods=methods)
+            written += write_table(comp, results / "tables" / "poison_comparison", CAPTIONS["poison_comparison"] + f" ({dataset})")
+            written += plot_poison_comparison(df, results / "figures" / "poison_comparison.png", methods=methods)
+        if experiment == "ood" and "standard" in cells:
+            from wsimil.reporting.tables import poison_comparison_table
+
+            comp = poison_comparison_table(df, "standard", "ood", methods=methods)
+            comp.columns = [c.replace("poisoned", "ood") for c in comp.columns]
+            written += write_table(comp, results / "tables" / "ood_comparison", CAPTIONS["ood_comparison"] + f" ({dataset})")
+    elif experiment == "dtfd_ablation":
+        data = dtfd_ablation_data(results, own, seeds)
+        table = _sweep_table(data, ["n_pseudo_bags", "tier"], "auc")
+        written += write_table(table, results / "tables" / "dtfd_ablation", CAPTIONS["dtfd_ablation"] + f" ({dataset})")
+        from wsimil.reporting.figures import plot_dtfd_ablation
+
+        written += plot_dtfd_ablation(data, results / "figures" / "dtfd_ablation.png")
+    elif experiment == "minet_curves":
+        hist = training_histories(results, own, seeds)
+        curves = [c for c in own if not c.params]
+        table = summary_table(df[df["experiment"].isin([c.name for c in curves])],
+                              metrics=("train_auc", "val_auc", "test_auc"), methods=curves[0].methods)
+        table.insert(2, "train − val AUC", table["train_auc_mean"] - table["val_auc_mean"])
+        written += write_table(table, results / "tables" / "minet_curves", CAPTIONS["minet_curves"] + f" ({dataset})")
+        betas = [c for c in own if "beta" in c.params]
+        if betas:
+            rows = df[df["experiment"].isin([c.name for c in betas] + [c.name for c in curves])
+                      & (df["method"] == "focusmil")].copy()
+            beta_of = {c.name: c.params["beta"] for c in betas}
+            rows["beta"] = [beta_of.get(e, _published_beta()) for e in rows["experiment"]]
+            written += write_table(_sweep_table(rows, ["beta"], ["train_auc", "val_auc", "test_auc"]),
+                                   results / "tables" / "focusmil_beta", CAPTIONS["focusmil_beta"] + f" ({dataset})")
+        from wsimil.reporting.figures import plot_training_curves
+
+        written += plot_training_curves(hist, results / "figures" / "minet_curves.png")
+    elif experiment == "dose_response":
+        data = dose_response_data(config, df)
+        table = _sweep_table(data, ["axis", "value", "method"], "auc")
+        written += write_table(table, results / "tables" / "dose_response", CAPTIONS["dose_response"] + f" ({dataset})")
+        from wsimil.reporting.figures import plot_dose_response
+
+        written += plot_dose_response(data, results / "figures" / "dose_response.png")
+    elif experiment == "milunit":
+        mine = df[df["experiment"] == "milunit"]
+        table = summary_table(mine, metrics=("val_auc", "test_auc"), methods=methods)
+        table["val − test AUC"] = table["val_auc_mean"] - table["test_auc_mean"]
+        written += write_table(table, results / "tables" / "milunit", CAPTIONS["milunit"] + f" ({dataset})")
+        from wsimil.reporting.figures import plot_metric_by_method
+
+        long = mine.melt(id_vars=["method", "seed"], value_vars=["val_auc", "test_auc"], var_name="split", value_name="auc")
+        long["experiment"] = long["split"].map({"val_auc": "validation", "test_auc": "test"})
+        written += plot_metric_by_method(long, "auc", results / "figures" / "milunit.png",
+                                         experiments=["validation", "test"], methods=methods,
+                                         title="MIL unit test: validation vs test AUC", ylabel="bag AUC", chance=0.5)
+    else:
+        raise WsimilError(f"unknown experiment {experiment!r}")
+    return written
+
+
+def _published_beta() -> float:
+    from wsimil.models.base import get_method
+
+    return float(get_method("focusmil").hparams()["model"]["beta"])
+
+
+def _sweep_table(df: pd.DataFrame, keys: list[str], metrics: str | list[str]) -> pd.DataFrame:
+    """Mean, std and seed count of ``metrics`` per value of ``keys`` (rows in the order of first appearance)."""
+    metrics = [metrics] if isinstance(metrics, str) else metrics
+    rows = []
+    for key, g in df.groupby(keys, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(keys, key))
+        row["n_seeds"] = int(g["seed"].nunique())
+        for m in metrics:
+            v = pd.to_numeric(g[m], errors="coerce")
+            row[f"{m}_mean"] = float(v.mean()) if v.notna().all() else float("nan")
+            row[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 and v.notna().all() else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _test_predictions(results: Path, cell: Cell, seeds: Sequence[int]) -> pd.DataFrame:
+    parts = []
+    for m in cell.methods:
+        for s in seeds:
+            p = read_predictions(run_dir(results, cell.name, m, s) / "predictions.csv")
+            p = p[p["split"] == "test"]
+            parts.append(pd.DataFrame({"method": m, "seed": s, "label": p["label"], "score": p["score"]}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def dtfd_ablation_data(results: Path, cells: Sequence[Cell], seeds: Sequence[int]) -> pd.DataFrame:
+    """Rows n_pseudo_bags, seed, tier, auc: Tier-2 = the slide AUC on test; Tier-1 = the AUC of the test
+    pseudo-bags' Tier-1 scores, each pseudo-bag labelled with its slide (the official test loop's First-Tier
+    AUC, computed over pseudo-bags, not slides)."""
+    from sklearn.metrics import roc_auc_score
+
+    rows = []
+    for cell in cells:
+        (method,) = cell.methods
+        for s in seeds:
+            d = run_dir(results, cell.name, method, s)
+            pred = read_predictions(d / "predictions.csv")
+            pred = pred[pred["split"] == "test"]
+            groups = pd.read_csv(d / "pseudo_bags.csv")
+            groups = groups[groups["split"] == "test"]
+            m = cell.params["n_pseudo_bags"]
+            rows.append({"n_pseudo_bags": m, "seed": s, "tier": "Tier 2", "auc": _auc(roc_auc_score, pred)})
+            rows.append({"n_pseudo_bags": m, "seed": s, "tier": "Tier 1", "auc": _auc(roc_auc_score, groups)})
+    return pd.DataFrame(rows)
+
+
+def _auc(fn, df: pd.DataFrame) -> float:
+    return float(fn(df["label"], df["score"])) if df["label"].nunique() == 2 else float("nan")
+
+
+def training_histories(results: Path, cells: Sequence[Cell], seeds: Sequence[int]) -> pd.DataFrame:
+    """Per-epoch train and validation AUC (history.csv) of every run, ``method`` labelled with the swept beta."""
+    parts = []
+    for cell in cells:
+        for m in cell.methods:
+            label = f"{m} (beta={cell.params['beta']:g})" if "beta" in cell.params else m
+            for s in seeds:
+                h = pd.read_csv(run_dir(results, cell.name, m, s) / "history.csv")
+                for col in ("epoch", "train_auc", "val_auc"):
+                    if col not in h.columns:
+                        raise WsimilError(f"{run_dir(results, cell.name, m, s) / 'history.csv'}: no column {col!r}")
+                parts.append(h[["epoch", "train_auc", "val_auc"]].assign(method=label, seed=s))
+    return pd.concat(parts, ignore_index=True)[["method", "seed", "epoch", "train_auc", "val_auc"]]
+
+
+def dose_response_data(config: Mapping[str, Any], df: pd.DataFrame) -> pd.DataFrame:
+    """Rows method, seed, axis (strength | fraction), value, auc: the test slide AUC at every dose level, the
+    clean ``standard`` runs at value 0 on both axes."""
+    d = config["dose_response"]
+    methods = list(d["methods"] or config["training"]["methods"])
+    s0, f0 = _poison_point(config)
+    points: list[tuple[str, float, str]] = []
+    if "standard" in set(df["experiment"]):
+        points += [("strength", 0.0, "standard"), ("fraction", 0.0, "standard")]
+    for strength, fraction in dose_levels(config):
+        cell = dose_cell(config, strength, fraction)
+        if fraction == f0:
+            points.append(("strength", strength, cell))
+        if strength == s0:
+            points.append(("fraction", fraction, cell))
+    rows = []
+    for axis, value, cell in sorted(points, key=lambda p: (p[0] != "strength", p[1])):
+        g = df[(df["experiment"] == cell) & df["method"].isin(methods)]
+        for _, r in g.iterrows():
+            rows.append({"method": r["method"], "seed": int(r["seed"]), "axis": axis, "value": value, "auc": r["slide_auc"]})
+    out = pd.DataFrame(rows, columns=["method", "seed", "axis", "value", "auc"])
+    order = {m: i for i, m in enumerate(methods)}
+    return out.sort_values(["axis", "method", "value"], key=lambda c: c.map(order) if c.name == "method" else c,
+                           kind="stable").reset_index(drop=True)
+
+
+def _heatmaps(results: Path, cell: Cell, sheet: pd.DataFrame, slide_ids: Sequence[str], seed: int,
+              config: Mapping[str, Any], experiment: str) -> list[Path]:
+    """Heatmaps of ``slide_ids`` (test slides) for every method of ``cell``, seed ``seed``."""
+    from wsimil.datasets.sheet import resolve
+    from wsimil.reporting.heatmaps import plot_heatmaps
+
+    rows = sheet.set_index("slide_id")
+    sheet_path = Path(sheet.attrs.get("path", "slides.csv"))  # relative paths in it are relative to its folder
+    feats_dir = _features_dir(results, config, cell)
+    slides, scores = [], {}
+    for sid in slide_ids:
+        with h5py.File(feats_dir / f"{sid}.h5", "r") as f:
+            coords = f["coords"][:]
+            size = int(f.attrs["level0_size"])
+        ann = str(rows.loc[sid, "annotation"]) if "annotation" in rows.columns else ""
+        slides.append({
+            "slide_id": sid, "path": str(resolve(sheet_path, str(rows.loc[sid, "path"]))),
+            "annotation": str(resolve(sheet_path, ann)) if ann and ann != "nan" else None,
+            "coords": coords, "patch_size_level0": size,
+        })
+        for m in cell.methods:
+            s = read_instance_scores(run_dir(results, cell.name, m, seed) / "instance_scores.h5", [sid])[sid]
+            scores[(sid, m)] = s
+    return plot_heatmaps(slides, list(cell.methods), scores, results / "figures" / f"heatmaps_{experiment}.png")
+
+
+def _features_dir(results: Path, config: Mapping[str, Any], cell: Cell) -> Path:
+    return results / features_subdir(config, cell.features)
+
+
+CAPTIONS = {
+    "standard": "Standard protocol (clean features, the dataset's train/val/test split): test-split metrics per "
+    "method, mean ± std over seeds; slide AUC CI = 95% bootstrap interval (1000 resamples) per seed, averaged.",
+    "ood": "Out-of-distribution (CAMELYON17 protocol): trained and validated on the slides of some centres, tested "
+    "on the test slides of the others (section `ood`); mean ± std over seeds.",
+    "poison": "FocusMIL's poison (green noise in the pixels of a fraction of the patches of normal training/"
+    "validation slides and of tumour test slides, features re-extracted): test-split metrics, mean ± std over seeds.",
+    "poison_comparison": "Test slide AUC on clean vs poisoned data per method, mean ± std over seeds. difference = "
+    "poisoned − clean; a model that learned 'poison means normal' falls below chance.",
+    "ood_comparison": "Test slide AUC on the dataset's own split vs out-of-distribution (train on some centres, "
+    "test on the others), mean ± std over seeds; 'difference' = ood − standard.",
+    "dtfd_ablation": "DTFD-MIL: test AUC against the number of pseudo-bags per slide. Tier 2 = slide AUC; Tier 1 = "
+    "AUC over the test pseudo-bags, each labelled with its slide's label (as the official test loop computes it). "
+    "Mean ± std over seeds.",
+    "minet_curves": "Why mi-Net overfits: AUC of the selected model on the training, validation and test slides, "
+    "and the train − val gap, mean ± std over seeds. Per-epoch curves in figures/minet_curves.",
+    "focusmil_beta": "FocusMIL's KL weight beta: training, validation and test AUC of the selected epoch, mean ± std "
+    "over seeds (the published default run is the `focusmil` run of minet_curves).",
+    "dose_response": "Poison dose-response: test slide AUC against the poison strength (at the configured fraction) "
+    "and against the fraction of patches poisoned (at the configured strength); value 0 = clean features. "
+    "Mean ± std over seeds.",
+    "milunit": "Raff & Holt's single-concept MIL unit test: a poison instance only in negative training and "
+    "validation bags and only in positive test bags. A model that respects the standard MIL assumption keeps its "
+    "validation AUC on test; one that learned 'poison means negative' falls towards 0. Mean ± std over seeds.",
+}
