@@ -57,7 +57,7 @@ def test_every_key_is_documented_closed_and_defaulted():
         ({"patching": {"target_mpp": -1}}, r"patching\.target_mpp"),
         ({"poison": {"fraction": 1.5}}, r"poison\.fraction"),
         ({"training": {"overrides": {"focusmil": {"model": {"gamma": 1}}}}}, r"training\.overrides\.focusmil.*model\.beta"),
-        ({"experiments": ["standard", "ood"]}, r"experiments\.1.*allowed values: standard, poison"),
+        ({"experiments": ["standard", "odd"]}, r"experiments\.1.*allowed values: standard, ood, poison"),
         ({"dataset": {"name": "../etc"}}, r"dataset\.name"),
     ],
 )

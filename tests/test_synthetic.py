@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from shapely.geometry import Polygon
+from shapely.ops import unary_union
 
 from wsimil.io import WsimilError, check_slide_id
 from wsimil.slides import synthetic as S
@@ -84,9 +85,76 @@ def test_plan_default_counts_names_and_centres():
     assert 0 < test.label.iloc[: len(test) // 2].sum() < len(test) // 2  # test ids mix the classes
     assert (plan.path == "slides/" + plan.slide_id + ".tif").all()
     assert (plan.annotation == np.where(plan.label == 1, "annotations/" + plan.slide_id + ".xml", "")).all()
-    assert (plan.n_lesions[plan.label == 1].between(1, 3)).all() and (plan.n_lesions[plan.label == 0] == 0).all()
+    lo, hi = cfg["lesions"]["count"]
+    assert (plan.n_lesions[plan.label == 1].between(lo, hi)).all() and (plan.n_lesions[plan.label == 0] == 0).all()
+    assert plan.center.nunique() == len(cfg["hospitals"]) == 3
     assert set(plan.lesion_class[plan.label == 1]) <= {"itc", "micro", "macro"}
     assert plan.equals(S.plan_dataset(copy.deepcopy(cfg)))
+
+
+def _many_tumour_slides(n: int) -> dict:
+    cfg = S.default_config()
+    cfg["slides"] = {"train": {"normal": 0, "tumour": n}, "val": {}, "test": {}}
+    return cfg
+
+
+def _fraction_of_tissue(cfg, slide_id: str) -> float:
+    """Annotation area / tissue area from the generator's geometry (what benchmarks/synthetic_stats.py reports)."""
+    g = S.slide_geometry(cfg, slide_id, 1)
+    region = unary_union([Polygon(p).buffer(0) for p in g.polygons])
+    return region.area / g.tissue.sum()
+
+
+def test_default_lesion_classes_span_itc_to_macro():
+    # docs/data.md: with the defaults about half the tumour slides are ITC-sized, 40 % micro, 11 % macro
+    # (generator thresholds). The old defaults (radius 50-450 um, 1-3 lesions) gave 14 / 38 / 48 %.
+    plan = S.plan_dataset(_many_tumour_slides(300))
+    share = plan.lesion_class.value_counts(normalize=True)
+    assert 0.35 < share["itc"] < 0.65 and 0.25 < share["micro"] < 0.55 and 0.05 < share["macro"] < 0.25, share
+    diam = np.array([float(d) for s in plan.lesion_diameters_um for d in s.split(";")])
+    lo, hi = S.default_config()["lesions"]["radius_um"]
+    assert diam.min() >= 2 * lo and diam.max() <= 2 * hi
+    assert diam.min() < 60 and diam.max() > 500  # a few-cell cluster to a macro-metastasis
+    assert set(plan.n_lesions) == {1, 2}
+
+
+def test_default_tumour_fraction_of_tissue_is_camelyon_like():
+    # docs/data.md: median ~3 % of the tissue, a third of the slides < 1 %, most < 10 %, none above ~32 %.
+    # The old defaults gave a median of 17 % and only 35 % of the slides below 10 %.
+    cfg = S.resolve_config(_many_tumour_slides(24))
+    fr = np.array([_fraction_of_tissue(cfg, f"tumor_{i:03d}") for i in range(1, 25)])
+    assert fr.min() > 0
+    assert 0.01 < np.median(fr) < 0.06, np.median(fr)
+    assert (fr < 0.01).mean() >= 0.1 and (fr < 0.10).mean() >= 0.6, fr
+    assert fr.max() <= 0.35, fr.max()
+
+
+def test_geometry_is_deterministic_and_is_what_is_rendered():
+    cfg = S.resolve_config(SMALL)
+    g1, g2 = S.slide_geometry(cfg, "tumor_002", 1), S.slide_geometry(copy.deepcopy(SMALL), "tumor_002", 1)
+    np.testing.assert_array_equal(g1.tissue, g2.tissue)
+    np.testing.assert_array_equal(g1.lesion, g2.lesion)
+    assert g1.lesion.any() and not (g1.lesion & ~g1.tissue).any()  # the lesion lies in the tissue
+    _, polys = S.render_pixels(cfg, "tumor_002", 1, 1)
+    assert len(polys) == len(g1.polygons) and all(np.array_equal(a, b) for a, b in zip(polys, g1.polygons))
+    g0 = S.slide_geometry(cfg, "normal_001", 0)
+    assert not g0.lesion.any() and g0.polygons == [] and 0.3 < g0.tissue.mean() < 0.9
+
+
+def test_generated_slide_tumour_fraction_from_its_files(tmp_path):
+    """A default-size tumour slide: XML area / the pipeline's tissue mask agrees with the geometry."""
+    from wsimil.slides.tissue import TissueParams, segment_tissue
+
+    cfg = S.default_config()
+    row = _row(S.plan_dataset(cfg), "tumor_003")
+    S.render_slide(cfg, row, tmp_path)
+    region = tumour_region(tmp_path / row.annotation)
+    with open_slide(tmp_path / row.path) as s:
+        tm = segment_tissue(s, TissueParams.from_config({"seg_downsample": 16}))
+    frac = region.area / (tm.mask.sum() * tm.scale[0] * tm.scale[1])
+    expected = _fraction_of_tissue(cfg, "tumor_003")
+    assert 0 < frac < 0.35
+    assert frac == pytest.approx(expected, rel=0.1), (frac, expected)
 
 
 def test_plan_rejects_bad_config():
@@ -226,11 +294,53 @@ def test_colours_are_he_like(dataset):
 
 def test_hospitals_differ_in_colour():
     cfg = S.resolve_config(SMALL)
-    means = []
-    for center in (0, 1):
+    stats = []
+    for center in range(len(cfg["hospitals"])):
         rgb, _ = S.render_pixels(cfg, "normal_001", 0, center)
+        f = rgb.astype(float)
         tissue = _tissue(rgb)
-        means.append((rgb[tissue].mean(0), rgb[:40, :40].reshape(-1, 3).mean(0)))
-    (t0, bg0), (t1, bg1) = means
+        nuclei = tissue & (f.sum(2) < 3 * 130)
+        stats.append((f[tissue].mean(0), f[nuclei].mean(0), f[:40, :40].reshape(-1, 3).mean(0)))
+    assert len(stats) == 3
+    (t0, _, bg0), (t1, _, bg1) = stats[:2]
     assert np.abs(t0 - t1).max() > 8, (t0, t1)
     assert np.abs(bg0 - bg1).max() > 3, (bg0, bg1)
+    for i in range(3):
+        for j in range(i + 1, 3):
+            (ti, ni, bi), (tj, nj, bj) = stats[i], stats[j]
+            assert np.abs(ni - nj).max() > 8, (i, j, ni, nj)  # hematoxylin hue and strength differ
+            assert np.abs(bi - bj).max() > 3, (i, j, bi, bj)  # glass tint differs
+
+
+@pytest.mark.parametrize("center", [0, 1, 2])
+def test_glass_is_not_tissue_for_any_hospital(tmp_path, center):
+    """CLAM's saturation threshold (8) must separate every hospital's glass from its tissue, as on real scanners."""
+    from wsimil.slides.tissue import TissueParams, segment_tissue
+
+    S.render_slide(SMALL, {"slide_id": "normal_001", "label": 0, "center": center}, tmp_path)
+    with open_slide(tmp_path / "slides" / "normal_001.tif") as s:
+        tm = segment_tissue(s, TissueParams.from_config({"seg_downsample": 4}))
+    geometry = S.slide_geometry(SMALL, "normal_001", 0).tissue.mean()
+    assert abs(tm.mask.mean() - geometry) < 0.06, (tm.mask.mean(), geometry)
+
+
+def test_stats_script_reports_the_geometry(tmp_path, capsys):
+    """benchmarks/synthetic_stats.py at toy scale: one row per tumour slide, fractions from the geometry."""
+    import importlib.util
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "synthetic_stats.py"
+    spec = importlib.util.spec_from_file_location("synthetic_stats", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump({"synthetic": SMALL}))
+    df = mod.main(["--config", str(cfg_file), "--n-tumour", "3", "--csv", str(tmp_path / "s.csv"), "--render", "1"])
+    out = capsys.readouterr().out
+    assert list(df.slide_id) == ["tumor_001", "tumor_002", "tumor_003"] and (tmp_path / "s.csv").exists()
+    cfg = S.resolve_config(SMALL)
+    for sid, frac in zip(df.slide_id, df.tumour_fraction):
+        assert frac == pytest.approx(_fraction_of_tissue(cfg, sid), rel=1e-3)
+    assert "tumour fraction of the tissue" in out and "cross-check on rendered files" in out

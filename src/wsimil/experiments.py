@@ -147,9 +147,10 @@ def cell_overrides(config: Mapping[str, Any], cell: Cell, method: str) -> dict[s
 
 
 def ood_sheet(sheet: pd.DataFrame, train_centers: Sequence[Any] | None) -> pd.DataFrame:
-    """The out-of-distribution sheet (CAMELYON17 protocol): the training and validation slides of the
-    ``train_centers`` and the test slides of every other centre. ``train_centers`` null: the first half of
-    the centres in sorted order (at least one). Centres are compared as text (ints or hospital names)."""
+    """The out-of-distribution sheet (CAMELYON17 protocol: train on some hospitals, test on the held-out ones):
+    the training and validation slides of the ``train_centers`` keep their split, and every slide of every
+    other centre, whatever its split in ``sheet``, becomes a test slide. ``train_centers`` null: the first half
+    of the centres in sorted order (at least one). Centres are compared as text (ints or hospital names)."""
     centers = sorted(sheet["center"].astype(str).unique(), key=lambda c: (len(c), c))
     if len(centers) < 2:
         raise WsimilError(f"experiment ood: the sample sheet has one centre ({centers}); it needs two or more")
@@ -159,14 +160,16 @@ def ood_sheet(sheet: pd.DataFrame, train_centers: Sequence[Any] | None) -> pd.Da
         raise WsimilError(f"ood.train_centers: {unknown} not among the sheet's centres {centers}")
     if set(train) == set(centers):
         raise WsimilError(f"ood.train_centers: {train} are all the centres; none is left to test on")
-    c = sheet["center"].astype(str)
-    keep = (sheet["split"].isin(["train", "val"]) & c.isin(train)) | ((sheet["split"] == "test") & ~c.isin(train))
-    out = sheet[keep].reset_index(drop=True)
-    for split in ("train", "val", "test"):
+    inside = sheet["center"].astype(str).isin(train)
+    out = sheet[(inside & sheet["split"].isin(["train", "val"])) | ~inside].copy()
+    out.loc[~out["center"].astype(str).isin(train), "split"] = "test"
+    out = out.reset_index(drop=True)
+    for split in ("train", "test"):
         labels = set(out.loc[out["split"] == split, "label"])
-        if split != "val" and labels != {0, 1}:
-            raise WsimilError(f"experiment ood: the {split} slides of centres {train if split != 'test' else 'held out'} "
-                              f"do not hold both classes (labels {sorted(labels)})")
+        if labels != {0, 1}:
+            where = f"centres {train}" if split == "train" else "the held-out centres"
+            raise WsimilError(f"experiment ood: the {split} slides of {where} do not hold both classes "
+                              f"(labels {sorted(labels)})")
     return out
 
 

@@ -8,11 +8,13 @@ CAMELYON16 ships them. ``docs/data.md`` describes the model; in short:
   eosin concentration maps and per-hospital optical-density stain vectors;
 - tissue: a bean-shaped lymph node (capsule, subcapsular and medullary sinuses, follicles with germinal
   centres, hilar fat) on white glass, densely packed ~7 um lymphocyte nuclei;
-- metastases: 1-3 irregular, cohesive nests of tumour cells per tumour slide (nuclei 1.5-2x larger, paler,
-  vesicular, with nucleoli; eosinophilic cytoplasm; cell borders; fibrous septa in larger lesions), sizes
-  log-uniform from isolated-tumour-cell clusters to macro-metastases; the XML polygon is the traced outline
-  of the rendered lesion mask;
-- hospitals: stain vectors, stain amounts, glass tint, focus blur and sensor noise per hospital.
+- metastases: 1-2 irregular, cohesive nests of tumour cells per tumour slide (nuclei 1.5-2x larger, paler,
+  vesicular, with nucleoli; eosinophilic cytoplasm; cell borders; fibrous septa in larger lesions), radii
+  log-uniform from a few-cell cluster (isolated tumour cells) to a macro-metastasis; the defaults give a
+  tumour share of the tissue like CAMELYON16's (median ~3 %, a third of the slides < 1 %, none > ~32 %;
+  ``benchmarks/synthetic_stats.py`` measures it); the XML polygon is the traced outline of the rendered
+  lesion mask;
+- hospitals (three by default): stain vectors, stain amounts, glass tint, focus blur and sensor noise.
 
 Everything is seeded per slide from ``(synthetic.seed, slide_id)``: the same config gives the same bytes,
 whatever other slides are generated.
@@ -24,6 +26,7 @@ import copy
 import math
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Mapping
 
 import numpy as np
@@ -37,6 +40,8 @@ CLASSES = ("normal", "tumour")
 # Macenko et al. (2009) reference H&E optical-density vectors (as used by staintools / torchstain).
 MACENKO_H = [0.5626, 0.7201, 0.4062]
 MACENKO_E = [0.2159, 0.8012, 0.5581]
+# Ruifrok & Johnston (2001) hematoxylin optical-density vector (scikit-image's rgb2hed).
+RUIFROK_H = [0.650, 0.704, 0.286]
 
 _DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -58,8 +63,8 @@ _DEFAULTS: dict[str, Any] = {
         "lymphocyte_spacing_um": 8.0,
     },
     "lesions": {
-        "count": [1, 3],
-        "radius_um": [50.0, 450.0],
+        "count": [1, 2],
+        "radius_um": [15.0, 300.0],
         "nucleus_scale": [1.5, 2.0],
         "cell_spacing_um": 16.0,
     },
@@ -81,9 +86,19 @@ _DEFAULTS: dict[str, Any] = {
             "e_vector": [0.14, 0.86, 0.49],
             "h_scale": 1.2,
             "e_scale": 0.8,
-            "background": [236, 236, 228],
+            "background": [235, 234, 230],
             "blur_um": 0.6,
             "noise": 3.0,
+        },
+        {
+            "name": "hospital_c",
+            "h_vector": list(RUIFROK_H),
+            "e_vector": list(MACENKO_E),
+            "h_scale": 0.8,
+            "e_scale": 1.25,
+            "background": [245, 244, 243],
+            "blur_um": 0.25,
+            "noise": 1.5,
         },
     ],
     "tile_size": 256,
@@ -166,7 +181,10 @@ def lesion_class(radii_um: list[float]) -> str:
     """CAMELYON-like slide class from the largest nominal lesion diameter, scaled to the small slides.
 
     negative (no lesion), itc (< 200 um), micro (200-500 um), macro (>= 500 um). The clinical thresholds are
-    0.2 mm and 2 mm; the macro threshold is scaled down because a synthetic slide is only ~1.6 mm wide.
+    0.2 mm and 2 mm; the macro threshold is scaled down (x 1/4) because a synthetic slide is only ~1.75 mm
+    wide, the ITC threshold is not. These names are informational (nothing downstream uses them) and they
+    are not area-consistent: on the ~1.3 mm^2 of tissue of a default slide, a 200 um lesion is already
+    ~2.5 % of the tissue. ``docs/data.md`` compares them with classes at an area-consistent scale.
     """
     if not radii_um:
         return "negative"
@@ -374,8 +392,14 @@ def _jittered_grid(rng, w: float, h: float, spacing: float, jitter: float, x0=0.
     return x[keep].astype(np.float32), y[keep].astype(np.float32)
 
 
-def render_pixels(cfg: Mapping, slide_id: str, label: int, center: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The level-0 RGB image (H, W, 3) uint8 of one slide and its lesion polygons (level-0 x, y)."""
+def slide_geometry(cfg: Mapping | None, slide_id: str, label: int) -> SimpleNamespace:
+    """The geometry of one slide, without its cells and colours (the cheap first part of ``render_pixels``).
+
+    Returns a namespace with, among others, ``tissue`` and ``lesion`` (level-0 (H, W) bool masks: the lymph node
+    with its capsule and hilar fat, and the rendered metastases), ``polygons`` (the annotation polygons, level-0
+    x, y, exactly as ``render_slide`` writes them to the XML), ``radii_um`` (``lesion_plan``) and ``mpp``.
+    It does not depend on the hospital, and ``render_pixels`` draws the same geometry from the same seed.
+    """
     import cv2
 
     cfg = resolve_config(cfg)
@@ -383,9 +407,7 @@ def render_pixels(cfg: Mapping, slide_id: str, label: int, center: int) -> tuple
     um = 1.0 / mpp  # px per um
     W = int(round(cfg["size_um"][0] * um))
     H = int(round(cfg["size_um"][1] * um))
-    hosp = cfg["hospitals"][center]
     tis = cfg["tissue"]
-    les = cfg["lesions"]
     rng = np.random.default_rng(_seed_sequence(cfg, slide_id).spawn(2)[1])
     radii_um = lesion_plan(cfg, slide_id, label)
 
@@ -508,6 +530,29 @@ def render_pixels(cfg: Mapping, slide_id: str, label: int, center: int) -> tuple
                 polygons.append(c)
         if not polygons:
             raise WsimilError(f"slide {slide_id}: no lesion could be placed in the tissue (slide too small?)")
+    tissue = node_f > 0
+    if tis["hilar_fat"]:
+        tissue |= up(fat_field) > 0
+    return SimpleNamespace(
+        cfg=cfg, rng=rng, mpp=mpp, um=um, H=H, W=W, lo=lo, hl=hl, wl=wl, lo_um=lo_um, up=up, radii_um=radii_um,
+        node_lo=node_lo, fat_field=fat_field, tangent=tangent, capsule=capsule, subcap=subcap, sinus=sinus,
+        mantle=mantle, germinal=germinal, parenchyma_noise=parenchyma_noise, septa_lo=septa_lo,
+        tissue_alpha=tissue_alpha, lesion=lesion_mask, polygons=polygons, tissue=tissue)
+
+
+def render_pixels(cfg: Mapping, slide_id: str, label: int, center: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The level-0 RGB image (H, W, 3) uint8 of one slide and its lesion polygons (level-0 x, y)."""
+    import cv2
+
+    cfg = resolve_config(cfg)
+    hosp = cfg["hospitals"][center]
+    tis = cfg["tissue"]
+    les = cfg["lesions"]
+    g = slide_geometry(cfg, slide_id, label)
+    rng, um, H, W, lo, hl, wl, lo_um, up = g.rng, g.um, g.H, g.W, g.lo, g.hl, g.wl, g.lo_um, g.up
+    radii_um, polygons, lesion_mask, tissue_alpha = g.radii_um, g.polygons, g.lesion, g.tissue_alpha
+    node_lo, fat_field, tangent, capsule, subcap = g.node_lo, g.fat_field, g.tangent, g.capsule, g.subcap
+    sinus, mantle, germinal, parenchyma_noise, septa_lo = g.sinus, g.mantle, g.germinal, g.parenchyma_noise, g.septa_lo
 
     # ---- base (non-nuclear) stain concentrations -------------------------------------------------
     base_h_lo = np.where(node_lo, 0.26 + 0.04 * parenchyma_noise, 0).astype(np.float32)
