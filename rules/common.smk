@@ -68,6 +68,28 @@ def as_json(section):
     return json.dumps(config[section], sort_keys=True)
 
 
+def slide_groups(slides, per_job):
+    """``slides`` in consecutive groups of at most ``per_job``, as equal as possible."""
+    n = -(-len(slides) // max(1, per_job)) if slides else 0
+    size, extra = divmod(len(slides), n) if n else (0, 0)
+    groups, start = [], 0
+    for i in range(n):
+        k = size + (i < extra)
+        groups.append(slides[start : start + k])
+        start += k
+    return groups
+
+
+def group_name(group):
+    """Rule-name-safe name of a group of slides: its first slide id, and the count when several."""
+    first = re.sub(r"[^A-Za-z0-9_]", "_", group[0])
+    return first if len(group) == 1 else f"{first}_and_{len(group) - 1}"
+
+
+def slide_path(slide):
+    return get_slide(type("W", (), {"slide": slide}))
+
+
 def get_slide(wildcards):
     if SYNTH_DIR:
         return f"{SYNTH_DIR}/slides/{wildcards.slide}.tif"
@@ -148,12 +170,6 @@ def run_dir(cell, method, seed):
 def get_run_template(wildcards):
     """The run directory of every seed; the CLI fills in {seed}."""
     return run_dir(wildcards.cell, wildcards.method, "{seed}")
-
-
-def get_poison_params(wildcards):
-    """The `poison:` section with the level of the requested feature folder."""
-    level = {"strength": float(wildcards.strength), "fraction": float(wildcards.fraction), "seed": int(wildcards.pseed)}
-    return json.dumps({**config["poison"], **level}, sort_keys=True)
 
 
 def get_overrides(wildcards):

@@ -1,23 +1,28 @@
-# Clean features: one job per slide, the network batched over its patches.
+# Clean features: one job per group of `features.slides_per_job` slides (default 1: a job per slide), the
+# network built once per job and batched over each slide's patches.
 
+for _group in slide_groups(SLIDES, config["features"]["slides_per_job"]):
 
-rule extract:
-    input:
-        slide=get_slide,
-        patches=f"{PATCHES}/{{slide}}.h5",
-    output:
-        f"{FEATURES}/clean/{{slide}}.h5",
-    params:
-        features=as_json("features"),
-    threads: 1
-    log:
-        f"{LOGS}/extract/{{slide}}.log",
-    benchmark:
-        f"{BENCH}/extract/{{slide}}.tsv"
-    resources:
-        mem_mb=4000,
-    conda:
-        "../envs/wsimil.yaml"
-    shell:
-        "wsimil extract --slide {input.slide:q} --slide-id {wildcards.slide} --patches {input.patches}"
-        " --params {params.features:q} --threads {threads} --no-progress --out {output} 2> {log}"
+    rule:
+        name:
+            f"extract_{group_name(_group)}"
+        input:
+            slides=[slide_path(s) for s in _group],
+            patches=[f"{PATCHES}/{s}.h5" for s in _group],
+        output:
+            [f"{FEATURES}/clean/{s}.h5" for s in _group],
+        params:
+            features=as_json("features"),
+            ids=" ".join(_group),
+        threads: 1
+        log:
+            f"{LOGS}/extract/{group_name(_group)}.log",
+        benchmark:
+            f"{BENCH}/extract/{group_name(_group)}.tsv"
+        resources:
+            mem_mb=4000,
+        conda:
+            "../envs/wsimil.yaml"
+        shell:
+            "wsimil extract --slide {input.slides:q} --slide-id {params.ids} --patches {input.patches:q}"
+            " --params {params.features:q} --threads {threads} --no-progress --out {output:q} 2> {log}"

@@ -1,6 +1,7 @@
 # FocusMIL's semi-synthetic poison: green noise in the pixels of the target slides' patches, features
-# re-extracted; every other slide keeps its clean features (copied). One feature folder per poison level
-# (the poison experiment's, and each point of the dose-response curves).
+# re-extracted (one job per level and group of `features.slides_per_job` target slides); every other slide
+# keeps its clean features (copied inside Snakemake). One feature folder per poison level (the poison
+# experiment's, and each point of the dose-response curves).
 
 POISON_TARGETS = select_poisoned_slides(SHEET, config["poison"]["targets"])
 POISON_LEVEL = f"{FEATURES}/poison_s{{strength}}_f{{fraction}}_seed{{pseed}}"
@@ -25,35 +26,39 @@ rule poison_copy:
         copy_atomic(input[0], output[0])
 
 
-rule poison_features:
-    input:
-        slide=get_slide,
-        patches=f"{PATCHES}/{{slide}}.h5",
-        clean=f"{FEATURES}/clean/{{slide}}.h5",
-        sheet=SHEET_PATH,
-    output:
-        f"{POISON_LEVEL}/{{slide}}.h5",
-    wildcard_constraints:
-        slide="|".join(POISON_TARGETS) or "^$",
-        strength=r"[0-9.e+-]+",
-        fraction=r"[0-9.e+-]+",
-        pseed=r"\d+",
-    params:
-        features=as_json("features"),
-        poison=get_poison_params,
-    threads: 1
-    log:
-        f"{LOGS}/poison/s{{strength}}_f{{fraction}}_seed{{pseed}}/{{slide}}.log",
-    benchmark:
-        f"{BENCH}/poison/s{{strength}}_f{{fraction}}_seed{{pseed}}/{{slide}}.tsv"
-    resources:
-        mem_mb=4000,
-    conda:
-        "../envs/wsimil.yaml"
-    shell:
-        "wsimil poison --slide {input.slide:q} --slide-id {wildcards.slide} --patches {input.patches}"
-        " --clean {input.clean} --sheet {input.sheet:q} --params {params.features:q} --poison {params.poison:q}"
-        " --threads {threads} --no-progress --out {output} 2> {log}"
+POISON_LEVELS = {c.features: c.params for c in CELLS.values() if c.features.startswith("poison_")}
+
+for _tag, _level in POISON_LEVELS.items():
+    for _group in slide_groups([s for s in SLIDES if s in POISON_TARGETS], config["features"]["slides_per_job"]):
+
+        rule:
+            name:
+                f"{re.sub(r'[^A-Za-z0-9_]', '_', _tag)}_{group_name(_group)}"
+            input:
+                slides=[slide_path(s) for s in _group],
+                patches=[f"{PATCHES}/{s}.h5" for s in _group],
+                clean=[f"{FEATURES}/clean/{s}.h5" for s in _group],
+                sheet=SHEET_PATH,
+            output:
+                [f"{FEATURES}/{_tag}/{s}.h5" for s in _group],
+            params:
+                features=as_json("features"),
+                poison=json.dumps({**config["poison"], "strength": float(_level["strength"]),
+                                   "fraction": float(_level["fraction"])}, sort_keys=True),
+                ids=" ".join(_group),
+            threads: 1
+            log:
+                f"{LOGS}/poison/{_tag}/{group_name(_group)}.log",
+            benchmark:
+                f"{BENCH}/poison/{_tag}/{group_name(_group)}.tsv"
+            resources:
+                mem_mb=4000,
+            conda:
+                "../envs/wsimil.yaml"
+            shell:
+                "wsimil poison --slide {input.slides:q} --slide-id {params.ids} --patches {input.patches:q}"
+                " --clean {input.clean:q} --sheet {input.sheet:q} --params {params.features:q}"
+                " --poison {params.poison:q} --threads {threads} --no-progress --out {output:q} 2> {log}"
 
 
 rule ood_sheet:

@@ -96,3 +96,16 @@ def test_train_precision_is_checked_by_the_parser(tiny_features, capsys):
         main(["train", "--features", str(t / "f"), "--slides", str(t / "slides.csv"), "--method", "maxpool",
               "--precision", "fp16", "--out", str(t / "run")])
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
+def test_extract_needs_one_value_per_slide(tmp_path, capsys):
+    """Several slides per job: --slide, --slide-id, --patches and --out are aligned lists."""
+    code = main(["extract", "--slide", "a.tif", "b.tif", "--slide-id", "a", "b", "--patches", "a.h5",
+                 "--out", "a_f.h5", "b_f.h5"])
+    assert code == 2
+    assert "give one value per slide to each of --slide 2, --slide-id 2, --patches 1, --out 2" in capsys.readouterr().err
+
+
+def test_extract_rejects_a_bad_slide_id_before_reading_anything(capsys):
+    assert main(["extract", "--slide", "a.tif", "--slide-id", "../etc", "--patches", "p.h5", "--out", "o.h5"]) == 2
+    assert "../etc" in capsys.readouterr().err

@@ -101,40 +101,60 @@ def cmd_patch(args: argparse.Namespace) -> None:
     run_patching(args.slide, args.slide_id, args.annotation or None, args.out, params, qc_png=args.qc, label=args.label)
 
 
-def _extract(args: argparse.Namespace, poison=None) -> None:
+def _slide_jobs(args: argparse.Namespace, *extra: str) -> list[tuple]:
+    """The aligned per-slide arguments (--slide, --slide-id, --patches, --out and ``extra``), ids checked."""
+    names = ("slide", "slide_id", "patches", "out", *extra)
+    lists = [getattr(args, n) for n in names]
+    if len({len(v) for v in lists}) != 1:
+        counts = ", ".join(f"--{n.replace('_', '-')} {len(v)}" for n, v in zip(names, lists))
+        raise WsimilError(f"give one value per slide to each of {counts}")
+    for sid in args.slide_id:
+        check_slide_id(sid)
+    return list(zip(*lists))
+
+
+def _extract(args: argparse.Namespace, poison_of=None) -> None:
+    """Extract the features of one or more slides with one network (built once: a job of several slides pays
+    the start-up once). ``poison_of(slide_id)``: the PoisonSpec of a slide, or None to copy its clean file."""
     from wsimil.features.extract import extract_slide
     from wsimil.features.extractors import build_extractor
 
     cfg = _section(args, "features")
     _set_threads(args.threads)
-    ext = build_extractor(cfg["extractor"], weights=cfg["weights"], device=cfg["device"], input_size=cfg["input_size"])
-    s = extract_slide(
-        args.slide, args.patches, args.out, ext, batch_size=cfg["batch_size"], num_threads=args.threads,
-        poison=poison, slide_id=args.slide_id, num_workers=cfg["num_workers"], dtype=cfg["dtype"],
-        progress=not args.no_progress,
-    )
-    log.info("%s: %d patches (%d poisoned), %s %d-d, %.1f s (%.1f tiles/s) -> %s", s["slide_id"], s["n_patches"],
-             s["n_poisoned"], ext.name, ext.dim, s["seconds"], s["tiles_per_s"], args.out)
+    jobs = _slide_jobs(args, "clean") if poison_of else _slide_jobs(args)
+    ext = None
+    for job in jobs:
+        slide, sid, patches, out = job[:4]
+        spec = poison_of(sid) if poison_of else None
+        if poison_of and spec is None:
+            copy_atomic(job[4], out)
+            log.info("%s is not a poison target: clean features copied", sid)
+            continue
+        if ext is None:
+            ext = build_extractor(cfg["extractor"], weights=cfg["weights"], device=cfg["device"],
+                                  input_size=cfg["input_size"])
+        s = extract_slide(
+            slide, patches, out, ext, batch_size=cfg["batch_size"], num_threads=args.threads, poison=spec,
+            slide_id=sid, num_workers=cfg["num_workers"], dtype=cfg["dtype"], progress=not args.no_progress,
+        )
+        log.info("%s: %d patches (%d poisoned), %s %d-d, %.1f s (%.1f tiles/s) -> %s", s["slide_id"], s["n_patches"],
+                 s["n_poisoned"], ext.name, ext.dim, s["seconds"], s["tiles_per_s"], out)
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
-    check_slide_id(args.slide_id)
     _extract(args)
 
 
 def cmd_poison(args: argparse.Namespace) -> None:
-    """Poisoned features of one slide: re-extracted with green noise if the slide is a target, else the clean file."""
+    """Poisoned features of one or more slides: re-extracted with green noise if the slide is a target, else
+    its clean file copied."""
     from wsimil.datasets.sheet import read_sheet
     from wsimil.poison import PoisonSpec, select_poisoned_slides
 
-    check_slide_id(args.slide_id)
     pcfg = json.loads(args.poison) if args.poison else _poison_defaults()
-    targets = select_poisoned_slides(read_sheet(args.sheet), pcfg.get("targets"))
-    if args.slide_id in targets:
-        _extract(args, PoisonSpec(strength=pcfg["strength"], fraction=pcfg["fraction"], seed=pcfg["seed"]))
-    else:
-        copy_atomic(args.clean, args.out)
-        log.info("%s is not a poison target: clean features copied", args.slide_id)
+    targets = set(select_poisoned_slides(read_sheet(args.sheet), pcfg.get("targets")))
+    spec = PoisonSpec(strength=pcfg["strength"], fraction=pcfg["fraction"], seed=pcfg["seed"])
+    _extract(args, lambda sid: spec if sid in targets else None)
 
 
 def _poison_defaults() -> dict:
@@ -269,20 +289,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_patch)
 
     for name, func, helptext in (
-        ("extract", cmd_extract, "features of one slide's patches -> feature HDF5"),
-        ("poison", cmd_poison, "poisoned features of one slide (green noise in pixel space, re-extracted)"),
+        ("extract", cmd_extract, "features of one or more slides' patches -> feature HDF5 per slide"),
+        ("poison", cmd_poison, "poisoned features of one or more slides (green noise in pixel space, re-extracted)"),
     ):
         s = sub.add_parser(name, help=helptext)
         _add_section_args(s, "features")
-        s.add_argument("--slide", type=Path, required=True)
-        s.add_argument("--slide-id", required=True)
-        s.add_argument("--patches", type=Path, required=True, help="the slide's patch HDF5")
-        s.add_argument("--out", type=Path, required=True)
+        s.add_argument("--slide", type=Path, nargs="+", required=True, help="slide file(s)")
+        s.add_argument("--slide-id", nargs="+", required=True, help="one id per slide")
+        s.add_argument("--patches", type=Path, nargs="+", required=True, help="each slide's patch HDF5")
+        s.add_argument("--out", type=Path, nargs="+", required=True, help="each slide's feature HDF5")
         s.add_argument("--threads", type=int, help="torch CPU threads")
         s.add_argument("--no-progress", action="store_true")
         if name == "poison":
             s.add_argument("--sheet", type=Path, required=True, help="slides.csv (decides which slides are poisoned)")
-            s.add_argument("--clean", type=Path, required=True, help="clean feature file, copied for non-targets")
+            s.add_argument("--clean", type=Path, nargs="+", required=True,
+                           help="each slide's clean feature file, copied for non-targets")
             s.add_argument("--poison", help="the `poison:` config section as JSON (default: the schema defaults)")
         s.set_defaults(func=func)
 
