@@ -4,7 +4,7 @@ import json
 import re
 from pathlib import Path
 
-from wsimil.config import validate_config, write_config
+from wsimil.config import validate_config, write_config, write_software
 from wsimil.datasets.sheet import read_sheet, resolve
 from wsimil.experiments import cell_overrides, features_subdir, ood_sheet, patch_tag, plan_cells
 from wsimil.io import SLIDE_ID_PATTERN, copy_atomic
@@ -125,14 +125,7 @@ def milunit_ids():
 
 # Cells: the sets of runs of every experiment (wsimil.experiments; docs/experiments.md).
 CELLS = {c.name: c for c in plan_cells(config)}
-RUN_METHODS = sorted({m for c in CELLS.values() for m in c.methods})
 OOD_SLIDES = list(ood_sheet(SHEET, config["ood"]["train_centers"])["slide_id"]) if "ood" in EXPERIMENTS else []
-
-
-wildcard_constraints:
-    cell="|".join(re.escape(c) for c in CELLS) or "^$",
-    method="|".join(RUN_METHODS),
-    experiment="|".join(EXPERIMENTS),
 
 
 def features_dir(cell):
@@ -148,32 +141,11 @@ def cell_slides(cell):
     return {"main": SLIDES, "ood": OOD_SLIDES, "milunit": milunit_ids()}[CELLS[cell].sheet]
 
 
-def get_cell_sheet(wildcards):
-    return cell_sheet(wildcards.cell)
-
-
-def get_features_dir(wildcards):
-    return features_dir(wildcards.cell)
-
-
-def get_cell_features(wildcards):
-    return expand("{dir}/{slide}.h5", dir=features_dir(wildcards.cell), slide=cell_slides(wildcards.cell))
-
-
 RUN_FILES = ["predictions.csv", "instance_scores.h5", "history.csv", "model.pt", "run.json"]
 
 
 def run_dir(cell, method, seed):
     return f"{OUT}/runs/{cell}/{method}/seed{seed}"
-
-
-def get_run_template(wildcards):
-    """The run directory of every seed; the CLI fills in {seed}."""
-    return run_dir(wildcards.cell, wildcards.method, "{seed}")
-
-
-def get_overrides(wildcards):
-    return json.dumps(cell_overrides(config, CELLS[wildcards.cell], wildcards.method), sort_keys=True)
 
 
 def cell_runs(cell):
@@ -186,14 +158,6 @@ def train_outputs(cell):
 
 def metrics_files(cells):
     return [f"{run_dir(c, m, s)}/metrics.json" for c in cells for m, s in cell_runs(c)]
-
-
-def get_cell_runs(wildcards):
-    return [f"{run_dir(wildcards.cell, m, s)}/predictions.csv" for m, s in cell_runs(wildcards.cell)]
-
-
-def get_cell_run_dirs(wildcards):
-    return " ".join(run_dir(wildcards.cell, m, s) for m, s in cell_runs(wildcards.cell))
 
 
 def experiment_inputs(experiment):

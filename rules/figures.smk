@@ -29,13 +29,15 @@ def heatmap_inputs(experiment):
 
 rule run_config:
     """The merged config of this run (config.yaml, --configfile, --config), validated, for the report jobs and
-    for the record; rewritten when the config changes."""
+    for the record, and the software it ran with; rewritten when the config changes."""
     output:
-        report(f"{OUT}/config.yaml", caption="../report/captions/config.rst", category="Run"),
+        config=report(f"{OUT}/config.yaml", caption="../report/captions/config.rst", category="Run"),
+        software=report(f"{OUT}/software.yaml", caption="../report/captions/software.rst", category="Run"),
     params:
         config=json.dumps(config, sort_keys=True, default=str),
     run:
-        write_config(config, output[0])
+        write_config(config, output.config)
+        write_software(output.software)
 
 
 localrules:
@@ -48,7 +50,7 @@ for _exp in EXPERIMENTS:
         name:
             f"report_{_exp}"
         input:
-            config=f"{OUT}/config.yaml",
+            config=rules.run_config.output.config,
             metrics=experiment_inputs(_exp),
             slides=heatmap_inputs(_exp),
             sheet=[SHEET_PATH] if HAS_SLIDES else [],
@@ -77,7 +79,8 @@ for _exp in EXPERIMENTS:
 
 rule report_summary:
     input:
-        config=f"{OUT}/config.yaml",
+        config=rules.run_config.output.config,
+        software=rules.run_config.output.software,
         metrics=metrics_files(CELLS),
     output:
         _reported(summary_outputs()),

@@ -1,30 +1,38 @@
-# One job per cell x method trains every seed: the features are read once and the ~3 s start-up of a torch
-# process is paid once, not once per seed (docs/architecture.md, "Job granularity").
+# Training: one job per cell and group of `training.methods_per_job` methods, each job training every seed of
+# its methods (docs/architecture.md, "Job granularity"): the features are read once and the ~3 s start-up of
+# a PyTorch process is paid once per job, not once per method and seed.
 
+for _cell in CELLS:
+    for _methods in slide_groups(list(CELLS[_cell].methods), config["training"]["methods_per_job"]):
 
-rule train:
-    input:
-        features=get_cell_features,
-        sheet=get_cell_sheet,
-    output:
-        [f"{OUT}/runs/{{cell}}/{{method}}/seed{s}/{f}" for s in SEEDS for f in RUN_FILES],
-    params:
-        features=get_features_dir,
-        out=get_run_template,
-        seeds=" ".join(map(str, SEEDS)),
-        overrides=get_overrides,
-        device=config["training"]["device"],
-        precision=config["training"]["precision"],
-    threads: config["training"]["threads"]
-    log:
-        f"{LOGS}/train/{{cell}}/{{method}}.log",
-    benchmark:
-        f"{BENCH}/train/{{cell}}/{{method}}.tsv"
-    resources:
-        mem_mb=4000,
-    conda:
-        "../envs/wsimil.yaml"
-    shell:
-        "wsimil train --features {params.features} --slides {input.sheet:q} --method {wildcards.method}"
-        " --seed {params.seeds} --out {params.out:q} --overrides {params.overrides:q}"
-        " --experiment {wildcards.cell} --device {params.device} --precision {params.precision} --threads {threads} --no-progress 2> {log}"
+        rule:
+            name:
+                f"train_{re.sub(r'[^A-Za-z0-9_]', '_', _cell)}_{'_'.join(_methods)}"
+            input:
+                features=expand("{dir}/{slide}.h5", dir=features_dir(_cell), slide=cell_slides(_cell)),
+                sheet=cell_sheet(_cell),
+            output:
+                [f"{run_dir(_cell, m, s)}/{f}" for m in _methods for s in SEEDS for f in RUN_FILES],
+            params:
+                features=features_dir(_cell),
+                out=lambda w, c=_cell: run_dir(c, "{method}", "{seed}"),  # the CLI fills in method and seed
+                methods=" ".join(_methods),
+                seeds=" ".join(map(str, SEEDS)),
+                overrides=json.dumps({m: cell_overrides(config, CELLS[_cell], m) for m in _methods}, sort_keys=True),
+                device=config["training"]["device"],
+                precision=config["training"]["precision"],
+                cell=_cell,
+            threads: config["training"]["threads"]
+            log:
+                f"{LOGS}/train/{_cell}/{'_'.join(_methods)}.log",
+            benchmark:
+                f"{BENCH}/train/{_cell}/{'_'.join(_methods)}.tsv"
+            resources:
+                mem_mb=4000,
+            conda:
+                "../envs/wsimil.yaml"
+            shell:
+                "wsimil train --features {params.features} --slides {input.sheet:q} --method {params.methods}"
+                " --seed {params.seeds} --out {params.out:q} --overrides-per-method {params.overrides:q}"
+                " --experiment {params.cell} --device {params.device} --precision {params.precision}"
+                " --threads {threads} --no-progress 2> {log}"

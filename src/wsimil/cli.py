@@ -165,23 +165,35 @@ def _poison_defaults() -> dict:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from wsimil.datasets.sheet import read_sheet
+    from wsimil.training.data import load_bags
     from wsimil.training.run import train_and_write
 
-    seeds = args.seed
+    seeds, methods = args.seed, args.method
     if len(seeds) > 1 and "{seed}" not in args.out:
         raise WsimilError("with several --seed values, --out must contain '{seed}' (e.g. runs/abmil/seed{seed})")
-    outs = [Path(args.out.format(seed=s)) for s in seeds]
-    overrides = json.loads(args.overrides) if args.overrides else {}
-    overrides.update(_parse_sets(args.set))
+    if len(methods) > 1 and "{method}" not in args.out:
+        raise WsimilError("with several --method values, --out must contain '{method}' (e.g. runs/{method}/seed{seed})")
+    if len(methods) > 1 and (args.overrides or args.set):
+        raise WsimilError("with several --method values, give overrides per method with --overrides-per-method")
+    per_method = json.loads(args.overrides_per_method) if args.overrides_per_method else {}
+    unknown = sorted(set(per_method) - set(methods))
+    if unknown:
+        raise WsimilError(f"--overrides-per-method names methods not being trained: {unknown}")
     _set_threads(args.threads)
     device = args.device
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    train_and_write(read_sheet(args.slides), args.features, args.method, seeds, outs, overrides, device=device,
-                    meta={"experiment": args.experiment, "sheet": str(args.slides)}, progress=not args.no_progress,
-                    precision=args.precision)
+    sheet = read_sheet(args.slides)
+    bags = load_bags(sheet, args.features)  # once for every method and seed of this job
+    for method in methods:
+        overrides = json.loads(args.overrides) if args.overrides else dict(per_method.get(method, {}))
+        overrides.update(_parse_sets(args.set))
+        outs = [Path(args.out.replace("{method}", method).format(seed=s)) for s in seeds]
+        train_and_write(sheet, args.features, method, seeds, outs, overrides, device=device,
+                        meta={"experiment": args.experiment, "sheet": str(args.slides)}, progress=not args.no_progress,
+                        precision=args.precision, bags=bags)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -307,14 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--poison", help="the `poison:` config section as JSON (default: the schema defaults)")
         s.set_defaults(func=func)
 
-    s = sub.add_parser("train", help="train one method on one or more seeds -> run directories")
+    s = sub.add_parser("train", help="train one or more methods on one or more seeds -> run directories")
     s.add_argument("--features", type=Path, required=True, help="folder of <slide_id>.h5 feature files")
     s.add_argument("--slides", type=Path, required=True, help="sample sheet slides.csv")
-    s.add_argument("--method", required=True, help="a name from `wsimil methods`")
+    s.add_argument("--method", nargs="+", required=True, help="one or more names from `wsimil methods` (the "
+                   "features are loaded once for all)")
     s.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds")
-    s.add_argument("--out", required=True, help="run directory; with several seeds a template containing {seed}")
+    s.add_argument("--out", required=True, help="run directory; with several seeds a template containing {seed}, with "
+                   "several methods one containing {method}")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a default, e.g. lr=1e-3, model.beta=0.1")
-    s.add_argument("--overrides", help="overrides as JSON (what the rules pass)")
+    s.add_argument("--overrides", help="overrides as JSON (one method)")
+    s.add_argument("--overrides-per-method", help="JSON {method: overrides} (what the rules pass)")
     s.add_argument("--experiment", default="adhoc", help="experiment name recorded in run.json")
     s.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],

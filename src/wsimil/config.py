@@ -132,5 +132,14 @@ def write_config(config: dict, path: str | os.PathLike) -> None:
     write_text_atomic(path, yaml.safe_dump(plain, sort_keys=False, default_flow_style=None, width=110))
 
 
+def write_software(path: str | os.PathLike) -> None:
+    """Write the versions of Python and the packages the workflow runs with, and the git commit, as YAML."""
+    from wsimil.io import write_text_atomic
+    from wsimil.training.run import git_commit, software_versions
+
+    info = {"git_commit": git_commit(), **software_versions()}
+    write_text_atomic(path, yaml.safe_dump(info, sort_keys=False))
+
+
 def default_config() -> dict:
     return validate_config({})

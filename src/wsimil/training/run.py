@@ -103,10 +103,10 @@ def load_model(path: str | os.PathLike):
 def train_and_write(
     sheet: pd.DataFrame, features_dir: str | os.PathLike, method: str, seeds: list[int], out_dirs: list[Path],
     overrides: dict[str, Any] | None = None, device: str = "cpu", meta: dict[str, Any] | None = None,
-    progress: bool = True, precision: str = "fp32",
+    progress: bool = True, precision: str = "fp32", bags: BagSet | None = None,
 ) -> None:
-    """Load the bags once, then train and write one run per seed."""
-    bags = load_bags(sheet, features_dir)
+    """Load the bags once (or take ``bags`` already loaded), then train and write one run per seed."""
+    bags = bags if bags is not None else load_bags(sheet, features_dir)
     for seed, out in zip(seeds, out_dirs):
         result = train(bags, method, seed, overrides, device=device, progress=progress, precision=precision)
         best = result.history[result.best_epoch]
