@@ -73,3 +73,17 @@ def test_load_config_errors_name_the_file(tmp_path):
     bad.write_text(yaml.safe_dump({"trainng": {}}))
     with pytest.raises(WsimilError, match=r"(?s)bad\.yaml.*'trainng' was unexpected"):
         load_config(bad)
+
+
+def test_write_config_round_trips_and_software_lists_versions(tmp_path):
+    from wsimil.config import default_config, load_config, write_config, write_software
+
+    cfg = default_config()
+    write_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+    write_software(tmp_path / "software.yaml")
+    import torch
+    import yaml
+
+    info = yaml.safe_load((tmp_path / "software.yaml").read_text())
+    assert info["torch"] == str(torch.__version__) and "wsimil" in info and "git_commit" in info

@@ -47,3 +47,22 @@ def test_paper_table_marks_other_data_and_fills_our_number():
     assert same.iloc[0]["note"] == "same dataset"
     attention = table[table["method"].str.startswith("attention family")].iloc[0]
     assert attention["published"] == "near 0" and attention["reproduced"] == pytest.approx(0.1)
+
+
+def test_mi_net_must_itself_overfit_for_the_claim_to_hold(tmp_path):
+    cfg = validate_config({"training": {"methods": ["maxpool"], "seeds": [0]}, "experiments": ["minet_curves"],
+                           "minet_curves": {"betas": []}})
+
+    def df(minet, focus):  # (train, val) AUC
+        return pd.DataFrame([
+            {"experiment": "minet_curves", "method": "minet", "seed": 0, "train_auc": minet[0], "val_auc": minet[1]},
+            {"experiment": "minet_curves", "method": "focusmil", "seed": 0, "train_auc": focus[0], "val_auc": focus[1]},
+        ])
+
+    def verdict(d):
+        return next(p for p in findings(cfg, d, tmp_path) if "mi-Net" in p).split("Verdict: ")[1]
+
+    assert verdict(df((1.0, 0.6), (0.9, 0.85))).startswith("**supported**")
+    # gaps differ by more than the margin, but mi-Net's validation AUC is above its training AUC: no overfitting
+    assert verdict(df((0.7, 0.76), (0.7, 0.81))).startswith("**not supported** (mi-Net's training AUC does not")
+    assert verdict(df((0.8, 0.8), (1.0, 0.6))).startswith("**contradicted**")

@@ -137,7 +137,7 @@ def write_software(path: str | os.PathLike) -> None:
     from wsimil.io import write_text_atomic
     from wsimil.training.run import git_commit, software_versions
 
-    info = {"git_commit": git_commit(), **software_versions()}
+    info = {"git_commit": git_commit(), **{k: str(v) for k, v in software_versions().items()}}
     write_text_atomic(path, yaml.safe_dump(info, sort_keys=False))
 
 
