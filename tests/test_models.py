@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from wsimil.io import WsimilError
-from wsimil.models.base import MILBatch, get_method, list_methods
+from wsimil.models.base import get_method, list_methods
 from wsimil.models.focusmil import FocusMIL, gaussian_kl
 from wsimil.models.ops import segment_argmax, segment_max, segment_mean, segment_softmax
 from wsimil.training.data import pack

@@ -31,7 +31,7 @@ def _metrics(poisoned: dict[str, float], clean: float = 0.9) -> pd.DataFrame:
     ],
 )
 def test_the_poison_verdict_follows_its_rule(tmp_path, poisoned, verdict):
-    text = "\n".join(findings(_config(), _metrics(poisoned), tmp_path))
+    text = "\n".join(findings(_config(), _metrics(poisoned)))
     poison = next(p for p in text.split("\n") if p.startswith("**FocusMIL"))
     assert f"Verdict: {verdict}" in poison
     assert "Clean data (standard)" in text
@@ -60,7 +60,7 @@ def test_mi_net_must_itself_overfit_for_the_claim_to_hold(tmp_path):
         ])
 
     def verdict(d):
-        return next(p for p in findings(cfg, d, tmp_path) if "mi-Net" in p).split("Verdict: ")[1]
+        return next(p for p in findings(cfg, d) if "mi-Net" in p).split("Verdict: ")[1]
 
     assert verdict(df((1.0, 0.6), (0.9, 0.85))).startswith("**supported**")
     # gaps differ by more than the margin, but mi-Net's validation AUC is above its training AUC: no overfitting

@@ -307,7 +307,7 @@ def test_hospitals_differ_in_colour():
     assert np.abs(bg0 - bg1).max() > 3, (bg0, bg1)
     for i in range(3):
         for j in range(i + 1, 3):
-            (ti, ni, bi), (tj, nj, bj) = stats[i], stats[j]
+            (_, ni, bi), (_, nj, bj) = stats[i], stats[j]
             assert np.abs(ni - nj).max() > 8, (i, j, ni, nj)  # hematoxylin hue and strength differ
             assert np.abs(bi - bj).max() > 3, (i, j, bi, bj)  # glass tint differs
 

@@ -46,7 +46,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -79,6 +79,18 @@ def extra_score_columns(df: pd.DataFrame) -> dict[str, str]:
     return out
 
 
+def _read_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    """A run's CSV with slide ids and splits as text; an unreadable file or a missing column names the file."""
+    try:
+        df = pd.read_csv(path, dtype={"slide_id": str, "split": str})
+    except (OSError, ValueError) as exc:
+        raise WsimilError(f"cannot read {path}: {exc}") from exc
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise WsimilError(f"{path}: missing columns {missing} (expected {','.join(columns)})")
+    return df
+
+
 def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
     """Read and check ``predictions.csv``: the contract's columns, unique ids, 0/1 labels, scores in [0, 1].
 
@@ -88,13 +100,7 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise WsimilError(f"predictions file not found: {path} (has the training run finished?)")
-    try:
-        df = pd.read_csv(path, dtype={"slide_id": str, "split": str})
-    except (OSError, ValueError) as exc:
-        raise WsimilError(f"cannot read predictions file {path}: {exc}") from exc
-    missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
-    if missing:
-        raise WsimilError(f"{path}: missing columns {missing} (expected {','.join(PREDICTION_COLUMNS)})")
+    df = _read_csv(path, PREDICTION_COLUMNS)
     dup = df["slide_id"][df["slide_id"].duplicated()].tolist()
     if dup:
         raise WsimilError(f"{path}: duplicated slide ids {dup[:5]}")
@@ -377,13 +383,7 @@ def _pseudo_bag_block(path: Path) -> dict[str, Any]:
     """
     if not path.is_file():
         return {}
-    try:
-        df = pd.read_csv(path, dtype={"slide_id": str, "split": str})
-    except (OSError, ValueError) as exc:
-        raise WsimilError(f"cannot read {path}: {exc}") from exc
-    missing = [c for c in PSEUDO_BAG_COLUMNS if c not in df.columns]
-    if missing:
-        raise WsimilError(f"{path}: missing columns {missing} (expected {','.join(PSEUDO_BAG_COLUMNS)})")
+    df = _read_csv(path, PSEUDO_BAG_COLUMNS)
     labels = pd.to_numeric(df["label"], errors="coerce")
     scores = pd.to_numeric(df["score"], errors="coerce")
     bad = df["slide_id"][~labels.isin([0, 1]) | ~np.isfinite(scores.to_numpy(dtype=np.float64, na_value=np.nan))]

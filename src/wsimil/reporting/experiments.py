@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import h5py
-import numpy as np
 import pandas as pd
 
 from wsimil.evaluation.evaluate import read_instance_scores, read_predictions
@@ -159,7 +158,7 @@ def write_experiment(
             comp.columns = [c.replace("poisoned", "ood") for c in comp.columns]
             written += write_table(comp, results / "tables" / "ood_comparison", CAPTIONS["ood_comparison"] + f" ({dataset})")
     elif experiment == "dtfd_ablation":
-        data = dtfd_ablation_data(results, own, seeds)
+        data = dtfd_ablation_data(df, own)
         table = _sweep_table(data, ["n_pseudo_bags", "tier"], "auc")
         written += write_table(table, results / "tables" / "dtfd_ablation", CAPTIONS["dtfd_ablation"] + f" ({dataset})")
         from wsimil.reporting.figures import plot_dtfd_ablation
@@ -239,29 +238,19 @@ def _test_predictions(results: Path, cell: Cell, seeds: Sequence[int]) -> pd.Dat
     return pd.concat(parts, ignore_index=True)
 
 
-def dtfd_ablation_data(results: Path, cells: Sequence[Cell], seeds: Sequence[int]) -> pd.DataFrame:
-    """Rows n_pseudo_bags, seed, tier, auc: Tier-2 = the slide AUC on test; Tier-1 = the AUC of the test
-    pseudo-bags' Tier-1 scores, each pseudo-bag labelled with its slide (the official test loop's First-Tier
-    AUC, computed over pseudo-bags, not slides)."""
-    from sklearn.metrics import roc_auc_score
-
+def dtfd_ablation_data(df: pd.DataFrame, cells: Sequence[Cell]) -> pd.DataFrame:
+    """Rows n_pseudo_bags, seed, tier, auc from the runs' metrics: Tier 2 = the test slide AUC; Tier 1 =
+    ``tier1_test_auc``, the AUC over the test pseudo-bags, each labelled with its slide (the official test
+    loop's First-Tier AUC, computed over pseudo-bags, not slides; ``evaluate`` reads ``pseudo_bags.csv``)."""
     rows = []
     for cell in cells:
-        (method,) = cell.methods
-        for s in seeds:
-            d = run_dir(results, cell.name, method, s)
-            pred = read_predictions(d / "predictions.csv")
-            pred = pred[pred["split"] == "test"]
-            groups = pd.read_csv(d / "pseudo_bags.csv")
-            groups = groups[groups["split"] == "test"]
-            m = cell.params["n_pseudo_bags"]
-            rows.append({"n_pseudo_bags": m, "seed": s, "tier": "Tier 2", "auc": _auc(roc_auc_score, pred)})
-            rows.append({"n_pseudo_bags": m, "seed": s, "tier": "Tier 1", "auc": _auc(roc_auc_score, groups)})
-    return pd.DataFrame(rows)
-
-
-def _auc(fn, df: pd.DataFrame) -> float:
-    return float(fn(df["label"], df["score"])) if df["label"].nunique() == 2 else float("nan")
+        if "tier1_test_auc" not in df.columns:
+            raise WsimilError(f"runs of {cell.name} have no tier1_test_auc in metrics.json (no pseudo_bags.csv?)")
+        for _, r in df[df["experiment"] == cell.name].iterrows():
+            m, s = cell.params["n_pseudo_bags"], int(r["seed"])
+            rows.append({"n_pseudo_bags": m, "seed": s, "tier": "Tier 2", "auc": r["slide_auc"]})
+            rows.append({"n_pseudo_bags": m, "seed": s, "tier": "Tier 1", "auc": r["tier1_test_auc"]})
+    return pd.DataFrame(rows, columns=["n_pseudo_bags", "seed", "tier", "auc"]).astype({"auc": float})
 
 
 def training_histories(results: Path, cells: Sequence[Cell], seeds: Sequence[int]) -> pd.DataFrame:

@@ -8,13 +8,13 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
 from wsimil.experiments import dose_levels, experiment_cells, plan_cells
-from wsimil.io import write_text_atomic
+from wsimil.io import WsimilError, write_text_atomic
 from wsimil.reporting.experiments import dtfd_ablation_data, load_metrics, summary_outputs
 from wsimil.reporting.tables import write_table
 
@@ -77,11 +77,10 @@ def paper_vs_reproduced(config: Mapping[str, Any], df: pd.DataFrame) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def findings(config: Mapping[str, Any], df: pd.DataFrame, results: Path) -> list[str]:
+def findings(config: Mapping[str, Any], df: pd.DataFrame) -> list[str]:
     """Markdown paragraphs, one per claim that this run's experiments can test."""
     exps = set(config["experiments"])
     cells = plan_cells(config)
-    seeds = list(config["training"]["seeds"])
     out: list[str] = []
 
     def fam_means(cell: str) -> dict[str, float]:
@@ -109,25 +108,27 @@ def findings(config: Mapping[str, Any], df: pd.DataFrame, results: Path) -> list
         out.append(f"**Clean data (standard).** Mean test slide AUC: max-pooling family {_f(f['max-pooling'])}, "
                    f"attention family {_f(f['attention'])} (per method: {per_method('standard')}). The papers report "
                    "both families close on clean CAMELYON16; this is context, not a claim checked here.")
-    if {"standard", "poison"} <= exps:
-        f0, f1 = fam_means("standard"), fam_means("poison")
+    def change(cell: str) -> tuple[dict[str, float], dict[str, float], float]:
+        """Family means on ``cell``, their change from standard, and max-pooling's change minus attention's."""
+        f0, f1 = fam_means("standard"), fam_means(cell)
         drop = {k: f1[k] - f0[k] for k in f0}
-        diff = drop["max-pooling"] - drop["attention"]
+        return f1, drop, drop["max-pooling"] - drop["attention"]
+
+    if {"standard", "poison"} <= exps:
+        f1, drop, diff = change("poison")
         out.append(f"**FocusMIL: max-pooling resists the poison, attention does not.** Poisoned test slide AUC: "
                    f"max-pooling family {_f(f1['max-pooling'])}, attention family {_f(f1['attention'])} (per method: "
                    f"{per_method('poison')}); change from clean data: max-pooling {_f(drop['max-pooling'])}, attention "
                    f"{_f(drop['attention'])}. Rule: supported when the attention family loses more than the max-pooling "
                    f"family by more than {MARGIN}. Verdict: {verdict(diff)}.")
     if {"standard", "ood"} <= exps:
-        f0, f1 = fam_means("standard"), fam_means("ood")
-        drop = {k: f1[k] - f0[k] for k in f0}
-        diff = drop["max-pooling"] - drop["attention"]
+        _, drop, diff = change("ood")
         out.append(f"**Out of distribution (train on some centres, test on the others).** Change of mean test AUC from "
                    f"the standard split: max-pooling {_f(drop['max-pooling'])}, attention {_f(drop['attention'])}. "
                    f"FocusMIL reports max-pooling more robust across hospitals. Rule: supported when max-pooling loses "
                    f"less by more than {MARGIN}. Verdict: {verdict(diff)}.")
     if "dtfd_ablation" in exps:
-        data = dtfd_ablation_data(results, experiment_cells(cells, "dtfd_ablation"), seeds)
+        data = dtfd_ablation_data(df, experiment_cells(cells, "dtfd_ablation"))
         parts = []
         trend = {}
         for tier, g in data.groupby("tier"):
@@ -190,18 +191,16 @@ def write_summary(config: Mapping[str, Any], results: str | os.PathLike) -> list
                            f"Published numbers beside this run's (standard experiment, mean over seeds; {dataset}). "
                            "A published figure on other data is context, not a target.")
     shown = [e for e in ("standard", "ood", "poison") if e in {c.name for c in cells}]
-    if shown:
-        written += plot_metric_by_method(df, "slide_auc", results / "figures" / "slide_auc.png", experiments=shown,
-                                         methods=config["training"]["methods"],
-                                         title=f"Test slide AUC per method ({dataset})", ylabel="test slide AUC", chance=0.5)
-    else:  # keep the declared output: an empty note figure would mislead, so say so in the file
-        raise_missing = "figures/slide_auc needs one of the experiments standard, ood, poison"
-        raise ValueError(raise_missing)
+    if not shown:
+        raise WsimilError("figures/slide_auc needs one of the experiments standard, ood, poison")
+    written += plot_metric_by_method(df, "slide_auc", results / "figures" / "slide_auc.png", experiments=shown,
+                                     methods=config["training"]["methods"],
+                                     title=f"Test slide AUC per method ({dataset})", ylabel="test slide AUC", chance=0.5)
     lines = [f"# {dataset}: what this run shows", "",
              f"Written by `wsimil summary` from {len(df)} evaluated runs ({len(cells)} cells, seeds {seeds}); "
              "every number is a mean over seeds of the test split. The rules that turn numbers into verdicts are "
              "stated with each finding and were fixed before the runs; nothing here is edited by hand.", ""]
-    for para in findings(config, df, results):
+    for para in findings(config, df):
         lines += [f"- {para}", ""]
     lines += ["Published numbers beside ours: tables/paper_vs_reproduced.md. Per-experiment tables: tables/; "
               "figures: figures/; the HTML report: `snakemake --report results/report.html`.", ""]

@@ -16,7 +16,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 
-from wsimil.models.base import MILBatch, MILModel, MILOutput, get_method
+from wsimil.models.base import MILBatch, MILModel, get_method
 from wsimil.training.data import BagSet, batches_by_size, pack
 
 log = logging.getLogger(__name__)
