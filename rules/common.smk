@@ -4,7 +4,7 @@ import json
 import re
 from pathlib import Path
 
-from wsimil.config import validate_config, write_config, write_software
+from wsimil.config import validate_config, write_run_record
 from wsimil.datasets.sheet import read_sheet, resolve
 from wsimil.experiments import cell_overrides, features_subdir, ood_sheet, patch_tag, plan_cells
 from wsimil.io import SLIDE_ID_PATTERN, copy_atomic
@@ -60,8 +60,14 @@ def get_milunit_dir(wildcards, output):
 
 
 def get_results_dir(wildcards, output):
-    """results/<dataset>, from a report rule's first output (tables/<name>.md)."""
-    return str(Path(output[0]).parent.parent)
+    """results/<dataset>, from a report rule's first output (tables/<name>.csv or SUMMARY.md)."""
+    first = Path(output[0])
+    return str(first.parent.parent if first.parent.name in ("tables", "figures") else first.parent)
+
+
+def get_input_dir(wildcards, input):
+    """The folder of a rule's first feature file (the feature folder its CLI reads)."""
+    return str(Path(input.features[0]).parent)
 
 
 def as_json(section):
@@ -170,3 +176,30 @@ def get_final_output():
     """Every experiment's tables and figures, the summary, and every run directory in full."""
     runs = [f for c in CELLS for f in train_outputs(c)]
     return [f"{OUT}/{f}" for f in all_outputs(config, HAS_SLIDES)] + runs + metrics_files(CELLS)
+
+
+# Reports: which files the HTML report shows, and the slides the heatmaps show.
+
+HAS_SLIDES = bool(SYNTH_DIR) or all(str(p) for p in SHEET["path"])
+HEATMAP_SLIDES = [s for s in SLIDES if _ROWS.loc[s, "split"] == "test" and _ROWS.loc[s, "label"] == 1][:2]
+
+
+def _reported(files):
+    """report() for what the HTML report shows (markdown tables, PNG figures), plain paths for the rest."""
+    out = []
+    for f in files:
+        stem, ext = Path(f).stem, Path(f).suffix
+        kind = "Tables" if f.startswith("tables/") else "Figures"
+        if ext in (".md", ".png"):
+            out.append(report(f"{OUT}/{f}", caption=f"../report/captions/{stem}.rst", category=kind))
+        else:
+            out.append(f"{OUT}/{f}")
+    return out
+
+
+def heatmap_inputs(experiment):
+    if f"figures/heatmaps_{experiment}.png" not in experiment_outputs(config, experiment, HAS_SLIDES):
+        return []
+    slides = [get_slide(type("W", (), {"slide": s})) for s in HEATMAP_SLIDES]
+    notes = [get_annotation_path(type("W", (), {"slide": s})) for s in HEATMAP_SLIDES]
+    return slides + [n for n in notes if n]

@@ -14,7 +14,7 @@ for _cell in CELLS:
             metrics_files([_cell]),
         params:
             runs=" ".join(run_dir(_cell, m, s) for m, s in cell_runs(_cell)),
-            features=features_dir(_cell),
+            features=get_input_dir,
             threshold=config["evaluation"]["threshold"],
             positive=config["evaluation"]["patch_positive_fraction"],
         log:

@@ -2,31 +2,6 @@
 # experiment, every file in `snakemake --report` with its caption (report/captions/<name>.rst). Named targets:
 # `snakemake standard`, `... poison`, `... figures`, `... tables`, `... summary` rebuild from finished runs.
 
-HAS_SLIDES = bool(SYNTH_DIR) or all(str(p) for p in SHEET["path"])
-HEATMAP_SLIDES = [s for s in SLIDES if _ROWS.loc[s, "split"] == "test" and _ROWS.loc[s, "label"] == 1][:2]
-
-
-def _reported(files):
-    """report() for what the HTML report shows (markdown tables, PNG figures), plain paths for the rest."""
-    out = []
-    for f in files:
-        stem, ext = Path(f).stem, Path(f).suffix
-        kind = "Tables" if f.startswith("tables/") else "Figures"
-        if ext in (".md", ".png"):
-            out.append(report(f"{OUT}/{f}", caption=f"../report/captions/{stem}.rst", category=kind))
-        else:
-            out.append(f"{OUT}/{f}")
-    return out
-
-
-def heatmap_inputs(experiment):
-    if f"figures/heatmaps_{experiment}.png" not in experiment_outputs(config, experiment, HAS_SLIDES):
-        return []
-    slides = [get_slide(type("W", (), {"slide": s})) for s in HEATMAP_SLIDES]
-    notes = [get_annotation_path(type("W", (), {"slide": s})) for s in HEATMAP_SLIDES]
-    return slides + [n for n in notes if n]
-
-
 rule run_config:
     """The merged config of this run (config.yaml, --configfile, --config), validated, for the report jobs and
     for the record, and the software it ran with; rewritten when the config changes."""
@@ -35,9 +10,10 @@ rule run_config:
         software=report(f"{OUT}/software.yaml", caption="../report/captions/software.rst", category="Run"),
     params:
         config=json.dumps(config, sort_keys=True, default=str),
+    log:
+        f"{LOGS}/run_config.log",
     run:
-        write_config(config, output.config)
-        write_software(output.software)
+        write_run_record(config, output.config, output.software, log[0])
 
 
 localrules:
@@ -58,7 +34,7 @@ for _exp in EXPERIMENTS:
             _reported(experiment_outputs(config, _exp, HAS_SLIDES)),
         params:
             experiment=_exp,
-            out=OUT,
+            out=get_results_dir,
             sheet=f"--sheet {SHEET_PATH}" if HAS_SLIDES else "",
             heatmaps=" ".join(HEATMAP_SLIDES),
         log:
@@ -85,7 +61,7 @@ rule report_summary:
     output:
         _reported(summary_outputs()),
     params:
-        out=OUT,
+        out=get_results_dir,
     log:
         f"{LOGS}/report/summary.log",
     conda:

@@ -22,8 +22,11 @@ rule poison_copy:
         strength=r"[0-9.e+-]+",
         fraction=r"[0-9.e+-]+",
         pseed=r"\d+",
+    log:
+        f"{LOGS}/poison/poison_s{{strength}}_f{{fraction}}_seed{{pseed}}/copied_{{slide}}.log",
     run:
         copy_atomic(input[0], output[0])
+        Path(log[0]).write_text(f"{wildcards.slide} is not a poison target: copied {input[0]}\n")
 
 
 POISON_LEVELS = {c.features: c.params for c in CELLS.values() if c.features.startswith("poison_")}

@@ -14,7 +14,7 @@ for _cell in CELLS:
             output:
                 [f"{run_dir(_cell, m, s)}/{f}" for m in _methods for s in SEEDS for f in RUN_FILES],
             params:
-                features=features_dir(_cell),
+                features=get_input_dir,
                 out=lambda w, c=_cell: run_dir(c, "{method}", "{seed}"),  # the CLI fills in method and seed
                 methods=" ".join(_methods),
                 seeds=" ".join(map(str, SEEDS)),

@@ -141,5 +141,13 @@ def write_software(path: str | os.PathLike) -> None:
     write_text_atomic(path, yaml.safe_dump(info, sort_keys=False))
 
 
+def write_run_record(config: dict, config_path: str | os.PathLike, software_path: str | os.PathLike,
+                     log_path: str | os.PathLike) -> None:
+    """The workflow's record of a run: its merged config and its software (what `rule run_config` writes)."""
+    write_config(config, config_path)
+    write_software(software_path)
+    Path(log_path).write_text(f"wrote {config_path} and {software_path}\n")
+
+
 def default_config() -> dict:
     return validate_config({})
