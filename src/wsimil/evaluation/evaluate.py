@@ -48,7 +48,6 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import h5py
 import numpy as np
 import pandas as pd
 
@@ -61,6 +60,7 @@ from wsimil.evaluation.metrics import (
     slide_metrics,
     youden_threshold,
 )
+from wsimil.features.store import open_h5
 from wsimil.io import WsimilError, write_json_atomic
 
 PREDICTION_COLUMNS = ("slide_id", "label", "split", "score")
@@ -130,19 +130,13 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
 
 def read_instance_scores(path: str | os.PathLike, slide_ids: list[str]) -> dict[str, np.ndarray]:
     """Read the per-patch scores of ``slide_ids`` from ``instance_scores.h5`` (one dataset per slide id)."""
-    path = Path(path)
-    if not path.is_file():
-        raise WsimilError(f"instance scores file not found: {path}")
     out = {}
-    try:
-        with h5py.File(path, "r") as f:
-            missing = [s for s in slide_ids if s not in f]
-            if missing:
-                raise WsimilError(f"{path}: no instance scores for slides {missing[:5]} ({len(missing)} missing)")
-            for s in slide_ids:
-                out[s] = np.asarray(f[s][()], dtype=np.float64).reshape(-1)
-    except OSError as exc:
-        raise WsimilError(f"cannot read instance scores file {path}: {exc}") from exc
+    with open_h5(path, "instance scores file") as f:
+        missing = [s for s in slide_ids if s not in f]
+        if missing:
+            raise WsimilError(f"{path}: no instance scores for slides {missing[:5]} ({len(missing)} missing)")
+        for s in slide_ids:
+            out[s] = np.asarray(f[s][()], dtype=np.float64).reshape(-1)
     return out
 
 
@@ -152,17 +146,11 @@ def read_tumor_fraction(path: str | os.PathLike) -> np.ndarray | None:
     Reads only that dataset and the shape of ``features``: evaluation needs no feature values, and loading
     them (``read_features``) would read gigabytes on a real test set.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise WsimilError(f"feature file not found: {path}")
-    try:
-        with h5py.File(path, "r") as f:
-            if "tumor_fraction" not in f:
-                return None
-            tf = np.asarray(f["tumor_fraction"][()], dtype=np.float64).reshape(-1)
-            n = f["features"].shape[-2] if "features" in f else len(tf)
-    except OSError as exc:
-        raise WsimilError(f"cannot read feature file {path}: {exc}") from exc
+    with open_h5(path) as f:
+        if "tumor_fraction" not in f:
+            return None
+        tf = np.asarray(f["tumor_fraction"][()], dtype=np.float64).reshape(-1)
+        n = f["features"].shape[-2] if "features" in f else len(tf)
     if len(tf) != n:
         raise WsimilError(f"{path}: {len(tf)} tumor_fraction values but {n} feature rows")
     return tf
@@ -419,24 +407,18 @@ def read_patch_geometry(path: str | os.PathLike) -> tuple[np.ndarray | None, flo
     the file or on its ``coords`` dataset. Returns ``(coords, level0_size, mpp_level0, None)`` or
     ``(None, nan, nan, reason)``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise WsimilError(f"feature file not found: {path}")
-    try:
-        with h5py.File(path, "r") as f:
-            if "coords" not in f:
-                return None, math.nan, math.nan, f"{path}: no 'coords' dataset"
-            attrs = {**dict(f["coords"].attrs), **dict(f.attrs)}
-            missing = [k for k in _FROC_GEOMETRY_ATTRS if k not in attrs]
-            if missing:
-                return None, math.nan, math.nan, (
-                    f"{path}: attribute(s) {missing} missing (needed for patch geometry in level-0 px and um; "
-                    "feature files written by `wsimil extract` have them)"
-                )
-            coords = np.asarray(f["coords"][()], dtype=np.float64).reshape(-1, 2)
-            size, mpp = float(attrs["level0_size"]), float(attrs["mpp_level0"])
-    except OSError as exc:
-        raise WsimilError(f"cannot read feature file {path}: {exc}") from exc
+    with open_h5(path) as f:
+        if "coords" not in f:
+            return None, math.nan, math.nan, f"{path}: no 'coords' dataset"
+        attrs = {**dict(f["coords"].attrs), **dict(f.attrs)}
+        missing = [k for k in _FROC_GEOMETRY_ATTRS if k not in attrs]
+        if missing:
+            return None, math.nan, math.nan, (
+                f"{path}: attribute(s) {missing} missing (needed for patch geometry in level-0 px and um; "
+                "feature files written by `wsimil extract` have them)"
+            )
+        coords = np.asarray(f["coords"][()], dtype=np.float64).reshape(-1, 2)
+        size, mpp = float(attrs["level0_size"]), float(attrs["mpp_level0"])
     if not (size > 0 and mpp > 0):
         return None, math.nan, math.nan, f"{path}: level0_size={size}, mpp_level0={mpp} must be > 0"
     return coords, size, mpp, None

@@ -11,9 +11,10 @@ Patch file ``<dir>/<slide_id>.h5``: ``coords`` (N, 2) and ``tumor_fraction`` (N,
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import h5py
 import numpy as np
@@ -99,18 +100,25 @@ def write_features(
             f.attrs[k] = v
 
 
-def feature_shape(path: str | os.PathLike) -> tuple[int, int, np.dtype]:
-    """``(N, D, dtype)`` of a feature file's ``features``, without reading them (N may be 0)."""
+@contextmanager
+def open_h5(path: str | os.PathLike, what: str = "feature file") -> Iterator[h5py.File]:
+    """Open an HDF5 file for reading; a missing or unreadable file is a :class:`WsimilError` naming it."""
     path = Path(path)
     if not path.is_file():
-        raise WsimilError(f"feature file not found: {path}")
+        raise WsimilError(f"{what} not found: {path}")
     try:
         with h5py.File(path, "r") as f:
-            if "features" not in f:
-                raise WsimilError(f"{path}: no 'features' dataset (found {sorted(f.keys())})")
-            shape, dtype = f["features"].shape, f["features"].dtype
+            yield f
     except OSError as exc:
-        raise WsimilError(f"cannot read feature file {path}: {exc}") from exc
+        raise WsimilError(f"cannot read {what} {path}: {exc}") from exc
+
+
+def feature_shape(path: str | os.PathLike) -> tuple[int, int, np.dtype]:
+    """``(N, D, dtype)`` of a feature file's ``features``, without reading them (N may be 0)."""
+    with open_h5(path) as f:
+        if "features" not in f:
+            raise WsimilError(f"{path}: no 'features' dataset (found {sorted(f.keys())})")
+        shape, dtype = f["features"].shape, f["features"].dtype
     if len(shape) == 3 and shape[0] == 1:  # some CLAM exports keep a leading batch axis
         shape = shape[1:]
     if len(shape) != 2 or dtype.kind != "f":
@@ -143,11 +151,8 @@ def read_features(path: str | os.PathLike, expected_dim: int | None = None) -> F
         raise WsimilError(f"{path}: feature dimension {d}, expected {expected_dim} like the other slides")
     feats = np.empty((n, d), dtype=dtype)
     read_features_into(path, feats)
-    try:
-        with h5py.File(path, "r") as f:
-            coords = f["coords"][:] if "coords" in f else np.zeros((n, 2), dtype=np.int64)
-            tf = f["tumor_fraction"][:] if "tumor_fraction" in f else None
-            attrs = {k: _attr(v) for k, v in f.attrs.items()}
-    except OSError as exc:
-        raise WsimilError(f"cannot read feature file {path}: {exc}") from exc
+    with open_h5(path) as f:
+        coords = f["coords"][:] if "coords" in f else np.zeros((n, 2), dtype=np.int64)
+        tf = f["tumor_fraction"][:] if "tumor_fraction" in f else None
+        attrs = {k: _attr(v) for k, v in f.attrs.items()}
     return FeatureBag(features=feats, coords=coords, tumor_fraction=tf, attrs=attrs)
