@@ -6,7 +6,7 @@ from pathlib import Path
 
 from wsimil.config import validate_config, write_run_record
 from wsimil.datasets.sheet import read_sheet, resolve
-from wsimil.experiments import cell_overrides, features_subdir, ood_sheet, patch_tag, plan_cells
+from wsimil.experiments import cell_overrides, features_root, features_subdir, ood_sheet, patch_tag, plan_cells
 from wsimil.io import SLIDE_ID_PATTERN, copy_atomic
 from wsimil.poison import select_poisoned_slides
 from wsimil.reporting.experiments import all_outputs, experiment_outputs, needs, summary_outputs
@@ -20,8 +20,7 @@ BENCH = f"{OUT}/benchmarks"
 # Parameters that change a result are part of its path (a changed resolution or extractor never
 # reuses old files).
 PATCHES = f"{OUT}/patches/{patch_tag(config)}"
-FEATURES = f"{OUT}/{features_subdir(config, '')}".rstrip("/")
-METHODS = config["training"]["methods"]
+FEATURES = f"{OUT}/{features_root(config)}"
 SEEDS = config["training"]["seeds"]
 EXPERIMENTS = config["experiments"]
 
@@ -74,14 +73,14 @@ def as_json(section):
     return json.dumps(config[section], sort_keys=True)
 
 
-def slide_groups(slides, per_job):
-    """``slides`` in consecutive groups of at most ``per_job``, as equal as possible."""
-    n = -(-len(slides) // max(1, per_job)) if slides else 0
-    size, extra = divmod(len(slides), n) if n else (0, 0)
+def groups_of(items, per_job):
+    """``items`` (slides, methods) in consecutive groups of at most ``per_job``, as equal as possible."""
+    n = -(-len(items) // max(1, per_job)) if items else 0
+    size, extra = divmod(len(items), n) if n else (0, 0)
     groups, start = [], 0
     for i in range(n):
         k = size + (i < extra)
-        groups.append(slides[start : start + k])
+        groups.append(items[start : start + k])
         start += k
     return groups
 
@@ -93,22 +92,28 @@ def group_name(group):
 
 
 def slide_path(slide):
-    return get_slide(type("W", (), {"slide": slide}))
-
-
-def get_slide(wildcards):
+    """The image file of a slide id."""
     if SYNTH_DIR:
-        return f"{SYNTH_DIR}/slides/{wildcards.slide}.tif"
-    return str(resolve(SHEET_PATH, _ROWS.loc[wildcards.slide, "path"]))
+        return f"{SYNTH_DIR}/slides/{slide}.tif"
+    return str(resolve(SHEET_PATH, _ROWS.loc[slide, "path"]))
 
 
-def get_annotation_path(wildcards):
-    value = str(_ROWS.loc[wildcards.slide, "annotation"])
+def annotation_path(slide):
+    """The annotation XML of a slide id, or "" when it has none."""
+    value = str(_ROWS.loc[slide, "annotation"])
     if not value:
         return ""
     if SYNTH_DIR:
-        return f"{SYNTH_DIR}/annotations/{wildcards.slide}.xml"
+        return f"{SYNTH_DIR}/annotations/{slide}.xml"
     return str(resolve(SHEET_PATH, value))
+
+
+def get_slide(wildcards):
+    return slide_path(wildcards.slide)
+
+
+def get_annotation_path(wildcards):
+    return annotation_path(wildcards.slide)
 
 
 def get_annotation(wildcards):
@@ -200,6 +205,5 @@ def _reported(files):
 def heatmap_inputs(experiment):
     if f"figures/heatmaps_{experiment}.png" not in experiment_outputs(config, experiment, HAS_SLIDES):
         return []
-    slides = [get_slide(type("W", (), {"slide": s})) for s in HEATMAP_SLIDES]
-    notes = [get_annotation_path(type("W", (), {"slide": s})) for s in HEATMAP_SLIDES]
-    return slides + [n for n in notes if n]
+    notes = [annotation_path(s) for s in HEATMAP_SLIDES]
+    return [slide_path(s) for s in HEATMAP_SLIDES] + [n for n in notes if n]

@@ -1,7 +1,7 @@
 # Clean features: one job per group of `features.slides_per_job` slides (default 1: a job per slide), the
 # network built once per job and batched over each slide's patches.
 
-for _group in slide_groups(SLIDES, config["features"]["slides_per_job"]):
+for _group in groups_of(SLIDES, config["features"]["slides_per_job"]):
 
     rule:
         name:

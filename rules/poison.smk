@@ -32,7 +32,7 @@ rule poison_copy:
 POISON_LEVELS = {c.features: c.params for c in CELLS.values() if c.features.startswith("poison_")}
 
 for _tag, _level in POISON_LEVELS.items():
-    for _group in slide_groups([s for s in SLIDES if s in POISON_TARGETS], config["features"]["slides_per_job"]):
+    for _group in groups_of([s for s in SLIDES if s in POISON_TARGETS], config["features"]["slides_per_job"]):
 
         rule:
             name:

@@ -3,7 +3,7 @@
 # a PyTorch process is paid once per job, not once per method and seed.
 
 for _cell in CELLS:
-    for _methods in slide_groups(list(CELLS[_cell].methods), config["training"]["methods_per_job"]):
+    for _methods in groups_of(list(CELLS[_cell].methods), config["training"]["methods_per_job"]):
 
         rule:
             name:

@@ -55,9 +55,14 @@ def patch_tag(config: Mapping[str, Any]) -> str:
     return f"{config['patching']['target_mpp']}mpp_{config['patching']['patch_size']}px"
 
 
+def features_root(config: Mapping[str, Any]) -> str:
+    """The folder of every feature set (clean, each poison level) under ``results/<dataset>/``."""
+    return f"features/{patch_tag(config)}/{config['features']['extractor']}"
+
+
 def features_subdir(config: Mapping[str, Any], kind: str) -> str:
     """Feature folder of a cell's ``features`` (``clean`` or a poison tag) under ``results/<dataset>/``."""
-    return f"features/{patch_tag(config)}/{config['features']['extractor']}/{kind}"
+    return f"{features_root(config)}/{kind}"
 
 
 def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -302,7 +302,7 @@ def _heatmaps(results: Path, cell: Cell, sheet: pd.DataFrame, slide_ids: Sequenc
 
     rows = sheet.set_index("slide_id")
     sheet_path = Path(sheet.attrs.get("path", "slides.csv"))  # relative paths in it are relative to its folder
-    feats_dir = _features_dir(results, config, cell)
+    feats_dir = results / features_subdir(config, cell.features)
     slides, scores = [], {}
     for sid in slide_ids:
         with h5py.File(feats_dir / f"{sid}.h5", "r") as f:
@@ -318,10 +318,6 @@ def _heatmaps(results: Path, cell: Cell, sheet: pd.DataFrame, slide_ids: Sequenc
             s = read_instance_scores(run_dir(results, cell.name, m, seed) / "instance_scores.h5", [sid])[sid]
             scores[(sid, m)] = s
     return plot_heatmaps(slides, list(cell.methods), scores, results / "figures" / f"heatmaps_{experiment}.png")
-
-
-def _features_dir(results: Path, config: Mapping[str, Any], cell: Cell) -> Path:
-    return results / features_subdir(config, cell.features)
 
 
 CAPTIONS = {
