@@ -14,6 +14,7 @@ report: "report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/slides.smk"
+include: "rules/data.smk"
 include: "rules/patches.smk"
 include: "rules/features.smk"
 include: "rules/poison.smk"

@@ -2,12 +2,16 @@
 
 import json
 import re
+import shlex
+
+import pandas as pd
 from pathlib import Path
 
 from wsimil.config import validate_config, write_run_record
-from wsimil.datasets.sheet import read_sheet, resolve
+from wsimil.datasets.sheet import read_sheet, relocate, resolve
+from wsimil.datasets.sources import SOURCES, plan_source, sheet_for
 from wsimil.experiments import cell_overrides, features_root, features_subdir, ood_sheet, patch_tag, plan_cells
-from wsimil.io import SLIDE_ID_PATTERN, copy_atomic
+from wsimil.io import SLIDE_ID_PATTERN, copy_atomic, write_text_atomic
 from wsimil.poison import select_poisoned_slides
 from wsimil.reporting.experiments import all_outputs, experiment_outputs, needs, summary_outputs
 
@@ -25,22 +29,60 @@ SEEDS = config["training"]["seeds"]
 EXPERIMENTS = config["experiments"]
 
 
+SOURCE = config["dataset"]["source"]
+EXCLUDE = config["dataset"]["exclude"]
+# Where the sheet the rules read lives: the synthetic generator writes it, every other source gets a copy
+# written by the sample_sheet job (excluded slides out, paths relative to it).
+SHEET_PATH = f"{OUT}/data/slides.csv"
+EXCLUDED_PATH = f"{OUT}/data/excluded.csv"
+
+
 def load_sheet():
-    """The sample sheet at parse time: planned from the config (synthetic) or read from the user's file."""
-    if config["dataset"]["source"] == "synthetic":
+    """The sample sheet at parse time, with every slide's image and annotation file, and the download plan
+    (None unless dataset.source is a public dataset: wsimil.datasets.sources)."""
+    if SOURCE == "synthetic":
         from wsimil.slides.synthetic import plan_dataset
 
-        return plan_dataset(config["synthetic"]), f"{OUT}/data/slides.csv", f"{OUT}/data"
-    sheet_path = config["dataset"]["sheet"]
-    if not sheet_path:
-        raise ValueError("config key 'dataset.sheet': required when dataset.source is 'sheet'")
-    return read_sheet(sheet_path), sheet_path, None
+        if EXCLUDE:
+            raise ValueError("config key 'dataset.exclude': for real data; every synthetic slide is readable")
+        sheet = plan_dataset(config["synthetic"])
+        d = f"{OUT}/data"
+        files = {s: f"{d}/slides/{s}.tif" for s in sheet["slide_id"]}
+        notes = {s: (f"{d}/annotations/{s}.xml" if a else "") for s, a in zip(sheet["slide_id"], sheet["annotation"])}
+        return sheet, files, notes, None, {}
+    if SOURCE in SOURCES:
+        plan = plan_source(config)
+        sheet = sheet_for(plan, SHEET_PATH)
+        files = {r.slide_id: str(plan.local(r.path)) for r in plan.sheet.itertuples()}
+        notes = {r.slide_id: str(plan.local(r.annotation)) if r.annotation else "" for r in plan.sheet.itertuples()}
+        return sheet, files, notes, plan, plan.left_out
+    user_sheet = config["dataset"]["sheet"]
+    if not user_sheet:
+        raise ValueError(f"config key 'dataset.sheet': required when dataset.source is {SOURCE!r}")
+    sheet = read_sheet(user_sheet)
+    unknown = sorted(set(EXCLUDE) - set(sheet["slide_id"]))
+    if unknown:
+        raise ValueError(f"config key 'dataset.exclude': not in {user_sheet}: {unknown[:10]}")
+    sheet = sheet[~sheet["slide_id"].isin(EXCLUDE)].reset_index(drop=True)
+    files = {r.slide_id: str(resolve(user_sheet, r.path) or "") for r in sheet.itertuples()}
+    notes = {r.slide_id: str(resolve(user_sheet, r.annotation) or "") for r in sheet.itertuples()}
+    sheet = relocate(sheet, user_sheet, SHEET_PATH)
+    return sheet, files, notes, None, {s: "dataset.exclude" for s in EXCLUDE}
 
 
-SHEET, SHEET_PATH, SYNTH_DIR = load_sheet()
+SHEET, SLIDE_FILES, ANNOTATION_FILES, PLAN, LEFT_OUT = load_sheet()
+
+
+def write_sample_sheet(output, params, log):
+    """The sample_sheet job: the sheet, the left-out slides, and the dataset's notes in the log."""
+    write_text_atomic(output.sheet, params.sheet)
+    write_text_atomic(output.excluded, params.excluded)
+    notes = PLAN.notes if PLAN else []
+    Path(log).write_text("".join(f"{n}\n" for n in notes) + f"{len(SHEET)} slides, {len(LEFT_OUT)} left out\n")
+SYNTH_DIR = f"{OUT}/data" if SOURCE == "synthetic" else None
 SLIDES = list(SHEET["slide_id"])
 _ROWS = SHEET.set_index("slide_id")
-TUMOUR_SYNTH = [s for s in SLIDES if str(_ROWS.loc[s, "annotation"])]
+TUMOUR_SYNTH = [s for s in SLIDES if ANNOTATION_FILES[s]] if SYNTH_DIR else []
 
 
 wildcard_constraints:
@@ -93,22 +135,29 @@ def group_name(group):
 
 def slide_path(slide):
     """The image file of a slide id."""
-    if SYNTH_DIR:
-        return f"{SYNTH_DIR}/slides/{slide}.tif"
-    return str(resolve(SHEET_PATH, _ROWS.loc[slide, "path"]))
+    return SLIDE_FILES[slide]
 
 
 def annotation_path(slide):
     """The annotation XML of a slide id, or "" when it has none."""
-    value = str(_ROWS.loc[slide, "annotation"])
-    if not value:
-        return ""
-    if SYNTH_DIR:
-        return f"{SYNTH_DIR}/annotations/{slide}.xml"
-    return str(resolve(SHEET_PATH, value))
+    return ANNOTATION_FILES[slide]
+
+
+def as_input(path):
+    """A user's file as an input of a job. A missing one is left out of the DAG so that only the jobs of its slide
+    fail (naming it) and the other slides go on under --keep-going; files the workflow makes are always inputs."""
+    return [path] if path and (SOURCE != "sheet" or Path(path).exists()) else []
+
+
+def slide_inputs(slides):
+    return [f for s in slides for f in as_input(slide_path(s))]
 
 
 def get_slide(wildcards):
+    return as_input(slide_path(wildcards.slide))
+
+
+def get_slide_path(wildcards):
     return slide_path(wildcards.slide)
 
 
@@ -117,8 +166,7 @@ def get_annotation_path(wildcards):
 
 
 def get_annotation(wildcards):
-    path = get_annotation_path(wildcards)
-    return [path] if path else []
+    return as_input(get_annotation_path(wildcards))
 
 
 def get_label(wildcards):
@@ -185,7 +233,7 @@ def get_final_output():
 
 # Reports: which files the HTML report shows, and the slides the heatmaps show.
 
-HAS_SLIDES = bool(SYNTH_DIR) or all(str(p) for p in SHEET["path"])
+HAS_SLIDES = SOURCE != "features" and all(SLIDE_FILES.values())
 HEATMAP_SLIDES = [s for s in SLIDES if _ROWS.loc[s, "split"] == "test" and _ROWS.loc[s, "label"] == 1][:2]
 
 
@@ -205,5 +253,4 @@ def _reported(files):
 def heatmap_inputs(experiment):
     if f"figures/heatmaps_{experiment}.png" not in experiment_outputs(config, experiment, HAS_SLIDES):
         return []
-    notes = [annotation_path(s) for s in HEATMAP_SLIDES]
-    return [slide_path(s) for s in HEATMAP_SLIDES] + [n for n in notes if n]
+    return slide_inputs(HEATMAP_SLIDES) + [f for s in HEATMAP_SLIDES for f in as_input(annotation_path(s))]

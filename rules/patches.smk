@@ -1,25 +1,28 @@
 # Tissue mask (CLAM-style) and the patch grid at a physical resolution, tumour fraction per patch.
 
 
-rule patch:
-    input:
-        slide=get_slide,
-        annotation=get_annotation,
-    output:
-        patches=f"{PATCHES}/{{slide}}.h5",
-        qc=f"{PATCHES}/qc/{{slide}}.png",
-    params:
-        patching=as_json("patching"),
-        annotation=get_annotation_path,
-        label=get_label,
-    log:
-        f"{LOGS}/patch/{{slide}}.log",
-    benchmark:
-        f"{BENCH}/patch/{{slide}}.tsv"
-    resources:
-        mem_mb=2000,
-    conda:
-        "../envs/wsimil.yaml"
-    shell:
-        "wsimil patch --slide {input.slide:q} --slide-id {wildcards.slide} --annotation={params.annotation:q}"
-        " --label {params.label} --params {params.patching:q} --out {output.patches} --qc {output.qc} 2> {log}"
+if SOURCE != "features":
+
+    rule patch:
+        input:
+            slide=get_slide,
+            annotation=get_annotation,
+        output:
+            patches=f"{PATCHES}/{{slide}}.h5",
+            qc=f"{PATCHES}/qc/{{slide}}.png",
+        params:
+            slide=get_slide_path,
+            patching=as_json("patching"),
+            annotation=get_annotation_path,
+            label=get_label,
+        log:
+            f"{LOGS}/patch/{{slide}}.log",
+        benchmark:
+            f"{BENCH}/patch/{{slide}}.tsv"
+        resources:
+            mem_mb=2000,
+        conda:
+            "../envs/wsimil.yaml"
+        shell:
+            "wsimil patch --slide {params.slide:q} --slide-id {wildcards.slide} --annotation={params.annotation:q}"
+            " --label {params.label} --params {params.patching:q} --out {output.patches} --qc {output.qc} 2> {log}"

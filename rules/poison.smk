@@ -3,77 +3,65 @@
 # keeps its clean features (copied inside Snakemake). One feature folder per poison level (the poison
 # experiment's, and each point of the dose-response curves).
 
-POISON_TARGETS = select_poisoned_slides(SHEET, config["poison"]["targets"])
-POISON_LEVEL = f"{FEATURES}/poison_s{{strength}}_f{{fraction}}_seed{{pseed}}"
+if SOURCE != "features":
+
+    POISON_TARGETS = select_poisoned_slides(SHEET, config["poison"]["targets"])
+    POISON_LEVEL = f"{FEATURES}/poison_s{{strength}}_f{{fraction}}_seed{{pseed}}"
 
 
-localrules:
-    poison_copy,
+    localrules:
+        poison_copy,
 
 
-rule poison_copy:
-    """A slide the poison does not target keeps its clean features: copied inside Snakemake (no process)."""
-    input:
-        f"{FEATURES}/clean/{{slide}}.h5",
-    output:
-        f"{POISON_LEVEL}/{{slide}}.h5",
-    wildcard_constraints:
-        slide="|".join(s for s in SLIDES if s not in POISON_TARGETS) or "^$",
-        strength=r"[0-9.e+-]+",
-        fraction=r"[0-9.e+-]+",
-        pseed=r"\d+",
-    log:
-        f"{LOGS}/poison/poison_s{{strength}}_f{{fraction}}_seed{{pseed}}/copied_{{slide}}.log",
-    run:
-        copy_atomic(input[0], output[0])
-        Path(log[0]).write_text(f"{wildcards.slide} is not a poison target: copied {input[0]}\n")
+    rule poison_copy:
+        """A slide the poison does not target keeps its clean features: copied inside Snakemake (no process)."""
+        input:
+            f"{FEATURES}/clean/{{slide}}.h5",
+        output:
+            f"{POISON_LEVEL}/{{slide}}.h5",
+        wildcard_constraints:
+            slide="|".join(s for s in SLIDES if s not in POISON_TARGETS) or "^$",
+            strength=r"[0-9.e+-]+",
+            fraction=r"[0-9.e+-]+",
+            pseed=r"\d+",
+        log:
+            f"{LOGS}/poison/poison_s{{strength}}_f{{fraction}}_seed{{pseed}}/copied_{{slide}}.log",
+        run:
+            copy_atomic(input[0], output[0])
+            Path(log[0]).write_text(f"{wildcards.slide} is not a poison target: copied {input[0]}\n")
 
 
-POISON_LEVELS = {c.features: c.params for c in CELLS.values() if c.features.startswith("poison_")}
+    POISON_LEVELS = {c.features: c.params for c in CELLS.values() if c.features.startswith("poison_")}
 
-for _tag, _level in POISON_LEVELS.items():
-    for _group in groups_of([s for s in SLIDES if s in POISON_TARGETS], config["features"]["slides_per_job"]):
+    for _tag, _level in POISON_LEVELS.items():
+        for _group in groups_of([s for s in SLIDES if s in POISON_TARGETS], config["features"]["slides_per_job"]):
 
-        rule:
-            name:
-                f"{re.sub(r'[^A-Za-z0-9_]', '_', _tag)}_{group_name(_group)}"
-            input:
-                slides=[slide_path(s) for s in _group],
-                patches=[f"{PATCHES}/{s}.h5" for s in _group],
-                clean=[f"{FEATURES}/clean/{s}.h5" for s in _group],
-                sheet=SHEET_PATH,
-            output:
-                [f"{FEATURES}/{_tag}/{s}.h5" for s in _group],
-            params:
-                features=as_json("features"),
-                poison=json.dumps({**config["poison"], "strength": float(_level["strength"]),
-                                   "fraction": float(_level["fraction"])}, sort_keys=True),
-                ids=" ".join(_group),
-            threads: 1
-            log:
-                f"{LOGS}/poison/{_tag}/{group_name(_group)}.log",
-            benchmark:
-                f"{BENCH}/poison/{_tag}/{group_name(_group)}.tsv"
-            resources:
-                mem_mb=4000,
-            conda:
-                "../envs/wsimil.yaml"
-            shell:
-                "wsimil poison --slide {input.slides:q} --slide-id {params.ids} --patches {input.patches:q}"
-                " --clean {input.clean:q} --sheet {input.sheet:q} --params {params.features:q}"
-                " --poison {params.poison:q} --threads {threads} --no-progress --out {output:q} 2> {log}"
-
-
-rule ood_sheet:
-    input:
-        SHEET_PATH,
-    output:
-        OOD_SHEET,
-    params:
-        centers=" ".join(map(str, config["ood"]["train_centers"] or [])),
-    log:
-        f"{LOGS}/ood_sheet.log",
-    conda:
-        "../envs/wsimil.yaml"
-    shell:
-        "wsimil ood-sheet --sheet {input:q} --train-centers {params.centers} --out {output:q} 2> {log}"
+            rule:
+                name:
+                    f"{re.sub(r'[^A-Za-z0-9_]', '_', _tag)}_{group_name(_group)}"
+                input:
+                    slides=slide_inputs(_group),
+                    patches=[f"{PATCHES}/{s}.h5" for s in _group],
+                    clean=[f"{FEATURES}/clean/{s}.h5" for s in _group],
+                    sheet=SHEET_PATH,
+                output:
+                    [f"{FEATURES}/{_tag}/{s}.h5" for s in _group],
+                params:
+                    slides=" ".join(shlex.quote(slide_path(s)) for s in _group),
+                    features=as_json("features"),
+                    poison=json.dumps({**config["poison"], "strength": float(_level["strength"]),
+                                       "fraction": float(_level["fraction"])}, sort_keys=True),
+                    ids=" ".join(_group),
+                threads: 1
+                log:
+                    f"{LOGS}/poison/{_tag}/{group_name(_group)}.log",
+                benchmark:
+                    f"{BENCH}/poison/{_tag}/{group_name(_group)}.tsv"
+                resources:
+                    mem_mb=4000,
+                conda:
+                    "../envs/wsimil.yaml"
+                shell:
+                    "wsimil poison --slide {params.slides} --slide-id {params.ids} --patches {input.patches:q}"
+                    " --clean {input.clean:q} --sheet {input.sheet:q} --params {params.features:q}"
+                    " --poison {params.poison:q} --threads {threads} --no-progress --out {output:q} 2> {log}"

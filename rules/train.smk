@@ -36,3 +36,18 @@ for _cell in CELLS:
                 " --seed {params.seeds} --out {params.out:q} --overrides-per-method {params.overrides:q}"
                 " --experiment {params.cell} --device {params.device} --precision {params.precision}"
                 " --threads {threads} --no-progress 2> {log}"
+
+
+rule ood_sheet:
+    input:
+        SHEET_PATH,
+    output:
+        OOD_SHEET,
+    params:
+        centers=" ".join(map(str, config["ood"]["train_centers"] or [])),
+    log:
+        f"{LOGS}/ood_sheet.log",
+    conda:
+        "../envs/wsimil.yaml"
+    shell:
+        "wsimil ood-sheet --sheet {input:q} --train-centers {params.centers} --out {output:q} 2> {log}"

@@ -239,6 +239,39 @@ def cmd_ood_sheet(args: argparse.Namespace) -> None:
     log.info("%s: %d slides (%s)", args.out, len(sheet), sheet.groupby("split").size().to_dict())
 
 
+def cmd_download(args: argparse.Namespace) -> None:
+    from wsimil.datasets.download import FileSpec, download_all
+
+    n = len(args.url)
+    if len(args.out) != n or (args.md5 and len(args.md5) != n) or (args.size and len(args.size) != n):
+        raise WsimilError(f"--url ({n}), --out ({len(args.out)}), --md5 and --size must be given once per file")
+    md5s = [m if m not in (None, "", "-") else None for m in (args.md5 or [None] * n)]
+    sizes = [int(x) if x not in (None, "", "-") else None for x in (args.size or [None] * n)]
+    specs = [FileSpec(u, Path(o), size=s, md5=m) for u, o, s, m in zip(args.url, args.out, sizes, md5s)]
+    done, failed = download_all(specs, max_parallel=args.parallel, retries=args.retries, timeout=args.timeout)
+    for path in done:
+        log.info("complete: %s", path)
+    if failed:
+        raise WsimilError("\n  ".join([f"{len(failed)} of {n} file(s) failed (rerun to resume):"] + list(failed.values())))
+
+
+def cmd_dataset(args: argparse.Namespace) -> None:
+    from wsimil.config import load_config
+    from wsimil.datasets.sources import plan_source, sheet_for, write_manifest
+    from wsimil.io import write_text_atomic
+
+    plan = plan_source(load_config(args.config))
+    write_text_atomic(args.sheet, sheet_for(plan, args.sheet).to_csv(index=False))
+    if args.manifest:
+        write_manifest(plan, args.manifest)
+    if args.notes:
+        lines = [f"- {n}" for n in plan.notes] + [f"- {sid}: left out ({why})" for sid, why in sorted(plan.left_out.items())]
+        write_text_atomic(args.notes, "\n".join(lines) + "\n")
+    counts = plan.sheet.groupby(["split", "label"]).size().to_dict()
+    log.info("%s: %d slides, %d files to fetch into %s; (split, label) counts %s", plan.source, len(plan.sheet),
+             len(plan.files), plan.root, counts)
+
+
 def cmd_methods(args: argparse.Namespace) -> None:
     from wsimil.models.base import get_method, list_methods
 
@@ -368,6 +401,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--train-centers", nargs="*", help="centres whose train/val slides are used (default: first half)")
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(func=cmd_ood_sheet)
+
+    s = sub.add_parser("download", help="fetch files over HTTP(S): resumable, retried, size/MD5-checked, atomic")
+    s.add_argument("--url", nargs="+", required=True)
+    s.add_argument("--out", nargs="+", required=True, help="destination of each URL (written as <out>.part first)")
+    s.add_argument("--md5", nargs="+", help="expected MD5 of each file ('-' = unknown)")
+    s.add_argument("--size", nargs="+", help="expected size in bytes of each file ('-' = unknown)")
+    s.add_argument("--parallel", type=int, default=4, help="files fetched at the same time")
+    s.add_argument("--retries", type=int, default=5, help="attempts per file after the first (exponential backoff)")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds without data before resuming")
+    s.set_defaults(func=cmd_download)
+
+    s = sub.add_parser("dataset", help="plan a public dataset (camelyon16/17, tcga-nsclc): sample sheet + file list")
+    s.add_argument("--config", type=Path, required=True, help="workflow config with dataset.source and download:")
+    s.add_argument("--sheet", type=Path, required=True, help="slides.csv to write")
+    s.add_argument("--manifest", type=Path, help="CSV of every file to fetch (path, url, md5, size)")
+    s.add_argument("--notes", type=Path, help="corrections, subsets and left-out slides, one per line")
+    s.set_defaults(func=cmd_dataset)
 
     sub.add_parser("methods", help="list methods and their published defaults").set_defaults(func=cmd_methods)
     sub.add_parser("extractors", help="list feature extractors").set_defaults(func=cmd_extractors)

@@ -57,6 +57,8 @@ def patch_tag(config: Mapping[str, Any]) -> str:
 
 def features_root(config: Mapping[str, Any]) -> str:
     """The folder of every feature set (clean, each poison level) under ``results/<dataset>/``."""
+    if config["dataset"]["source"] == "features":
+        return f"features/imported_{config['imported_features']['format']}"
     return f"features/{patch_tag(config)}/{config['features']['extractor']}"
 
 
@@ -77,6 +79,10 @@ def plan_cells(config: Mapping[str, Any]) -> list[Cell]:
     exps = list(config["experiments"])
     methods = tuple(config["training"]["methods"])
     p = config["poison"]
+    pixels = sorted({"poison", "dose_response"} & set(exps))
+    if pixels and config["dataset"]["source"] == "features":
+        raise ValueError(f"experiments {pixels} add noise to slide pixels and re-extract features: they need slides, "
+                         "not dataset.source 'features' (leave them out of `experiments`)")
     cells: list[Cell] = []
     if "standard" in exps:
         cells.append(Cell("standard", "standard", "clean", "main", methods))

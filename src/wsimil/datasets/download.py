@@ -27,6 +27,7 @@ from wsimil.io import WsimilError
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # bytes per read
+MAX_WAIT = 60.0  # seconds: the cap of the exponential backoff
 _TOTAL = re.compile(r"bytes \d+-\d+/(\d+)")
 
 
@@ -114,7 +115,8 @@ def download_file(spec: FileSpec, *, retries: int = 5, backoff: float = 1.0, tim
                   sleep: Callable[[float], None] = time.sleep) -> Path:
     """Fetch ``spec.url`` into ``spec.dest`` (skipped when ``dest`` exists and matches size and MD5).
 
-    Up to ``retries`` further attempts after a retryable failure, waiting ``backoff * 2**k`` seconds.
+    Up to ``retries`` further attempts after a retryable failure, waiting ``backoff * 2**k`` seconds (at most
+    ``MAX_WAIT``).
     Raises :class:`WsimilError` naming the URL when the file is missing at the source or keeps failing.
     """
     if not spec.url.startswith(("http://", "https://")):
@@ -135,7 +137,7 @@ def download_file(spec: FileSpec, *, retries: int = 5, backoff: float = 1.0, tim
         except RetryableError as exc:
             if k == retries:
                 raise WsimilError(f"{exc} (gave up after {retries + 1} attempts; rerun to resume)") from exc
-            wait = backoff * 2**k
+            wait = min(backoff * 2**k, MAX_WAIT)
             log.warning("%s; retrying in %.1f s", exc, wait)
             sleep(wait)
     raise AssertionError("unreachable")

@@ -52,3 +52,13 @@ def resolve(sheet_path: str | os.PathLike, value: str) -> Path | None:
         return None
     p = Path(value)
     return p if p.is_absolute() else Path(sheet_path).parent / p
+
+
+def relocate(df: pd.DataFrame, from_sheet: str | os.PathLike, to_sheet: str | os.PathLike) -> pd.DataFrame:
+    """The sheet ``df`` read from ``from_sheet`` with its relative paths rewritten for a copy at ``to_sheet``."""
+    out = df.copy()
+    base = Path(to_sheet).parent
+    for col in ("path", "annotation"):
+        out[col] = [os.path.relpath(resolve(from_sheet, v), base) if v and not Path(v).is_absolute() else v
+                    for v in out[col]]
+    return out
