@@ -27,7 +27,8 @@ if PLAN is not None:
 
     # Each file its own job: a failure stops only its slide, a rerun resumes it from <file>.part, and
     # protected() keeps a finished download from being deleted by a forced rerun.
-    workflow.register_resource("downloads", workflow.global_resources.get("downloads", config["download"]["parallel"]))
+    if "downloads" not in workflow.global_resources:  # --resources downloads=N wins
+        workflow.register_resource("downloads", config["download"]["parallel"])
 
     rule download:
         output:

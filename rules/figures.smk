@@ -58,6 +58,8 @@ rule report_summary:
         config=rules.run_config.output.config,
         software=rules.run_config.output.software,
         metrics=metrics_files(CELLS),
+        sheet=SHEET_PATH,
+        excluded=[EXCLUDED_PATH] if SOURCE != "synthetic" else [],
     output:
         _reported(summary_outputs()),
     params:

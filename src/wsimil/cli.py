@@ -98,7 +98,12 @@ def cmd_patch(args: argparse.Namespace) -> None:
     check_slide_id(args.slide_id)
     _one_cv2_thread()
     params = PatchingParams.from_config(_section(args, "patching"))
-    run_patching(args.slide, args.slide_id, args.annotation or None, args.out, params, qc_png=args.qc, label=args.label)
+    try:
+        run_patching(args.slide, args.slide_id, args.annotation or None, args.out, params, qc_png=args.qc,
+                     label=args.label)
+    except WsimilError as exc:
+        raise WsimilError(f"{exc}\n  (slide {args.slide_id}: fix the file, or list the slide in the config key "
+                          "dataset.exclude to run without it; SUMMARY.md lists excluded slides)") from exc
 
 
 def _slide_jobs(args: argparse.Namespace, *extra: str) -> list[tuple]:
@@ -136,9 +141,10 @@ def _extract(args: argparse.Namespace, poison_of=None) -> None:
         s = extract_slide(
             slide, patches, out, ext, batch_size=cfg["batch_size"], num_threads=args.threads, poison=spec,
             slide_id=sid, num_workers=cfg["num_workers"], dtype=cfg["dtype"], progress=not args.no_progress,
+            precision=cfg["precision"],
         )
-        log.info("%s: %d patches (%d poisoned), %s %d-d, %.1f s (%.1f tiles/s) -> %s", s["slide_id"], s["n_patches"],
-                 s["n_poisoned"], ext.name, ext.dim, s["seconds"], s["tiles_per_s"], out)
+        log.info("%s: %d patches (%d poisoned), %s %d-d %s, %.1f s (%.1f tiles/s) -> %s", s["slide_id"],
+                 s["n_patches"], s["n_poisoned"], ext.name, ext.dim, s["precision"], s["seconds"], s["tiles_per_s"], out)
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
@@ -305,6 +311,48 @@ def cmd_validate(args: argparse.Namespace) -> None:
         print(f"{args.file}: valid")
 
 
+# -- import-features (bring your own features) ------------------------------------------------------------
+def cmd_import_features(args: argparse.Namespace) -> None:
+    """Import pre-extracted features of one or more slides (CLAM/TRIDENT h5, CLAM pt, DSMIL csv) into
+    feature files; labels and annotations from the sample sheet."""
+    from wsimil.datasets.imports import import_slide, source_path
+    from wsimil.datasets.sheet import read_sheet, resolve
+
+    if len(args.slide_id) != len(args.out):
+        raise WsimilError(f"give one --out per --slide-id (got {len(args.slide_id)} ids, {len(args.out)} outputs)")
+    for sid in args.slide_id:
+        check_slide_id(sid)
+    sheet = read_sheet(args.sheet).set_index("slide_id")
+    missing = [s for s in args.slide_id if s not in sheet.index]
+    if missing:
+        raise WsimilError(f"slide ids not in the sample sheet {args.sheet}: {missing[:10]}")
+    dim = None
+    for sid, out in zip(args.slide_id, args.out):
+        row = sheet.loc[sid]
+        src = source_path(args.src_dir, sid, args.format)
+        s = import_slide(src, args.format, out, sid, resolve(args.sheet, str(row["annotation"]).strip()),
+                         int(row["label"]), args.patch_size_level0, dtype=args.dtype, expected_dim=dim)
+        dim = s["feature_dim"]
+        labels = s.get("tumor_fraction_source") or f"no patch labels ({s['patch_labels_skipped_reason']})"
+        log.info("%s: %d patches, %d-d from %s -> %s; tumour fraction: %s", sid, s["n_patches"], dim, src, out, labels)
+
+
+def _add_import_features_parser(sub: Any) -> None:
+    s = sub.add_parser("import-features", help="import pre-extracted features (CLAM/TRIDENT h5, CLAM pt, DSMIL "
+                       "csv) of one or more slides -> feature HDF5 per slide")
+    s.add_argument("--format", required=True, choices=["h5", "pt", "csv"],
+                   help="h5: CLAM/TRIDENT h5_files; pt: CLAM pt_files (no coordinates); csv: DSMIL per-slide CSV")
+    s.add_argument("--src-dir", type=Path, required=True, help="folder holding <slide_id>.h5/.pt/.csv (csv: also "
+                   "<class>/<slide_id>.csv)")
+    s.add_argument("--sheet", type=Path, required=True, help="sample sheet slides.csv (labels; annotation paths "
+                   "relative to its folder; path may be empty)")
+    s.add_argument("--slide-id", nargs="+", required=True)
+    s.add_argument("--out", type=Path, nargs="+", required=True, help="each slide's feature HDF5")
+    s.add_argument("--patch-size-level0", type=int, help="patch side in level-0 px (default: from the h5 attributes)")
+    s.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored feature dtype")
+    s.set_defaults(func=cmd_import_features)
+
+
 # -- parser -----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wsimil", description=__doc__.splitlines()[0])
@@ -401,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--train-centers", nargs="*", help="centres whose train/val slides are used (default: first half)")
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(func=cmd_ood_sheet)
+    _add_import_features_parser(sub)
 
     s = sub.add_parser("download", help="fetch files over HTTP(S): resumable, retried, size/MD5-checked, atomic")
     s.add_argument("--url", nargs="+", required=True)

@@ -176,6 +176,27 @@ def findings(config: Mapping[str, Any], df: pd.DataFrame) -> list[str]:
     return out
 
 
+def data_lines(results: Path) -> list[str]:
+    """The data behind the run: slides per split and class (data/slides.csv), and every slide left out, with why
+    (data/excluded.csv: dataset.exclude and a public dataset's corrections)."""
+    lines: list[str] = []
+    sheet, excluded = results / "data" / "slides.csv", results / "data" / "excluded.csv"
+    if sheet.is_file():
+        df = pd.read_csv(sheet, dtype={"slide_id": str}, keep_default_na=False)
+        counts = df.groupby(["split", "label"]).size()
+        parts = [f"{split} {counts.get((split, 0), 0)} normal / {counts.get((split, 1), 0)} tumour"
+                 for split in ("train", "val", "test") if split in set(df["split"])]
+        lines += [f"**Data**: {len(df)} slides ({'; '.join(parts)}; label 1 = the positive class).", ""]
+    if excluded.is_file():
+        left = pd.read_csv(excluded, dtype=str, keep_default_na=False)
+        if len(left):
+            lines += [f"**Slides left out** ({len(left)}):", ""]
+            lines += [f"- `{r.slide_id}`: {r.reason}" for r in left.itertuples()] + [""]
+        else:
+            lines += ["**Slides left out**: none.", ""]
+    return lines
+
+
 def write_summary(config: Mapping[str, Any], results: str | os.PathLike) -> list[Path]:
     """Write SUMMARY.md, tables/paper_vs_reproduced.* and figures/slide_auc.* under ``results``."""
     from wsimil.reporting.figures import plot_metric_by_method
@@ -200,6 +221,7 @@ def write_summary(config: Mapping[str, Any], results: str | os.PathLike) -> list
              f"Written by `wsimil summary` from {len(df)} evaluated runs ({len(cells)} cells, seeds {seeds}); "
              "every number is a mean over seeds of the test split. The rules that turn numbers into verdicts are "
              "stated with each finding and were fixed before the runs; nothing here is edited by hand.", ""]
+    lines += data_lines(results)
     for para in findings(config, df):
         lines += [f"- {para}", ""]
     lines += ["Published numbers beside ours: tables/paper_vs_reproduced.md. Per-experiment tables: tables/; "
