@@ -54,7 +54,13 @@ if SOURCE == "features":
     IMPORTED = config["imported_features"]
     if not IMPORTED["dir"]:
         raise ValueError("config key 'imported_features.dir': required when dataset.source is 'features'")
-    _EXT = {"h5": "h5", "pt": "pt", "csv": "csv"}[IMPORTED["format"]]
+
+    def imported_source(slide):
+        """The user's feature file of a slide (DSMIL: also <class>/<slide>.csv); [] when there is none, so that
+        only its import job fails, naming the path it expected."""
+        fmt, folder = IMPORTED["format"], Path(IMPORTED["dir"])
+        hits = [folder / f"{slide}.{fmt}"] + (sorted(folder.glob(f"*/{slide}.csv")) if fmt == "csv" else [])
+        return [str(h) for h in hits if h.is_file()][:1]
 
     for _group in groups_of(SLIDES, config["features"]["slides_per_job"]):
 
@@ -62,7 +68,7 @@ if SOURCE == "features":
             name:
                 f"import_features_{group_name(_group)}"
             input:
-                sources=[f for s in _group for f in as_input(f"{IMPORTED['dir']}/{s}.{_EXT}")],
+                sources=[f for s in _group for f in imported_source(s)],
                 sheet=SHEET_PATH,
             output:
                 [f"{FEATURES}/clean/{s}.h5" for s in _group],

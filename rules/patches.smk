@@ -26,3 +26,22 @@ if SOURCE != "features":
         shell:
             "wsimil patch --slide {params.slide:q} --slide-id {wildcards.slide} --annotation={params.annotation:q}"
             " --label {params.label} --params {params.patching:q} --out {output.patches} --qc {output.qc} 2> {log}"
+
+    rule slide_table:
+        """What patching found on every slide (resolution, level, tissue, patch count): tables/slides.*"""
+        input:
+            sheet=SHEET_PATH,
+            patches=expand(f"{PATCHES}/{{slide}}.h5", slide=SLIDES),
+        output:
+            report(f"{OUT}/tables/slides.md", caption="../report/captions/slides.rst", category="Tables"),
+            f"{OUT}/tables/slides.csv",
+            f"{OUT}/tables/slides.tex",
+        params:
+            patches=lambda w, input: str(Path(input.patches[0]).parent),
+            stem=lambda w, output: output[1].removesuffix(".csv"),
+        log:
+            f"{LOGS}/report/slides.log",
+        conda:
+            "../envs/wsimil.yaml"
+        shell:
+            "wsimil slide-table --sheet {input.sheet:q} --patches {params.patches:q} --out {params.stem:q} 2> {log}"

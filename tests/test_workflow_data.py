@@ -72,6 +72,9 @@ def test_camelyon16_from_a_mirror_download_to_tables(tmp_path):
     assert pd.read_csv(out / "data" / "excluded.csv").to_dict("records") == [{"slide_id": "normal_002", "reason": "dataset.exclude"}]
     summary = (out / "SUMMARY.md").read_text()
     assert "`normal_002`: dataset.exclude" in summary and "9 slides" in summary
+    slides = pd.read_csv(out / "tables" / "slides.csv")  # what patching found, per slide
+    assert list(slides["slide_id"]) == list(sheet["slide_id"])
+    assert (slides["mpp_level0"] == 0.5).all() and (slides["read_level"] == 1).all() and (slides["n_patches"] > 0).all()
     table = pd.read_csv(out / "tables" / "standard.csv")
     assert list(table["method"]) == ["maxpool", "abmil"] and table["slide_auc_mean"].between(0, 1).all()
     # a second run finds everything done, and the downloads are protected from a forced rerun
@@ -117,3 +120,47 @@ def test_bad_slides_fail_their_own_jobs_and_the_rest_goes_on(tmp_path):
     summary = (work / "results" / "mine" / "SUMMARY.md").read_text()
     for sid in ("normal_002", "tumor_002", "test_001"):
         assert f"`{sid}`: dataset.exclude" in summary
+
+
+def test_bring_your_own_features_trains_from_trident_h5(tmp_path):
+    """dataset.source features: TRIDENT-style h5 files and a labels sheet, no slides, to tables and summary."""
+    import h5py
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "byof" / "h5_files"
+    src.mkdir(parents=True)
+    rows = ["slide_id,label,split,center,path,annotation"]
+    for split, n in (("train", 8), ("val", 4), ("test", 6)):
+        for i in range(n):
+            sid, label = f"{split}_{i:02d}", i % 2
+            feats = rng.normal(size=(30, 16)).astype(np.float32)
+            if label:
+                feats[:3, 0] += 6.0  # a few tumour patches carry the signal
+            with h5py.File(src / f"{sid}.h5", "w") as f:
+                f.create_dataset("features", data=feats)
+                c = f.create_dataset("coords", data=np.stack([np.arange(30) * 512, np.zeros(30)], 1).astype(np.int64))
+                c.attrs["patch_size_level0"] = 512
+            rows.append(f"{sid},{label},{split},{i % 2},,")
+    (tmp_path / "byof" / "labels.csv").write_text("\n".join(rows) + "\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(ROOT / "config.yaml", work / "config.yaml")
+    config = {"dataset": {"name": "byof", "source": "features", "sheet": str(tmp_path / "byof" / "labels.csv")},
+              "imported_features": {"format": "h5", "dir": str(src)},
+              "training": {"methods": ["maxpool", "abmil"], "seeds": [0], "max_epochs": 20, "device": "cpu"},
+              "experiments": ["standard"]}
+    snakemake(work, config)
+    out = work / "results" / "byof"
+    table = pd.read_csv(out / "tables" / "standard.csv")
+    assert list(table["method"]) == ["maxpool", "abmil"]
+    assert table.set_index("method").loc["maxpool", "slide_auc_mean"] >= 0.9  # a separable toy: learnt
+    stored = h5py.File(out / "features" / "imported_h5" / "clean" / "train_01.h5", "r")
+    assert stored.attrs["extractor"] == "imported:h5" and stored["features"].shape == (30, 16)
+    assert not (out / "patches").exists() and not (out / "tables" / "slides.csv").exists()
+    metrics = __import__("json").loads((out / "runs" / "standard" / "maxpool" / "seed0" / "metrics.json").read_text())
+    assert metrics["patch_metrics_skipped_reason"]  # no annotations: skipped, with the reason
+    # poison needs pixels: refused at the start with a message
+    bad = {**config, "experiments": ["standard", "poison"]}
+    proc = snakemake(work, bad, "-n", check=False)
+    assert proc.returncode != 0 and "need slides" in proc.stdout + proc.stderr

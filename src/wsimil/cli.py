@@ -278,6 +278,15 @@ def cmd_dataset(args: argparse.Namespace) -> None:
              len(plan.files), plan.root, counts)
 
 
+def cmd_slide_table(args: argparse.Namespace) -> None:
+    from wsimil.reporting.slides import caption, slide_table
+    from wsimil.reporting.tables import write_table
+
+    df = slide_table(args.sheet, args.patches)
+    for path in write_table(df, args.out, caption(df)):
+        log.info("wrote %s", path)
+
+
 def cmd_methods(args: argparse.Namespace) -> None:
     from wsimil.models.base import get_method, list_methods
 
@@ -467,6 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--manifest", type=Path, help="CSV of every file to fetch (path, url, md5, size)")
     s.add_argument("--notes", type=Path, help="corrections, subsets and left-out slides, one per line")
     s.set_defaults(func=cmd_dataset)
+
+    s = sub.add_parser("slide-table", help="per-slide patching table: resolution, level, tissue, patch count")
+    s.add_argument("--sheet", type=Path, required=True, help="slides.csv")
+    s.add_argument("--patches", type=Path, required=True, help="folder of <slide_id>.h5 patch files")
+    s.add_argument("--out", type=Path, required=True, help="output stem: <out>.csv, .md, .tex")
+    s.set_defaults(func=cmd_slide_table)
 
     sub.add_parser("methods", help="list methods and their published defaults").set_defaults(func=cmd_methods)
     sub.add_parser("extractors", help="list feature extractors").set_defaults(func=cmd_extractors)
