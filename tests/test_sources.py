@@ -211,3 +211,37 @@ def test_sources_registry_matches_the_schema():
 
     enum = load_schema()["properties"]["dataset"]["properties"]["source"]["enum"]
     assert set(SOURCES) == set(enum) - {"synthetic", "sheet", "features"}
+
+
+def test_sheet_rows_are_validated_against_the_schema(tmp_path):
+    p = tmp_path / "s.csv"
+    p.write_text("slide_id,label,split,center,path,annotation\n../etc,2,tr,0,a.tif,\nok,1,test,0,b.tif,\n")
+    with pytest.raises(WsimilError) as err:
+        read_sheet(p)
+    msg = str(err.value)
+    assert str(p) in msg and "line 2: label 2" in msg and "line 2: split 'tr'" in msg and "'../etc' does not match" in msg
+    assert "line 3" not in msg
+
+
+def test_dataset_command_writes_sheet_manifest_and_notes(tmp_path):
+    root = tmp_path / "c16"
+    (root / "evaluation").mkdir(parents=True)
+    (root / "evaluation" / "reference.csv").write_text(
+        "image,type,class,center\nnormal_001.tif,normal,negative,0\ntumor_001.tif,tumor,macro,1\n"
+        "test_001.tif,tumor,micro,0\ntest_049.tif,tumor,macro,1\n")
+    (root / "checksums.md5").write_text(f"{'a' * 32}  CAMELYON16/images/normal_001.tif\n"
+                                        f"{'b' * 32}  CAMELYON16/annotations/tumor_001.xml\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"dataset: {{source: camelyon16}}\ndownload: {{dir: {root}, val_fraction: 0.0}}\n")
+    out = tmp_path / "out"
+    res = subprocess.run(WSIMIL + ["dataset", "--config", str(cfg), "--sheet", str(out / "slides.csv"), "--manifest",
+                                   str(out / "files.csv"), "--notes", str(out / "notes.txt")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    sheet = read_sheet(out / "slides.csv")
+    assert list(sheet["slide_id"]) == ["normal_001", "test_001", "tumor_001"]
+    assert (out / sheet.loc[2, "annotation"]).resolve() == (root / "annotations" / "tumor_001.xml").resolve()
+    assert sheet.loc[1, "annotation"] == ""  # tumour test slide with no annotation in checksums.md5
+    files = pd.read_csv(out / "files.csv", keep_default_na=False)
+    assert len(files) == 4 and files.set_index("url").loc[
+        "https://camelyon-dataset.s3.amazonaws.com/CAMELYON16/images/normal_001.tif", "md5"] == "a" * 32
+    assert "test_049: left out (a duplicate" in (out / "notes.txt").read_text()

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
 
-from wsimil.io import WsimilError, check_slide_id
+from wsimil.io import WsimilError
 
 COLUMNS = ["slide_id", "label", "split", "center", "path", "annotation"]
 SPLITS = ("train", "val", "test")
 
 
+@lru_cache(maxsize=1)
+def _row_validator():
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "schemas" / "sheet.schema.yaml").read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
 def read_sheet(path: str | os.PathLike) -> pd.DataFrame:
-    """Read and validate a sample sheet; every problem is reported with the file and the row."""
+    """Read a sample sheet and validate every row against ``schemas/sheet.schema.yaml``; every problem is
+    reported with the file and the line."""
     path = Path(path)
     if not path.is_file():
         raise WsimilError(f"sample sheet not found: {path}")
@@ -26,17 +37,14 @@ def read_sheet(path: str | os.PathLike) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise WsimilError(f"{path}: missing column(s) {missing}; a sample sheet has columns {COLUMNS}")
+    validator = _row_validator()
     problems = []
-    for i, row in df.iterrows():
-        line = i + 2  # header is line 1
-        try:
-            check_slide_id(row["slide_id"])
-        except WsimilError as exc:
-            problems.append(f"line {line}: {exc}")
-        if str(row["label"]) not in ("0", "1"):
-            problems.append(f"line {line}: label {row['label']!r} must be 0 (normal) or 1 (tumour)")
-        if row["split"] not in SPLITS:
-            problems.append(f"line {line}: split {row['split']!r} must be one of {list(SPLITS)}")
+    for i, row in enumerate(df[COLUMNS].to_dict("records")):
+        label = str(row["label"]).strip()
+        row["label"] = int(label) if label.lstrip("-").isdigit() else label
+        for err in sorted(validator.iter_errors(row), key=lambda e: list(e.path)):
+            where = ".".join(map(str, err.path)) or "row"
+            problems.append(f"line {i + 2}: {where} {err.instance!r}: {err.message}")  # header is line 1
     dup = df["slide_id"][df["slide_id"].duplicated()].tolist()
     if dup:
         problems.append(f"duplicate slide ids: {sorted(set(dup))}")
