@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # bytes per read
 MAX_WAIT = 60.0  # seconds: the cap of the exponential backoff
+PROGRESS_EVERY = 256 << 20  # bytes between progress lines
 _TOTAL = re.compile(r"bytes \d+-\d+/(\d+)")
 
 
@@ -97,9 +98,15 @@ def _attempt(spec: FileSpec, part: Path, timeout: float) -> None:
             elif resp.headers.get("Content-Length") is not None:
                 total = total or int(resp.headers["Content-Length"])
             with open(part, "ab" if offset else "wb") as out:
+                t0, last = time.monotonic(), offset
                 try:
                     for block in iter(lambda: resp.read(CHUNK), b""):
                         out.write(block)
+                        if out.tell() - last >= PROGRESS_EVERY:  # a line per 256 MB: logs of multi-GB slides
+                            last = out.tell()
+                            rate = (last - offset) / max(time.monotonic() - t0, 1e-9) / 1e6
+                            log.info("%s: %.0f of %s MB (%.1f MB/s)", spec.dest.name, last / 1e6,
+                                     f"{total / 1e6:.0f}" if total else "?", rate)
                 except (OSError, http.client.HTTPException) as exc:  # reset, timeout, IncompleteRead
                     raise RetryableError(f"{spec.url}: connection cut after {out.tell()} bytes ({exc})") from exc
     got = part.stat().st_size
