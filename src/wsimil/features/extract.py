@@ -29,6 +29,27 @@ from wsimil.poison import PoisonSpec, apply_poison, patch_rng, poisoned_patch_ma
 from wsimil.slides.reader import Backend, open_slide
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
+_ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+
+
+def resolve_extraction_precision(precision: str, device: str | torch.device) -> str:
+    """``features.precision`` (``fp32`` | ``bf16`` | ``auto``) -> ``fp32`` | ``bf16`` for ``device``.
+
+    The training loop's rule (:func:`wsimil.training.loop.resolve_precision`): ``auto`` is bf16 where the
+    device runs bfloat16 natively (CPUs with AVX512-BF16 or AMX, CUDA GPUs with bf16), else fp32; an explicit
+    ``bf16`` without native support is kept (emulated, with a warning). Importing ``wsimil.training`` switches
+    oneDNN's primitive cache off for the process (right for bags of varying length); extraction runs the same
+    shapes every batch, so that setting is undone here unless it was already in the environment.
+    """
+    preset = _ONEDNN_CACHE_ENV in os.environ
+    from wsimil.training.loop import resolve_precision
+
+    if not preset:
+        os.environ.pop(_ONEDNN_CACHE_ENV, None)
+    try:
+        return resolve_precision(str(precision), str(torch.device(device)))
+    except ValueError as exc:
+        raise WsimilError(f"features precision must be fp32, bf16 or auto, got {precision!r}") from exc
 
 
 def magnification_for_mpp(mpp: float) -> float:
@@ -139,14 +160,17 @@ def extract_slide(
     progress: bool = True,
     num_workers: int = 1,
     dtype: str = "float16",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Extract the features of every patch in ``patch_file`` from ``slide_path`` and write ``out_h5``.
 
     ``device`` None uses the extractor's device (else the model is moved there); ``num_threads`` sets torch's
     intra-op threads for the call; ``num_workers`` reader processes (0: read in this process); ``poison``
-    adds the green noise to the patches chosen by :func:`wsimil.poison.poisoned_patch_mask`. Returns a summary
-    (n_patches, n_poisoned, seconds, tiles_per_s). The output is written atomically; same inputs give
-    identical features.
+    adds the green noise to the patches chosen by :func:`wsimil.poison.poisoned_patch_mask`. ``precision``
+    (:func:`resolve_extraction_precision`): ``bf16`` runs the network under bfloat16 autocast, its outputs cast
+    back to float32 before storing as ``dtype``; the resolved value is the feature file's ``precision`` attr.
+    Returns a summary (n_patches, n_poisoned, seconds, tiles_per_s, precision). The output is written
+    atomically; same inputs give identical features.
     """
     t0 = time.perf_counter()
     slide_path, patch_file = Path(slide_path), Path(patch_file)
@@ -169,6 +193,7 @@ def extract_slide(
         if dev != extractor.device:
             extractor.model.to(dev)
             extractor.device = dev
+    precision = resolve_extraction_precision(precision, extractor.device)
     mask = poisoned_patch_mask(sid, n, poison) if poison is not None else None
 
     data = PatchBatches(slide_path, patches.coords, spec, batch_size, backend, poison, mask, sid)
@@ -197,7 +222,9 @@ def extract_slide(
                 if failed:
                     failures += [(int(i), str(m)) for i, m in failed]
                 if not failures:  # once a read failed the slide fails: keep reading only to count failures
-                    feats[idx] = extractor.embed(tiles).numpy()
+                    with torch.autocast(extractor.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                        emb = extractor.embed(tiles)
+                    feats[idx] = emb.float().numpy()
                 bar.update(len(idx))
     finally:
         data.close()
@@ -231,6 +258,7 @@ def extract_slide(
         "read_size": int(spec.read_size),
         "level0_size": int(spec.level0_size),
         "dtype": dtype,
+        "precision": precision,
         "wsimil_version": wsimil.__version__,
         "poisoned": poison is not None,
     }
@@ -250,4 +278,5 @@ def extract_slide(
         "n_poisoned": int(mask.sum()) if mask is not None else 0,
         "seconds": seconds,
         "tiles_per_s": n / seconds if seconds > 0 else float("inf"),
+        "precision": precision,
     }
