@@ -94,7 +94,7 @@ def test_bf16_stored_as_float16_and_poisoned_files_record_precision(slide_and_pa
 
 
 def test_auto_resolves_to_bf16_only_where_native(slide_and_patches, effnet, tmp_path, monkeypatch):
-    from wsimil.training import loop
+    from wsimil import precision as loop
 
     assert resolve_extraction_precision("fp32", "cpu") == "fp32"
     assert resolve_extraction_precision("bf16", "cpu") == "bf16"  # kept even where emulated (with a warning)

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import wsimil
+from wsimil import precision as precision_mod
 from wsimil.features.extractors import Extractor, resolve_device
 from wsimil.features.store import PatchSpec, read_patches, write_features
 from wsimil.io import WsimilError, atomic_path, check_slide_id
@@ -29,25 +30,15 @@ from wsimil.poison import PoisonSpec, apply_poison, patch_rng, poisoned_patch_ma
 from wsimil.slides.reader import Backend, open_slide
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
-_ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 
 
 def resolve_extraction_precision(precision: str, device: str | torch.device) -> str:
-    """``features.precision`` (``fp32`` | ``bf16`` | ``auto``) -> ``fp32`` | ``bf16`` for ``device``.
-
-    The training loop's rule (:func:`wsimil.training.loop.resolve_precision`): ``auto`` is bf16 where the
-    device runs bfloat16 natively (CPUs with AVX512-BF16 or AMX, CUDA GPUs with bf16), else fp32; an explicit
-    ``bf16`` without native support is kept (emulated, with a warning). Importing ``wsimil.training`` switches
-    oneDNN's primitive cache off for the process (right for bags of varying length); extraction runs the same
-    shapes every batch, so that setting is undone here unless it was already in the environment.
-    """
-    preset = _ONEDNN_CACHE_ENV in os.environ
-    from wsimil.training.loop import resolve_precision
-
-    if not preset:
-        os.environ.pop(_ONEDNN_CACHE_ENV, None)
+    """``features.precision`` (``fp32`` | ``bf16`` | ``auto``) -> ``fp32`` | ``bf16`` for ``device``, by the
+    training loop's rule (:func:`wsimil.precision.resolve_precision`): ``auto`` is bf16 where the device runs
+    bfloat16 natively (CPUs with AVX512-BF16 or AMX, CUDA GPUs with bf16), else fp32; an explicit ``bf16``
+    without native support is kept (emulated, with a warning)."""
     try:
-        return resolve_precision(str(precision), str(torch.device(device)))
+        return precision_mod.resolve_precision(str(precision), str(torch.device(device)))
     except ValueError as exc:
         raise WsimilError(f"features precision must be fp32, bf16 or auto, got {precision!r}") from exc
 

@@ -17,6 +17,7 @@ from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 
 from wsimil.models.base import MILBatch, MILModel, get_method
+from wsimil.precision import PRECISIONS, autocast, bf16_native, resolve_precision  # noqa: F401 (re-exported)
 from wsimil.training.data import BagSet, batches_by_size, pack
 
 log = logging.getLogger(__name__)
@@ -315,32 +316,6 @@ def train(
     model.load_state_dict(best_state)
     model.eval()
     return TrainResult(model, hp, history, best_epoch, time.perf_counter() - t0, precision)
-
-
-PRECISIONS = ("fp32", "bf16", "auto")
-
-
-def bf16_native(device: str) -> bool:
-    """True where bfloat16 matmuls run natively: CUDA GPUs with bf16 (Ampere+), CPUs with AVX512-BF16 or AMX."""
-    if torch.device(device).type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """``fp32`` | ``bf16`` | ``auto`` (bf16 where native, else fp32) -> ``fp32`` | ``bf16``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
-    if precision == "auto":
-        return "bf16" if bf16_native(device) else "fp32"
-    if precision == "bf16" and not bf16_native(device):
-        log.warning("precision bf16 on %s without native bfloat16 support: emulated, likely slower than fp32", device)
-    return precision
-
-
-def autocast(device: str, precision: str) -> torch.autocast:
-    """bfloat16 autocast for ``precision == "bf16"``, a disabled context otherwise."""
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 class EarlyStopping:
