@@ -68,8 +68,8 @@ def effnet():
 # -- registry -------------------------------------------------------------------------------------------------
 
 
-def test_registry_lists_the_three():
-    assert ex.list_extractors() == ["efficientnet_lite0", "resnet18", "resnet50_trunc"]
+def test_registry_lists_the_five():
+    assert ex.list_extractors() == ["ctranspath", "efficientnet_lite0", "resnet18", "resnet50_trunc", "uni"]
     for name, info in ex.EXTRACTORS.items():
         assert info.name == name and info.dim > 0 and info.description
 

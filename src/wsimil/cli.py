@@ -137,7 +137,7 @@ def _extract(args: argparse.Namespace, poison_of=None) -> None:
             continue
         if ext is None:
             ext = build_extractor(cfg["extractor"], weights=cfg["weights"], device=cfg["device"],
-                                  input_size=cfg["input_size"])
+                                  input_size=cfg["input_size"], weights_sha256=cfg.get("weights_sha256"))
         s = extract_slide(
             slide, patches, out, ext, batch_size=cfg["batch_size"], num_threads=args.threads, poison=spec,
             slide_id=sid, num_workers=cfg["num_workers"], dtype=cfg["dtype"], progress=not args.no_progress,
