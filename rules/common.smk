@@ -157,6 +157,14 @@ def get_slide(wildcards):
     return as_input(slide_path(wildcards.slide))
 
 
+def imported_source(slide):
+    """The user's feature file of a slide (dataset.source features; DSMIL also <class>/<slide>.csv); [] when
+    there is none, so that only its import job fails, naming the path it expected."""
+    fmt, folder = config["imported_features"]["format"], Path(config["imported_features"]["dir"])
+    hits = [folder / f"{slide}.{fmt}"] + (sorted(folder.glob(f"*/{slide}.csv")) if fmt == "csv" else [])
+    return [str(h) for h in hits if h.is_file()][:1]
+
+
 def get_slide_path(wildcards):
     return slide_path(wildcards.slide)
 

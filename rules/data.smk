@@ -55,13 +55,6 @@ if SOURCE == "features":
     if not IMPORTED["dir"]:
         raise ValueError("config key 'imported_features.dir': required when dataset.source is 'features'")
 
-    def imported_source(slide):
-        """The user's feature file of a slide (DSMIL: also <class>/<slide>.csv); [] when there is none, so that
-        only its import job fails, naming the path it expected."""
-        fmt, folder = IMPORTED["format"], Path(IMPORTED["dir"])
-        hits = [folder / f"{slide}.{fmt}"] + (sorted(folder.glob(f"*/{slide}.csv")) if fmt == "csv" else [])
-        return [str(h) for h in hits if h.is_file()][:1]
-
     for _group in groups_of(SLIDES, config["features"]["slides_per_job"]):
 
         rule:
