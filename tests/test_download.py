@@ -1,11 +1,10 @@
 """The download stage against a local HTTP server on 127.0.0.1: complete, resumed, corrupted, retried, missing."""
 
 import hashlib
-import http.server
-import threading
 from pathlib import Path
 
 import pytest
+from mirror import MirrorServer
 
 from wsimil.datasets.download import FileSpec, download_all, download_file, md5_of, parse_md5_manifest
 from wsimil.io import WsimilError
@@ -13,59 +12,13 @@ from wsimil.io import WsimilError
 FILES = {"/images/normal_001.tif": bytes(range(256)) * 4000, "/images/tumor_001.tif": b"T" * 300_000}
 
 
-class Server:
-    """Serves FILES with HTTP range support; ``faults[path]`` is a list of one-shot faults, used in order:
-    'cut' (send half the body, then close), '500', 'corrupt' (same length, wrong bytes)."""
-
-    def __init__(self):
-        self.faults: dict[str, list[str]] = {}
-        self.requests: list[tuple[str, str | None]] = []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                rng = self.headers.get("Range")
-                server.requests.append((self.path, rng))
-                body = FILES.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                fault = server.faults.get(self.path, []).pop(0) if server.faults.get(self.path) else None
-                if fault == "500":
-                    self.send_error(500)
-                    return
-                start = int(rng.split("=")[1].split("-")[0]) if rng else 0
-                if fault == "corrupt":
-                    body = bytes(len(body))
-                part = body[start:]
-                self.send_response(206 if rng else 200)
-                if rng:
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                self.send_header("Content-Length", str(len(part)))
-                self.end_headers()
-                if fault == "cut":
-                    self.wfile.write(part[: len(part) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    self.connection.shutdown(2)
-                    return
-                self.wfile.write(part)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def server():
-    s = Server()
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    for name, body in FILES.items():
+        (root / name.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (root / name.lstrip("/")).write_bytes(body)
+    s = MirrorServer(root)
     yield s
     s.close()
 

@@ -16,21 +16,7 @@ from wsimil.features.extract import extract_slide, resolve_extraction_precision
 from wsimil.features.store import PatchSet, PatchSpec, read_features, write_patches
 from wsimil.io import WsimilError
 from wsimil.poison import PoisonSpec
-
-
-def write_slide(path: Path, size: int = 256, tile: int = 64, seed: int = 0) -> Path:
-    """A small single-level tiled TIFF with smooth colour blobs and some texture (tissue-like, not noise)."""
-    tifffile = pytest.importorskip("tifffile")
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (size // 16, size // 16, 3), dtype=np.uint8)
-    base = cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
-    base = np.clip(base.astype(np.int16) + rng.integers(-20, 21, base.shape), 0, 255).astype(np.uint8)
-    desc = f"Aperio Image Library v1.0 \n{size}x{size} [0,0 {size}x{size}] ({tile}x{tile}) |AppMag = 20|MPP = 0.5"
-    with tifffile.TiffWriter(path) as tw:
-        tw.write(base, tile=(tile, tile), photometric="rgb", compression="zlib", description=desc, metadata=None)
-    return path
+from test_features import write_pyramid
 
 
 def write_patch_file(path: Path, slide_id: str, patch: int = 64, n_side: int = 3) -> None:
@@ -48,7 +34,7 @@ def effnet():
 @pytest.fixture(scope="module")
 def slide_and_patches(tmp_path_factory):
     d = tmp_path_factory.mktemp("prec")
-    slide = write_slide(d / "s1.tif")
+    slide = write_pyramid(d / "s1.tif", size=256)
     write_patch_file(d / "s1_patches.h5", "s1")
     return slide, d / "s1_patches.h5"
 

@@ -42,6 +42,7 @@ import h5py
 import numpy as np
 
 from wsimil.io import WsimilError, atomic_path, check_slide_id
+from wsimil.slides.annotations import annotation_file
 
 log = logging.getLogger(__name__)
 
@@ -285,15 +286,6 @@ def patch_size_from_attrs(attrs: dict[str, Any]) -> tuple[int | None, str]:
     )
 
 
-def _annotation_file(annotation: str | os.PathLike | None) -> Path | None:
-    if annotation is None or str(annotation).strip() in ("", "nan", "None"):
-        return None
-    p = Path(annotation)
-    if not p.is_file():
-        raise WsimilError(f"annotation file not found: {p}")
-    return p
-
-
 def patch_labels(
     coords: np.ndarray | None,
     size_level0: int | None,
@@ -383,7 +375,7 @@ def import_slide(
     src = Path(src)
     if not src.is_file():
         raise WsimilError(f"slide {slide_id}: feature file not found: {src}")
-    ann = _annotation_file(annotation)
+    ann = annotation_file(annotation)
 
     bag = READERS[fmt](src)
     check_features(src, bag.features, expected_dim)

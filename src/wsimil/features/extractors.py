@@ -559,15 +559,21 @@ def ctranspath_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     "(README, CTransPath section; a checkpoint whose 'model' entry holds the state dict).",
 )
 def _build_ctranspath(weights=None, pretrained: bool = True, sha256: str | None = None) -> Extractor:
-    info = EXTRACTORS["ctranspath"]
     model = ctranspath_model()
-    path = digest = None
-    if pretrained:
-        p = resolve_weights(info, weights)
-        sd, digest = load_state_dict(p, None, sha256)
-        _load_strict(model, ctranspath_state_dict(sd), p, info.name)
-        path = str(p)
+    path, digest = _load_pathology_weights(model, "ctranspath", weights, pretrained, sha256, ctranspath_state_dict)
     return Extractor("ctranspath", 768, model, IMAGENET_MEAN, IMAGENET_STD, 224, path, digest)
+
+
+def _load_pathology_weights(model: nn.Module, name: str, weights, pretrained: bool, sha256: str | None,
+                            convert: Callable[[dict], dict] = lambda sd: sd) -> tuple[str | None, str | None]:
+    """Load the registered encoder's local weight file into ``model`` (strict, after ``convert``); returns
+    (path, sha256), both None when ``pretrained`` is False (random weights, for tests)."""
+    if not pretrained:
+        return None, None
+    path = resolve_weights(EXTRACTORS[name], weights)
+    sd, digest = load_state_dict(path, None, sha256)
+    _load_strict(model, convert(sd), path, name)
+    return str(path), digest
 
 
 def uni_model() -> nn.Module:
@@ -593,12 +599,6 @@ def uni_model() -> nn.Module:
     "download pytorch_model.bin from its 'Files' tab (or hf_hub_download('MahmoodLab/UNI', 'pytorch_model.bin')).",
 )
 def _build_uni(weights=None, pretrained: bool = True, sha256: str | None = None) -> Extractor:
-    info = EXTRACTORS["uni"]
     model = uni_model()
-    path = digest = None
-    if pretrained:
-        p = resolve_weights(info, weights)
-        sd, digest = load_state_dict(p, None, sha256)
-        _load_strict(model, sd, p, info.name)
-        path = str(p)
+    path, digest = _load_pathology_weights(model, "uni", weights, pretrained, sha256)
     return Extractor("uni", 1024, model, IMAGENET_MEAN, IMAGENET_STD, 224, path, digest)

@@ -25,6 +25,16 @@ TUMOUR_GROUPS = ("_0", "_1", "Tumor", "tumor", "metastases")
 EXCLUDED_GROUPS = ("_2", "Exclusion", "exclusion")
 
 
+def annotation_file(path: str | os.PathLike | None) -> Path | None:
+    """A slide's annotation path, or None when the sheet gives none ("", "nan"); a named file must exist."""
+    if path is None or str(path).strip() in ("", "nan", "None"):
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise WsimilError(f"annotation file not found: {p}")
+    return p
+
+
 def write_asap_xml(
     path: str | os.PathLike, polygons: Sequence[np.ndarray], group: str = "_0", color: str = "#F4FA58"
 ) -> None:

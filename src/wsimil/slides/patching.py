@@ -36,7 +36,7 @@ import numpy as np
 
 from wsimil.features.store import PatchSet, PatchSpec, write_patches
 from wsimil.io import WsimilError, atomic_path, check_slide_id
-from wsimil.slides.annotations import tumour_fraction, tumour_region
+from wsimil.slides.annotations import annotation_file, tumour_fraction, tumour_region
 from wsimil.slides.reader import open_slide
 from wsimil.slides.tissue import TissueMask, TissueParams, segment_tissue
 
@@ -177,15 +177,6 @@ def select_patches(
 
 
 # ----------------------------------------------------------------------------------------------------------
-def _annotation(annotation_path: str | os.PathLike | None) -> Path | None:
-    if annotation_path is None or str(annotation_path).strip() in ("", "nan", "None"):
-        return None
-    p = Path(annotation_path)
-    if not p.is_file():
-        raise WsimilError(f"annotation file not found: {p}")
-    return p
-
-
 def patch_slide_full(
     slide_path: str | os.PathLike,
     slide_id: str,
@@ -196,7 +187,7 @@ def patch_slide_full(
     """:func:`patch_slide`, also returning the tissue mask and tumour region (for QC pictures)."""
     params = params or PatchingParams()
     check_slide_id(slide_id, slide_path)
-    ann = _annotation(annotation_path)
+    ann = annotation_file(annotation_path)
     with open_slide(slide_path, backend=params.backend, mpp=params.mpp_override) as slide:
         choice = slide.best_level_for_mpp(params.target_mpp, params.patch_size)
         mpp0 = slide.mpp
