@@ -236,8 +236,8 @@ def experiment_inputs(experiment):
 def get_final_output():
     """Every experiment's tables and figures, the summary, and every run directory in full."""
     runs = [f for c in CELLS for f in train_outputs(c)]
-    slides = [f"{OUT}/tables/slides.md"] if SOURCE != "features" else []
-    return [f"{OUT}/{f}" for f in all_outputs(config, HAS_SLIDES)] + slides + runs + metrics_files(CELLS)
+    extra = [f"{OUT}/tables/runs.md"] + ([f"{OUT}/tables/slides.md"] if SOURCE != "features" else [])
+    return [f"{OUT}/{f}" for f in all_outputs(config, HAS_SLIDES)] + extra + runs + metrics_files(CELLS)
 
 
 # Reports: which files the HTML report shows, and the slides the heatmaps show.

@@ -72,6 +72,24 @@ rule report_summary:
         "wsimil summary --config {input.config} --out {params.out} 2> {log}"
 
 
+rule run_table:
+    """How every run was made (device, precision, seed, epochs, time, commit): tables/runs.*"""
+    input:
+        [f"{run_dir(c, m, s)}/run.json" for c in CELLS for m, s in cell_runs(c)],
+    output:
+        report(f"{OUT}/tables/runs.md", caption="../report/captions/runs.rst", category="Run"),
+        f"{OUT}/tables/runs.csv",
+        f"{OUT}/tables/runs.tex",
+    params:
+        stem=lambda w, output: output[1].removesuffix(".csv"),
+    log:
+        f"{LOGS}/report/runs.log",
+    conda:
+        "../envs/wsimil.yaml"
+    shell:
+        "wsimil run-table --run {input:q} --out {params.stem:q} 2> {log}"
+
+
 rule summary:
     input:
         rules.report_summary.output,

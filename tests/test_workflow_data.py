@@ -77,6 +77,9 @@ def test_camelyon16_from_a_mirror_download_to_tables(tmp_path):
     assert (slides["mpp_level0"] == 0.5).all() and (slides["read_level"] == 1).all() and (slides["n_patches"] > 0).all()
     table = pd.read_csv(out / "tables" / "standard.csv")
     assert list(table["method"]) == ["maxpool", "abmil"] and table["slide_auc_mean"].between(0, 1).all()
+    runs = pd.read_csv(out / "tables" / "runs.csv")  # how every run was made, for the report
+    assert list(runs["method"]) == ["maxpool", "abmil"] and (runs["device"] == "cpu").all()
+    assert runs["device_name"].str.contains("threads").all() and (runs["precision"] == "fp32").all()
     # a second run finds everything done, and the downloads are protected from a forced rerun
     assert "Nothing to be done" in snakemake(work, config, "-n").stdout + snakemake(work, config, "-n").stderr
     assert not (work / "data" / "c16" / "images" / "test_001.tif").stat().st_mode & 0o222

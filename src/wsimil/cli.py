@@ -287,6 +287,15 @@ def cmd_slide_table(args: argparse.Namespace) -> None:
         log.info("wrote %s", path)
 
 
+def cmd_run_table(args: argparse.Namespace) -> None:
+    from wsimil.reporting.runs import caption, run_table
+    from wsimil.reporting.tables import write_table
+
+    df = run_table(args.run)
+    for path in write_table(df, args.out, caption(df)):
+        log.info("wrote %s", path)
+
+
 def cmd_methods(args: argparse.Namespace) -> None:
     from wsimil.models.base import get_method, list_methods
 
@@ -482,6 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--patches", type=Path, required=True, help="folder of <slide_id>.h5 patch files")
     s.add_argument("--out", type=Path, required=True, help="output stem: <out>.csv, .md, .tex")
     s.set_defaults(func=cmd_slide_table)
+
+    s = sub.add_parser("run-table", help="one row per run: device, precision, seed, epochs, time, commit, versions")
+    s.add_argument("--run", nargs="+", required=True, help="run.json files")
+    s.add_argument("--out", type=Path, required=True, help="output stem: <out>.csv, .md, .tex")
+    s.set_defaults(func=cmd_run_table)
 
     sub.add_parser("methods", help="list methods and their published defaults").set_defaults(func=cmd_methods)
     sub.add_parser("extractors", help="list feature extractors").set_defaults(func=cmd_extractors)

@@ -1,4 +1,5 @@
-"""Arithmetic precision of training and extraction: fp32, or bfloat16 autocast where the device runs it natively.
+"""Devices and arithmetic precision of training and extraction: fp32, or bfloat16 autocast where the device
+runs it natively; what a device is, for the record of every run.
 
 Side-effect free (no environment or thread settings), so every stage can import it.
 """
@@ -6,6 +7,8 @@ Side-effect free (no environment or thread settings), so every stage can import 
 from __future__ import annotations
 
 import logging
+import platform
+from pathlib import Path
 
 import torch
 
@@ -35,3 +38,20 @@ def resolve_precision(precision: str, device: str) -> str:
 def autocast(device: str, precision: str) -> torch.autocast:
     """bfloat16 autocast for ``precision == "bf16"``, a disabled context otherwise."""
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def describe_device(device: str | torch.device) -> str:
+    """What ran a job, for run records: the GPU's name (``cuda:0 NVIDIA H100 80GB HBM3``) or the CPU model and
+    the threads torch uses (``cpu AMD EPYC 9B45, 2 threads``)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} {torch.cuda.get_device_name(index)}"
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{dev.type} {model}, {torch.get_num_threads()} threads"

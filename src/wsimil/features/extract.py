@@ -250,6 +250,7 @@ def extract_slide(
         "level0_size": int(spec.level0_size),
         "dtype": dtype,
         "precision": precision,
+        "device": precision_mod.describe_device(extractor.device),
         "wsimil_version": wsimil.__version__,
         "poisoned": poison is not None,
     }

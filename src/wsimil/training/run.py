@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 import wsimil
+from wsimil.precision import describe_device
 from wsimil.io import write_json_atomic
 from wsimil.models.base import get_method
 from wsimil.training.data import BagSet, load_bags
@@ -80,7 +81,8 @@ def write_run(run_dir: str | os.PathLike, bags: BagSet, result: TrainResult, met
         }, tmp / "model.pt")
         write_json_atomic(tmp / "run.json", {
             **meta, "hparams": _plain(result.hparams), "best_epoch": result.best_epoch,
-            "train_seconds": round(result.seconds, 3), "device": device, "precision": result.precision, "versions": software_versions(),
+            "train_seconds": round(result.seconds, 3), "device": device, "device_name": describe_device(device),
+            "precision": result.precision, "versions": software_versions(),
             "git_commit": git_commit(), "excluded_slides": bags.excluded, "n_slides": {s: int((bags.splits == s).sum()) for s in ("train", "val", "test")},
         })
         if run_dir.exists():
