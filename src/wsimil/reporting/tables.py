@@ -267,7 +267,8 @@ def write_table(df: pd.DataFrame, stem: str | os.PathLike, caption: str, digits:
     with atomic_path(csv) as tmp:
         df.to_csv(tmp, index=False)
     display = format_table(df, digits)
-    colalign = ["left" if c in ("experiment", "method") else "right" for c in display.columns]
+    text = {metric_label(c) for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])}
+    colalign = ["left" if c in ("experiment", "method") or c in text else "right" for c in display.columns]
     write_text_atomic(md, f"Table: {caption}\n\n{display.to_markdown(index=False, colalign=colalign)}\n")
     write_text_atomic(tex, to_latex(display, caption, label=f"tab:{stem.name}"))
     return [csv, md, tex]
