@@ -111,6 +111,32 @@ def get_input_dir(wildcards, input):
     return str(Path(input.features[0]).parent)
 
 
+# Cluster resources (profiles/slurm; docs/cluster.md). A stage asks for a GPU only when its device may use
+# one; memory grows with each retry (`--retries`), so a job killed for memory is resubmitted with more.
+def gpus(section):
+    """1 GPU for the torch stages of ``section`` (features, training) unless its device is cpu (0 with
+    cluster.gpu_request gres: then gres() asks)."""
+    wants = config[section]["device"] != "cpu"
+    return int(wants and config["cluster"]["gpu_request"] == "gpus")
+
+
+def gres(section):
+    """``gpu:1`` as a generic resource where the cluster wants GPUs that way (cluster.gpu_request: gres)."""
+    wants = config[section]["device"] != "cpu"
+    return "gpu:1" if wants and config["cluster"]["gpu_request"] == "gres" else ""
+
+
+def mem_mb(base):
+    """``base`` MB on the first attempt, ``base`` x attempt on each retry."""
+    return lambda wildcards, attempt: base * attempt
+
+
+def conda_env(section=None):
+    """The conda environment of a job (with `--sdm conda`); the CUDA one for a torch stage whose device may be a
+    GPU, the CPU one otherwise."""
+    return "../envs/wsimil-gpu.yaml" if section and config[section]["device"] != "cpu" else "../envs/wsimil.yaml"
+
+
 def as_json(section):
     return json.dumps(config[section], sort_keys=True)
 

@@ -19,6 +19,11 @@ for _cell in CELLS:
             positive=config["evaluation"]["patch_positive_fraction"],
         log:
             f"{LOGS}/evaluate/{_cell}.log",
+        group:
+            "evaluate"
+        resources:
+            mem_mb=mem_mb(4000),
+            runtime=30,
         conda:
             "../envs/wsimil.yaml"
         shell:

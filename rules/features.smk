@@ -23,9 +23,12 @@ if SOURCE != "features":
             benchmark:
                 f"{BENCH}/extract/{group_name(_group)}.tsv"
             resources:
-                mem_mb=4000,
+                mem_mb=mem_mb(8000),
+                runtime=120,
+                gpu=gpus("features"),
+                gres=gres("features"),
             conda:
-                "../envs/wsimil.yaml"
+                conda_env("features")
             shell:
                 "wsimil extract --slide {params.slides} --slide-id {params.ids} --patches {input.patches:q}"
                 " --params {params.features:q} --threads {threads} --no-progress --out {output:q} 2> {log}"

@@ -20,7 +20,8 @@ if SOURCE != "features":
         benchmark:
             f"{BENCH}/patch/{{slide}}.tsv"
         resources:
-            mem_mb=2000,
+            mem_mb=mem_mb(4000),
+            runtime=30,
         conda:
             "../envs/wsimil.yaml"
         shell:

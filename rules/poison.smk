@@ -58,9 +58,12 @@ if SOURCE != "features":
                 benchmark:
                     f"{BENCH}/poison/{_tag}/{group_name(_group)}.tsv"
                 resources:
-                    mem_mb=4000,
+                    mem_mb=mem_mb(8000),
+                    runtime=120,
+                    gpu=gpus("features"),
+                    gres=gres("features"),
                 conda:
-                    "../envs/wsimil.yaml"
+                    conda_env("features")
                 shell:
                     "wsimil poison --slide {params.slides} --slide-id {params.ids} --patches {input.patches:q}"
                     " --clean {input.clean:q} --sheet {input.sheet:q} --params {params.features:q}"

@@ -28,9 +28,12 @@ for _cell in CELLS:
             benchmark:
                 f"{BENCH}/train/{_cell}/{'_'.join(_methods)}.tsv"
             resources:
-                mem_mb=4000,
+                mem_mb=mem_mb(8000),
+                runtime=240,
+                gpu=gpus("training"),
+                gres=gres("training"),
             conda:
-                "../envs/wsimil.yaml"
+                conda_env("training")
             shell:
                 "wsimil train --features {params.features} --slides {input.sheet:q} --method {params.methods}"
                 " --seed {params.seeds} --out {params.out:q} --overrides-per-method {params.overrides:q}"

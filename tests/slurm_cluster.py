@@ -1,0 +1,174 @@
+"""A real single-node SLURM on 127.0.0.1 for the cluster test (recipe: ../shared/SLURM.md).
+
+    with SlurmCluster(tmp_path) as cluster:     # SLURM + munge must be installed: ensure_installed()
+        subprocess.run([...], env=cluster.env)  # SLURM_CONF points the clients at this controller
+
+slurm.conf and gres.conf are written to /etc/slurm (where job steps look; files already there are restored on
+exit); munged, slurmctld and slurmd are started with their pid files and stopped by those pids on exit. No cgroups, no accounting (squeue is the status command), one fake GPU (gres on /dev/null) so that
+GPU requests are scheduled. :func:`unavailable` says why a cluster cannot be started here, or None.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+APT = ["slurm-wlm", "munge"]
+BINARIES = ["slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged"]
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def ensure_installed() -> str | None:
+    """Install SLURM and munge with apt when they are missing; the reason when that is not possible."""
+    if all(_which(b) for b in BINARIES):
+        return None
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return "SLURM is not installed and cannot be (needs root and apt-get: apt-get install slurm-wlm munge)"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *APT]):
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        if res.returncode != 0:
+            return f"{' '.join(cmd)} failed: {res.stderr.strip()[-300:]}"
+    missing = [b for b in BINARIES if not _which(b)]
+    return f"SLURM binaries missing after apt-get install: {missing}" if missing else None
+
+
+class SlurmCluster:
+    """slurmctld + slurmd (node ``localhost``, partition ``debug``) and munged, all on 127.0.0.1."""
+
+    def __init__(self, root: Path, cpus: int | None = None, memory_mb: int = 16000):
+        self.root = Path(root)
+        self.cpus = cpus or os.cpu_count() or 1
+        self.memory_mb = memory_mb
+        # The standard location: job steps (srun inside a batch job) read it there whatever the environment;
+        # a file already there is put back on stop.
+        self.conf = Path("/etc/slurm/slurm.conf")
+        self._saved: dict[Path, bytes] = {}
+        self.pids: dict[str, Path] = {}
+        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    # -- set-up ------------------------------------------------------------------------------------------
+    def _write_config(self) -> None:
+        for d in ("state", "spool", "log", "run"):
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+        self.conf.parent.mkdir(parents=True, exist_ok=True)
+        for f in (self.conf, self.conf.parent / "gres.conf"):
+            if f.exists():
+                self._saved[f] = f.read_bytes()
+        r = self.root
+        self.conf.write_text(f"""ClusterName=wsimil-test
+SlurmctldHost=localhost
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CryptoType=crypto/munge
+MpiDefault=none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+GresTypes=gpu
+ReturnToService=2
+StateSaveLocation={r}/state
+SlurmdSpoolDir={r}/spool
+SlurmctldPidFile={r}/run/slurmctld.pid
+SlurmdPidFile={r}/run/slurmd.pid
+SlurmctldLogFile={r}/log/slurmctld.log
+SlurmdLogFile={r}/log/slurmd.log
+NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} Gres=gpu:1 State=UNKNOWN
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+""")
+        # a fake GPU: without a gres.conf the node is INVAL
+        (self.conf.parent / "gres.conf").write_text("AutoDetect=off\nNodeName=localhost Name=gpu File=/dev/null\n")
+        self.pids = {"slurmctld": r / "run" / "slurmctld.pid", "slurmd": r / "run" / "slurmd.pid",
+                     "munged": Path("/run/munge/munged.pid")}
+
+    def _start_munge(self) -> None:
+        """munged on its standard socket (SLURM's auth/munge talks to that one); an already running munged is
+        used and left running."""
+        for d in ("/run/munge", "/var/log/munge", "/var/lib/munge"):
+            subprocess.run(["install", "-d", "-o", "munge", "-g", "munge", d], check=True)
+        if not Path("/etc/munge/munge.key").exists():
+            subprocess.run(["/usr/sbin/mungekey", "--create"], check=True)
+            shutil.chown("/etc/munge/munge.key", "munge", "munge")
+        system_pid = Path("/run/munge/munged.pid")
+        if system_pid.exists() and _alive(int(system_pid.read_text().split()[0])):
+            self.pids.pop("munged")
+            return
+        res = subprocess.run(["runuser", "-u", "munge", "--", _which("munged")], capture_output=True, text=True,
+                             timeout=30)
+        if res.returncode != 0:
+            raise RuntimeError(f"munged did not start: {res.stderr.strip()}")
+        self.pids["munged"] = system_pid
+
+    def start(self, timeout: float = 60.0) -> "SlurmCluster":
+        self._write_config()
+        self._start_munge()
+        subprocess.run([_which("slurmctld"), "-f", str(self.conf)], env=self.env, check=True, capture_output=True,
+                       timeout=30)
+        subprocess.run([_which("slurmd"), "-f", str(self.conf), "-N", "localhost"], env=self.env, check=True,
+                       capture_output=True, timeout=30)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            res = subprocess.run(["sinfo", "-h", "-o", "%T"], env=self.env, capture_output=True, text=True)
+            if res.returncode == 0 and res.stdout.strip() in ("idle", "mixed", "allocated"):
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"the SLURM node did not come up in {timeout:.0f} s: sinfo says {res.stdout.strip()!r} "
+                           f"{res.stderr.strip()!r}; logs in {self.root / 'log'}")
+
+    # -- tear-down -----------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop every daemon this cluster started, by its pid file (slurmd, slurmctld, then munged)."""
+        for name in ("slurmd", "slurmctld", "munged"):
+            pid_file = self.pids.get(name)
+            if not pid_file or not pid_file.exists():
+                continue
+            pid = int(pid_file.read_text().split()[0])
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            for _ in range(100):
+                if not _alive(pid):
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        for f in (self.conf, self.conf.parent / "gres.conf"):
+            if f in self._saved:
+                f.write_bytes(self._saved[f])
+            elif self.pids:
+                f.unlink(missing_ok=True)
+
+    def __enter__(self) -> "SlurmCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def unavailable() -> str | None:
+    """Why a SLURM cluster cannot be started here (None when it can be tried)."""
+    if os.name != "posix":
+        return "SLURM needs a POSIX system"
+    return ensure_installed()
