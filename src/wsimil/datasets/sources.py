@@ -17,7 +17,7 @@ Sources (``SOURCES``), layouts and label files as published (docs/data.md):
   ``evaluation/reference.csv`` (``image,type,class,center``), ``checksums.md5``. The known corrections are
   applied and printed: ``normal_086`` is ``tumor_111``; ``test_049`` duplicates another slide and is left out;
   ``test_114`` (tumour, not exhaustively annotated) is kept or left out by ``download.camelyon16_test_114``.
-- ``camelyon17``: ``images/patient_XXX_node_Y.tif``, ``annotations/<slide>.xml`` (50 slides),
+- ``camelyon17``: ``images/patient_<ppp>_node_<n>.tif`` (patient 000-199, node 0-4), ``annotations/<slide>.xml`` (50 slides),
   ``stages.csv`` (``patient,stage``; the challenge's ``stage_labels.csv`` is read when ``stages.csv`` is not
   there). Label 1 = any metastasis (itc, micro, macro). Centre = (patient // 20) mod 5: each centre gave 20
   consecutive patients to the training and to the test set.
