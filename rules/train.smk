@@ -27,6 +27,8 @@ for _cell in CELLS:
                 f"{LOGS}/train/{_cell}/{'_'.join(_methods)}.log",
             benchmark:
                 f"{BENCH}/train/{_cell}/{'_'.join(_methods)}.tsv"
+            group:
+                "train"
             resources:
                 mem_mb=mem_mb(8000),
                 runtime=240,

@@ -10,6 +10,7 @@ GPU requests are scheduled. :func:`unavailable` says why a cluster cannot be sta
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -23,6 +24,21 @@ BINARIES = ["slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged"]
 
 def _which(name: str) -> str | None:
     return shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None)
+
+
+LOCK = "/tmp/wsimil-slurm-test.lock"
+
+
+def _pidof(name: str) -> bool:
+    """Whether a process of that exact name runs (from /proc; read only)."""
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if (d / "comm").read_text().strip() == name:
+                    return True
+            except OSError:
+                continue
+    return False
 
 
 def _alive(pid: int) -> bool:
@@ -61,6 +77,7 @@ class SlurmCluster:
         self._saved: dict[Path, bytes] = {}
         self.pids: dict[str, Path] = {}
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        self._lock = None
 
     # -- set-up ------------------------------------------------------------------------------------------
     def _write_config(self) -> None:
@@ -119,7 +136,34 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
             raise RuntimeError(f"munged did not start: {res.stderr.strip()}")
         self.pids["munged"] = system_pid
 
+    def _acquire(self) -> None:
+        """One test cluster per machine (it owns /etc/slurm and the SLURM ports): a lock, or RuntimeError."""
+        self._lock = open(LOCK, "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            self._lock = None
+            raise RuntimeError(f"another test cluster holds {LOCK}") from None
+        running = [n for n in ("slurmctld", "slurmd") if _pidof(n)]
+        if running:
+            self._release()
+            raise RuntimeError(f"{', '.join(running)} already running here (not started by this test)")
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
     def start(self, timeout: float = 60.0) -> "SlurmCluster":
+        self._acquire()
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> "SlurmCluster":
         self._write_config()
         self._start_munge()
         subprocess.run([_which("slurmctld"), "-f", str(self.conf)], env=self.env, check=True, capture_output=True,
@@ -132,7 +176,6 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
             if res.returncode == 0 and res.stdout.strip() in ("idle", "mixed", "allocated"):
                 return self
             time.sleep(0.5)
-        self.stop()
         raise RuntimeError(f"the SLURM node did not come up in {timeout:.0f} s: sinfo says {res.stdout.strip()!r} "
                            f"{res.stderr.strip()!r}; logs in {self.root / 'log'}")
 
@@ -159,6 +202,9 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
                 f.write_bytes(self._saved[f])
             elif self.pids:
                 f.unlink(missing_ok=True)
+        self.pids = {}
+        self._saved = {}
+        self._release()
 
     def __enter__(self) -> "SlurmCluster":
         return self.start()
@@ -168,7 +214,24 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 
 
 def unavailable() -> str | None:
-    """Why a SLURM cluster cannot be started here (None when it can be tried)."""
+    """Why a SLURM cluster cannot be started here (None when it can be tried). Nothing is installed here:
+    `python3 tests/slurm_cluster.py install` (what .ci/run does as root) installs SLURM with apt."""
     if os.name != "posix":
         return "SLURM needs a POSIX system"
-    return ensure_installed()
+    if os.geteuid() != 0:
+        return "the test cluster runs its daemons as root"
+    missing = [b for b in BINARIES if not _which(b)]
+    if missing:
+        return (f"{', '.join(missing)} not installed (apt-get install slurm-wlm munge, or "
+                "`python3 tests/slurm_cluster.py install`, as .ci/run does)")
+    return None
+
+
+if __name__ == "__main__":  # .ci/run: `python3 tests/slurm_cluster.py install` (apt-get, as root)
+    import sys
+
+    if sys.argv[1:] != ["install"]:
+        sys.exit("usage: python3 tests/slurm_cluster.py install")
+    problem = ensure_installed()
+    if problem:
+        sys.exit(problem)
