@@ -22,6 +22,8 @@ if SOURCE != "features":
                 f"{LOGS}/extract/{group_name(_group)}.log",
             benchmark:
                 f"{BENCH}/extract/{group_name(_group)}.tsv"
+            group:
+                "extract"
             resources:
                 mem_mb=mem_mb(8000),
                 runtime=120,

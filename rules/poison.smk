@@ -57,6 +57,8 @@ if SOURCE != "features":
                     f"{LOGS}/poison/{_tag}/{group_name(_group)}.log",
                 benchmark:
                     f"{BENCH}/poison/{_tag}/{group_name(_group)}.tsv"
+                group:
+                    "poison"
                 resources:
                     mem_mb=mem_mb(8000),
                     runtime=120,

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from wsimil.datasets.download import FileSpec, download_file, parse_md5_manifest
+from wsimil.datasets.sheet import relocate
 from wsimil.io import WsimilError, check_slide_id
 
 CATALOGUE_COLUMNS = ["slide_id", "label", "source_split", "center", "patient", "source_class", "path", "annotation"]
@@ -384,12 +385,7 @@ def plan_source(config: dict, log=None) -> Plan:
 
 def sheet_for(plan: Plan, sheet_path: str | os.PathLike) -> pd.DataFrame:
     """The plan's sheet with paths relative to ``sheet_path``'s folder (the sample-sheet convention)."""
-    base = Path(sheet_path).parent
-    rel = lambda p: os.path.relpath(plan.root / p, base) if p else ""  # noqa: E731
-    out = plan.sheet.copy()
-    out["path"] = out["path"].map(rel)
-    out["annotation"] = out["annotation"].map(rel)
-    return out
+    return relocate(plan.sheet, plan.root / "slides.csv", sheet_path)
 
 
 def write_manifest(plan: Plan, path: str | os.PathLike) -> None:
