@@ -1,0 +1,84 @@
+"""What each job asks a scheduler for (rules/*.smk resources, read from `snakemake -n --verbose`): a GPU only
+for the torch stages whose device is not cpu, as `gpu` or as `gres` (cluster.gpu_request), memory and runtime
+per stage, and the groups that pack small jobs into one SLURM job (profiles/slurm, docs/cluster.md)."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.workflow
+
+
+def planned(tmp_path: Path, *config: str) -> dict[str, dict[str, str]]:
+    """Rule name -> its first job's resources (a dict of strings), from a verbose dry run of configs/ci.yaml."""
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--verbose", "--snakefile", str(ROOT / "Snakefile"),
+           "--directory", str(tmp_path), "--configfile", str(ROOT / "configs" / "ci.yaml")]
+    if config:
+        cmd += ["--config", *config]
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs: dict[str, dict[str, str]] = {}
+    for rule, res in re.findall(r"^\s*(?:local)?rule (\S+):\n(?:.*\n)*?\s*resources: (.*)$", proc.stdout + proc.stderr,
+                                re.M):
+        jobs.setdefault(rule, dict(kv.split("=", 1) for kv in res.split(", ")))
+    return jobs
+
+
+def first(jobs: dict, prefix: str) -> dict[str, str]:
+    name = next(n for n in jobs if n.startswith(prefix))
+    return jobs[name]
+
+
+def test_cpu_run_asks_for_no_gpu(tmp_path):
+    jobs = planned(tmp_path, 'features={"device": "cpu"}', 'training={"device": "cpu"}')
+    for prefix in ("extract_", "poison_s", "train_"):
+        assert first(jobs, prefix)["gpu"] == "0" and first(jobs, prefix)["gres"] == "", prefix
+    extract, train, evaluate = first(jobs, "extract_"), first(jobs, "train_"), first(jobs, "evaluate_")
+    assert (extract["mem_mb"], extract["runtime"]) == ("8000", "120")
+    assert (train["mem_mb"], train["runtime"]) == ("8000", "240")
+    assert (evaluate["mem_mb"], evaluate["runtime"]) == ("4000", "30")
+    assert first(jobs, "patch")["mem_mb"] == "4000"
+
+
+def test_gpu_requested_per_stage_as_gpus_or_gres(tmp_path):
+    jobs = planned(tmp_path, 'features={"device": "cuda"}', 'training={"device": "cpu"}')
+    assert first(jobs, "extract_")["gpu"] == "1" and first(jobs, "poison_s")["gpu"] == "1"
+    assert first(jobs, "train_")["gpu"] == "0"  # training stays on the CPU: no GPU asked
+    assert "gpu" not in first(jobs, "evaluate_") and "gpu" not in first(jobs, "patch")
+
+    gres = tmp_path / "gres"
+    gres.mkdir()
+    jobs = planned(gres, 'training={"device": "auto"}', 'cluster={"gpu_request": "gres"}')
+    assert first(jobs, "train_")["gpu"] == "0" and first(jobs, "train_")["gres"] == "gpu:1"
+    # ci.yaml extracts on the cpu: no GPU in either form
+    assert first(jobs, "extract_")["gpu"] == "0" and first(jobs, "extract_")["gres"] == ""
+
+
+def test_slurm_profile_names_existing_rules_and_groups(tmp_path):
+    """Every rule the SLURM profile groups or sets resources for exists (a renamed rule would silently drop out):
+    the rules written by name in the rule files, and those generated for configs/ci.yaml (`snakemake -l`)."""
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    rules = set(re.findall(r"^\s*(?:rule|checkpoint) (\w+):", "".join(
+        p.read_text() for p in [ROOT / "Snakefile", *(ROOT / "rules").glob("*.smk")]), re.M))
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    listed = subprocess.run([sys.executable, "-m", "snakemake", "-l", "--snakefile", str(ROOT / "Snakefile"),
+                             "--directory", str(tmp_path), "--configfile", str(ROOT / "configs" / "ci.yaml")],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    rules |= set(listed.stdout.split())
+    assert {"patch", "report_standard", "report_summary", "download"} <= rules
+    for key in ("groups", "set-resources", "set-threads"):
+        unknown = set(profile[key]) - rules
+        assert not unknown, f"profiles/slurm {key} names rules that do not exist: {unknown}"
+    grouped = set(profile["groups"].values()) | {"extract", "poison", "train", "evaluate"}
+    assert grouped <= set(profile["group-components"]), grouped - set(profile["group-components"])
+    assert profile["set-resource-scopes"]["group_slot"] == "local"
+    assert profile["default-resources"]["group_slot"] == 1 and profile["resources"]["group_slot"] == 1
