@@ -215,7 +215,7 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 
 def unavailable() -> str | None:
     """Why a SLURM cluster cannot be started here (None when it can be tried). Nothing is installed here:
-    `python3 tests/slurm_cluster.py install` (what .ci/run does as root) installs SLURM with apt."""
+    `python3 tests/slurm_cluster.py install` (what `make test` does as root) installs SLURM with apt."""
     if os.name != "posix":
         return "SLURM needs a POSIX system"
     if os.geteuid() != 0:
@@ -223,11 +223,11 @@ def unavailable() -> str | None:
     missing = [b for b in BINARIES if not _which(b)]
     if missing:
         return (f"{', '.join(missing)} not installed (apt-get install slurm-wlm munge, or "
-                "`python3 tests/slurm_cluster.py install`, as .ci/run does)")
+                "`python3 tests/slurm_cluster.py install`, as `make test` does)")
     return None
 
 
-if __name__ == "__main__":  # .ci/run: `python3 tests/slurm_cluster.py install` (apt-get, as root)
+if __name__ == "__main__":  # make test: `python3 tests/slurm_cluster.py install` (apt-get, as root)
     import sys
 
     if sys.argv[1:] != ["install"]:

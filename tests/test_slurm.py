@@ -2,7 +2,7 @@
 127.0.0.1): every job goes through sbatch, and the results equal a local run's.
 
 Skipped, with the reason, where SLURM cannot be started (not root, no apt-get, no package index, another
-test cluster running, WSIMIL_SLURM_TEST=0). .ci/run runs it: about 2 1/2 minutes on 2 cores.
+test cluster running, WSIMIL_SLURM_TEST=0). `make test` (and so .ci/run) runs it: about 5 minutes on 2 cores.
 
 The SLURM executor plugin is installed into .cache/slurm-plugin and put on PYTHONPATH for this test only:
 with the plugin importable and SLURM tools on PATH but no controller, every snakemake call pays ~10 s
@@ -129,14 +129,18 @@ def test_workflow_through_sbatch_equals_a_local_run(tmp_path):
     log = proc.stdout + proc.stderr
     submitted = set(re.findall(r"submitted with SLURM jobid (\d+)", log))
     ran = set(re.findall(r"JobId=(\d+) .*?JobState=COMPLETED", known))
-    slurm_logs = {p.stem for p in (work / ".snakemake" / "slurm_logs").rglob("*.log")}
+    log_files = list((work / ".snakemake" / "slurm_logs").rglob("*.log"))
+    slurm_logs = {p.stem for p in log_files}
     total = re.search(r"^total\s+(\d+)", log, re.M)
     print(f"SLURM run {t_slurm:.0f} s (the local run beside it): {total.group(1) if total else '?'} Snakemake jobs "
           f"in {len(submitted)} SLURM jobs, ids {sorted(submitted, key=int)}")
     assert len(submitted) >= 6, log[-3000:]  # synth sheet, slides group, extraction, poison, train, evaluate, reports
     assert submitted <= ran, (submitted - ran, known[-2000:])  # each went through sbatch and completed
     assert submitted <= slurm_logs, (submitted, slurm_logs)  # each left its SLURM log, named by its id
-    assert "group" in log  # grouped jobs were submitted (profiles/slurm: groups, group-components)
+    # grouped jobs were submitted (profiles/slurm: groups, group-components): the slides, train, evaluate and
+    # reports groups each ran as SLURM jobs of their own
+    groups = {p.parent.name.split("_")[1] for p in log_files if p.parent.name.startswith("group_")}
+    assert {"slides", "train", "evaluate", "reports"} <= groups, groups
     assert squeue.strip() == ""  # nothing left queued
     # the same numbers as the local run
     for table in ("standard.csv", "poison.csv", "poison_comparison.csv", "slides.csv"):
