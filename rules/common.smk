@@ -113,17 +113,20 @@ def get_input_dir(wildcards, input):
 
 # Cluster resources (profiles/slurm; docs/cluster.md). A stage asks for a GPU only when its device may use
 # one; memory grows with each retry (`--retries`), so a job killed for memory is resubmitted with more.
+def may_use_gpu(section):
+    """Whether the torch stages of ``section`` (features, training) may run on a GPU: device not cpu."""
+    return config[section]["device"] != "cpu"
+
+
 def gpus(section):
-    """1 GPU for the torch stages of ``section`` (features, training) unless its device is cpu (0 with
-    cluster.gpu_request gres: then gres() asks)."""
-    wants = config[section]["device"] != "cpu"
-    return int(wants and config["cluster"]["gpu_request"] == "gpus")
+    """1 GPU for the torch stages of ``section`` unless its device is cpu (0 with cluster.gpu_request gres:
+    then gres() asks)."""
+    return int(may_use_gpu(section) and config["cluster"]["gpu_request"] == "gpus")
 
 
 def gres(section):
     """``gpu:1`` as a generic resource where the cluster wants GPUs that way (cluster.gpu_request: gres)."""
-    wants = config[section]["device"] != "cpu"
-    return "gpu:1" if wants and config["cluster"]["gpu_request"] == "gres" else ""
+    return "gpu:1" if may_use_gpu(section) and config["cluster"]["gpu_request"] == "gres" else ""
 
 
 def mem_mb(base):
@@ -134,7 +137,7 @@ def mem_mb(base):
 def conda_env(section=None):
     """The conda environment of a job (with `--sdm conda`); the CUDA one for a torch stage whose device may be a
     GPU, the CPU one otherwise."""
-    return "../envs/wsimil-gpu.yaml" if section and config[section]["device"] != "cpu" else "../envs/wsimil.yaml"
+    return "../envs/wsimil-gpu.yaml" if section and may_use_gpu(section) else "../envs/wsimil.yaml"
 
 
 def as_json(section):
