@@ -61,7 +61,7 @@ def _interrupt(work: Path, sig: int, ready, whole_group: bool) -> subprocess.Com
         assert time.monotonic() < deadline, "the workflow did not reach the point to interrupt"
         time.sleep(0.2)
     (os.killpg if whole_group else os.kill)(proc.pid, sig)
-    proc.wait(timeout=120)
+    proc.wait(timeout=600)
     log.close()
     return proc
 
