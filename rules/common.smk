@@ -80,9 +80,16 @@ def write_sample_sheet(output, params, log):
     notes = PLAN.notes if PLAN else []
     Path(log).write_text("".join(f"{n}\n" for n in notes) + f"{len(SHEET)} slides, {len(LEFT_OUT)} left out\n")
 SYNTH_DIR = f"{OUT}/data" if SOURCE == "synthetic" else None
-SLIDES = list(SHEET["slide_id"])
+# ALL_SLIDES: every slide that is made, patched and extracted; SLIDES: those of data/slides.csv (the sheet of
+# every experiment but ood). They differ only for a synthetic dataset with held-out hospitals, whose copies of
+# the test slides are in data/slides_external.csv (wsimil.slides.synthetic.plan_dataset).
+EXTERNAL = SHEET["external"].astype(bool) if "external" in SHEET.columns else pd.Series(False, index=SHEET.index)
+EXTERNAL_SHEET_PATH = f"{OUT}/data/slides_external.csv" if EXTERNAL.any() else None
+ALL_SLIDES = list(SHEET["slide_id"])
+MAIN_SHEET = SHEET[~EXTERNAL].reset_index(drop=True)
+SLIDES = list(MAIN_SHEET["slide_id"])
 _ROWS = SHEET.set_index("slide_id")
-TUMOUR_SYNTH = [s for s in SLIDES if ANNOTATION_FILES[s]] if SYNTH_DIR else []
+TUMOUR_SYNTH = [s for s in ALL_SLIDES if ANNOTATION_FILES[s]] if SYNTH_DIR else []
 
 
 wildcard_constraints:
@@ -142,6 +149,12 @@ def conda_env(section=None):
 
 def as_json(section):
     return json.dumps(config[section], sort_keys=True)
+
+
+def stage_params(section):
+    """A config section as its per-slide jobs get it: without slides_per_job, which changes no output (a new
+    grouping must not redo the slides)."""
+    return json.dumps({k: v for k, v in config[section].items() if k != "slides_per_job"}, sort_keys=True)
 
 
 def groups_of(items, per_job):
@@ -222,6 +235,26 @@ def milunit_ids():
 # Cells: the sets of runs of every experiment (wsimil.experiments; docs/experiments.md).
 CELLS = {c.name: c for c in plan_cells(config)}
 OOD_SLIDES = list(ood_sheet(SHEET, config["ood"]["train_centers"])["slide_id"]) if "ood" in EXPERIMENTS else []
+# the main sheet (SHEET_PATH) and the external one together are SHEET: ood_sheet() sees every slide
+
+
+def _train_val(sheet):
+    rows = sheet[sheet["split"].isin(["train", "val"])]
+    return list(zip(rows["slide_id"], rows["label"].astype(int), rows["split"]))
+
+
+def models_from(cell):
+    """The cell whose trained models ``cell`` scores instead of training its own, or None: the ood cell when its
+    training and validation slides are the standard cell's, in the same order, with the same features and
+    overrides (a synthetic dataset whose held-out hospital stains only test slides), so that training again
+    would give the same models bit for bit (same seeds, same data)."""
+    if cell != "ood" or "standard" not in CELLS:
+        return None
+    ood, std = CELLS["ood"], CELLS["standard"]
+    same = (set(ood.methods) <= set(std.methods) and ood.features == std.features
+            and all(cell_overrides(config, ood, m) == cell_overrides(config, std, m) for m in ood.methods)
+            and _train_val(ood_sheet(SHEET, config["ood"]["train_centers"])) == _train_val(MAIN_SHEET))
+    return "standard" if same else None
 
 
 def features_dir(cell):

@@ -3,7 +3,7 @@
 
 if SOURCE != "features":
 
-    for _group in groups_of(SLIDES, config["features"]["slides_per_job"]):
+    for _group in groups_of(ALL_SLIDES, config["features"]["slides_per_job"]):
 
         rule:
             name:

@@ -1,38 +1,48 @@
-# Tissue mask (CLAM-style) and the patch grid at a physical resolution, tumour fraction per patch.
+# Tissue mask (CLAM-style) and the patch grid at a physical resolution, tumour fraction per patch: one job per
+# group of `patching.slides_per_job` slides (default 1: a slide that cannot be read fails only its own job).
 
 
 if SOURCE != "features":
 
-    rule patch:
-        input:
-            slide=get_slide,
-            annotation=get_annotation,
-        output:
-            patches=f"{PATCHES}/{{slide}}.h5",
-            qc=f"{PATCHES}/qc/{{slide}}.png",
-        params:
-            slide=get_slide_path,
-            patching=as_json("patching"),
-            annotation=get_annotation_path,
-            label=get_label,
-        log:
-            f"{LOGS}/patch/{{slide}}.log",
-        benchmark:
-            f"{BENCH}/patch/{{slide}}.tsv"
-        resources:
-            mem_mb=mem_mb(4000),
-            runtime=30,
-        conda:
-            "../envs/wsimil.yaml"
-        shell:
-            "wsimil patch --slide {params.slide:q} --slide-id {wildcards.slide} --annotation={params.annotation:q}"
-            " --label {params.label} --params {params.patching:q} --out {output.patches} --qc {output.qc} 2> {log}"
+    for _group in groups_of(ALL_SLIDES, config["patching"]["slides_per_job"]):
+
+        rule:
+            name:
+                f"patch_{group_name(_group)}"
+            input:
+                slides=slide_inputs(_group),
+                annotations=[f for s in _group for f in as_input(annotation_path(s))],
+            output:
+                patches=[f"{PATCHES}/{s}.h5" for s in _group],
+                qc=[f"{PATCHES}/qc/{s}.png" for s in _group],
+            params:
+                slides=" ".join(shlex.quote(slide_path(s)) for s in _group),
+                ids=" ".join(_group),
+                patching=stage_params("patching"),
+                annotations=" ".join(shlex.quote(annotation_path(s)) for s in _group),
+                labels=" ".join(str(int(_ROWS.loc[s, "label"])) for s in _group),
+            threads: 1
+            log:
+                f"{LOGS}/patch/{group_name(_group)}.log",
+            benchmark:
+                f"{BENCH}/patch/{group_name(_group)}.tsv"
+            group:
+                "slides"
+            resources:
+                mem_mb=mem_mb(4000),
+                runtime=30 * len(_group),
+            conda:
+                "../envs/wsimil.yaml"
+            shell:
+                "wsimil patch --slide {params.slides} --slide-id {params.ids} --annotation {params.annotations}"
+                " --label {params.labels} --params {params.patching:q} --out {output.patches:q}"
+                " --qc {output.qc:q} 2> {log}"
 
     rule slide_table:
         """What patching found on every slide (resolution, level, tissue, patch count): tables/slides.*"""
         input:
             sheet=SHEET_PATH,
-            patches=expand(f"{PATCHES}/{{slide}}.h5", slide=SLIDES),
+            patches=expand(f"{PATCHES}/{{slide}}.h5", slide=ALL_SLIDES),
         output:
             report(f"{OUT}/tables/slides.md", caption="../report/captions/slides.rst", category="Tables"),
             f"{OUT}/tables/slides.csv",

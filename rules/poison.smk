@@ -1,37 +1,34 @@
 # FocusMIL's semi-synthetic poison: green noise in the pixels of the target slides' patches, features
 # re-extracted (one job per level and group of `features.slides_per_job` target slides); every other slide
-# keeps its clean features (copied inside Snakemake). One feature folder per poison level (the poison
-# experiment's, and each point of the dose-response curves).
+# keeps its clean features (copied inside Snakemake, one local job per level). One feature folder per poison
+# level (the poison experiment's, and each point of the dose-response curves).
 
 if SOURCE != "features":
 
-    POISON_TARGETS = select_poisoned_slides(SHEET, config["poison"]["targets"])
-    POISON_LEVEL = f"{FEATURES}/poison_s{{strength}}_f{{fraction}}_seed{{pseed}}"
-
-
-    localrules:
-        poison_copy,
-
-
-    rule poison_copy:
-        """A slide the poison does not target keeps its clean features: copied inside Snakemake (no process)."""
-        input:
-            f"{FEATURES}/clean/{{slide}}.h5",
-        output:
-            f"{POISON_LEVEL}/{{slide}}.h5",
-        wildcard_constraints:
-            slide="|".join(s for s in SLIDES if s not in POISON_TARGETS) or "^$",
-            strength=r"[0-9.e+-]+",
-            fraction=r"[0-9.e+-]+",
-            pseed=r"\d+",
-        log:
-            f"{LOGS}/poison/poison_s{{strength}}_f{{fraction}}_seed{{pseed}}/copied_{{slide}}.log",
-        run:
-            copy_atomic(input[0], output[0])
-            Path(log[0]).write_text(f"{wildcards.slide} is not a poison target: copied {input[0]}\n")
-
+    POISON_TARGETS = select_poisoned_slides(MAIN_SHEET, config["poison"]["targets"])
 
     POISON_LEVELS = {c.features: c.params for c in CELLS.values() if c.features.startswith("poison_")}
+    KEPT_CLEAN = [s for s in SLIDES if s not in POISON_TARGETS]
+
+    for _tag in POISON_LEVELS:
+
+        rule:
+            """The slides the poison does not target keep their clean features: copied inside Snakemake (no
+            process), one job per poison level."""
+            name:
+                f"poison_copy_{re.sub(r'[^A-Za-z0-9_]', '_', _tag)}"
+            input:
+                [f"{FEATURES}/clean/{s}.h5" for s in KEPT_CLEAN],
+            output:
+                [f"{FEATURES}/{_tag}/{s}.h5" for s in KEPT_CLEAN],
+            log:
+                f"{LOGS}/poison/{_tag}/copied.log",
+            localrule: True
+            run:
+                for src, dst in zip(input, output):
+                    copy_atomic(src, dst)
+                Path(log[0]).write_text(f"{len(output)} slides are not poison targets: clean features copied\n")
+
 
     for _tag, _level in POISON_LEVELS.items():
         for _group in groups_of([s for s in SLIDES if s in POISON_TARGETS], config["features"]["slides_per_job"]):

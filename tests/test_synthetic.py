@@ -171,7 +171,38 @@ def test_write_sheet_contract_columns(tmp_path):
     sheet = pd.read_csv(path, keep_default_na=False)
     assert list(sheet.columns) == S.SHEET_COLUMNS
     assert len(sheet) == 10 and sheet.slide_id.is_unique
-    assert [p.name for p in tmp_path.iterdir()] == ["slides.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slides.csv", "slides_external.csv"]
+    assert pd.read_csv(tmp_path / "slides_external.csv").empty  # no held-out hospital in SMALL
+
+
+def test_held_out_hospital_restains_every_test_slide(tmp_path):
+    """synthetic.held_out_hospitals: train/val/test from the other hospitals; each test slide's tissue again,
+    stained and scanned by the held-out hospital (same geometry and lesions, other colours)."""
+    cfg = {**SMALL, "held_out_hospitals": [2]}
+    plan = S.plan_dataset(cfg)
+    main, ext = plan[~plan["external"]], plan[plan["external"]]
+    assert set(main["center"]) == {0, 1} and set(ext["center"]) == {2}
+    test = main[main["split"] == "test"]
+    assert list(ext["slide_id"]) == [f"{t}_h2" for t in test["slide_id"]]
+    assert list(ext["tissue_of"]) == list(test["slide_id"]) and list(ext["label"]) == list(test["label"])
+    assert (ext["split"] == "test").all()
+    assert list(ext["lesion_diameters_um"]) == list(test["lesion_diameters_um"])
+    S.write_sheet(cfg, tmp_path)
+    assert list(pd.read_csv(tmp_path / "slides.csv")["slide_id"]) == list(main["slide_id"])
+    assert list(pd.read_csv(tmp_path / "slides_external.csv")["slide_id"]) == list(ext["slide_id"])
+    tumour = test[test["label"] == 1].iloc[0]
+    copy = ext[ext["tissue_of"] == tumour["slide_id"]].iloc[0]
+    a, poly_a = S.render_pixels(S.resolve_config(cfg), tumour["slide_id"], 1, int(tumour["center"]))
+    S.render_slide(cfg, copy, tmp_path)
+    b, poly_b = S.render_pixels(S.resolve_config(cfg), copy["tissue_of"], 1, 2)
+    assert len(poly_a) == len(poly_b) and all(np.array_equal(p, q) for p, q in zip(poly_a, poly_b))
+    assert np.abs(a.astype(int) - b.astype(int)).mean() > 2  # another hospital's colours
+    assert (tmp_path / "slides" / f"{copy['slide_id']}.tif").is_file()
+    assert (tmp_path / "annotations" / f"{copy['slide_id']}.xml").is_file()
+    with pytest.raises(WsimilError, match="held_out_hospitals"):
+        S.plan_dataset({**SMALL, "held_out_hospitals": [0, 1, 2]})
+    with pytest.raises(WsimilError, match="held_out_hospitals"):
+        S.plan_dataset({**SMALL, "held_out_hospitals": [5]})
 
 
 # -- the TIFF -----------------------------------------------------------------------------------------

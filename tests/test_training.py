@@ -231,3 +231,60 @@ def test_a_step_of_a_model_whose_loss_is_not_a_bag_mean_cannot_be_split():
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     with pytest.raises(ValueError, match="focusmil: its loss is not a mean over bags"):
         loop.train_step(model, opt, micro, {"grad_clip": None}, n_bags=2)
+
+
+def test_step_budget_gives_a_1_bag_and_an_8_bag_method_the_same_optimiser_steps():
+    """training.max_steps: the same number of updates whatever the bags per step (issue 13's fair budget)."""
+    from wsimil.models.base import get_method
+    from wsimil.training.loop import step_budget
+
+    one = step_budget(60, {**get_method("abmil").hparams(), "max_steps": 480})
+    eight = step_budget(60, {**get_method("maxpool").hparams(), "max_steps": 480})
+    assert (one.steps_per_epoch, one.epochs, one.total_steps) == (60, 8, 480)
+    assert (eight.steps_per_epoch, eight.epochs, eight.total_steps) == (8, 60, 480)
+    # not a multiple of an epoch: the last epoch is cut short, the total is still the cap
+    cut = step_budget(60, {**get_method("maxpool").hparams(), "max_steps": 100})
+    assert (cut.epochs, cut.total_steps) == (13, 100)
+    # a published schedule shorter than the cap keeps its own length (dsmil: 50 epochs of 10 bags)
+    short = step_budget(10, {**get_method("dsmil").hparams(), "max_steps": 10_000})
+    assert (short.epochs, short.total_steps) == (50, 500)
+    with pytest.raises(ValueError, match="max_steps"):
+        step_budget(60, {**get_method("abmil").hparams(), "max_steps": 0})
+
+
+@pytest.mark.parametrize("method", ["abmil", "maxpool"])
+def test_training_takes_exactly_max_steps_and_records_them(method):
+    bags = toy_bags(n=(20, 8, 8), dim=16)
+    res = train(bags, method, 0, {"max_steps": 23})
+    assert res.steps == 23 and res.history[-1]["steps"] == 23
+    per_epoch = 20 if method == "abmil" else 3  # 20 train bags at 1 or 8 bags per step
+    assert len(res.history) == -(-23 // per_epoch) == res.planned_epochs == res.hparams["epochs"]
+    assert [r["steps"] for r in res.history][:-1] == [per_epoch * (k + 1) for k in range(len(res.history) - 1)]
+    assert res.selected_last_epoch == (res.best_epoch == len(res.history) - 1)
+    best = res.history[res.best_epoch]["val_auc"]
+    assert res.val_auc_ties == sum(r["val_auc"] == best for r in res.history) - 1
+
+
+@pytest.mark.parametrize("method", ["abmil", "maxpool"])
+def test_scoring_with_a_trained_model_equals_training_again_on_the_same_slides(tmp_path, method):
+    """The synthetic ood cell scores its held-out-hospital slides with the standard cell's models (wsimil score)
+    because training again on the same training and validation slides with the same seed gives the same model:
+    checked here, bit for bit, against a run trained on the sheet with the other test slides."""
+    from wsimil.training.run import score_and_write
+
+    bags = toy_bags(n=(12, 6, 6), dim=16)
+    other = toy_bags(seed=5, n=(0, 0, 6), dim=16)  # other test slides (another "hospital")
+    both = BagSet(bags.slide_ids[:18] + [f"x{i}" for i in range(6)], np.r_[bags.labels[:18], other.labels],
+                  np.r_[bags.splits[:18], other.splits], bags.features[:18] + other.features)
+    over = {"max_steps": 17}
+    train_and_write(None, tmp_path, method, [3], [tmp_path / "a"], over, progress=False, bags=bags)
+    train_and_write(None, tmp_path, method, [3], [tmp_path / "b"], over, progress=False, bags=both)
+    score_and_write(tmp_path / "a", tmp_path / "scored", both, meta={"experiment": "ood"})
+    trained, scored = (pd.read_csv(tmp_path / d / "predictions.csv") for d in ("b", "scored"))
+    pd.testing.assert_frame_equal(trained, scored)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "b" / "history.csv"), pd.read_csv(tmp_path / "scored" / "history.csv"))
+    meta = json.loads((tmp_path / "scored" / "run.json").read_text())
+    assert meta["scored_with"] == str(tmp_path / "a") and meta["optimizer_steps"] == 17 and meta["experiment"] == "ood"
+    with h5py.File(tmp_path / "b" / "instance_scores.h5") as f, h5py.File(tmp_path / "scored" / "instance_scores.h5") as g:
+        for sid in both.slide_ids:
+            np.testing.assert_array_equal(f[sid][()], g[sid][()])

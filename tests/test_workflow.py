@@ -96,6 +96,18 @@ def test_every_experiment_writes_its_tables_figures_and_the_summary(ci_run):
     assert metrics["froc"] is not None and 0 <= metrics["froc"] <= 1
     summary = (out / "SUMMARY.md").read_text()
     assert summary.count("Verdict:") >= 4 and "MIL unit test" in summary
+    claims = pd.read_csv(out / "tables" / "claims.csv")
+    assert set(claims["claim"]) == {"poison", "ood", "dtfd_tier1", "dtfd_tier2", "minet_gap"}
+    assert set(claims["verdict"]) <= {"supported", "contradicted", "inconclusive"}
+    for c in claims.itertuples():
+        assert c.ci_low <= c.estimate <= c.ci_high and f"Verdict: **{c.verdict}**" in summary
+    conv = pd.read_csv(out / "tables" / "convergence.csv")
+    assert set(conv["cell"]) == set(pd.read_csv(out / "tables" / "runs.csv")["cell"])
+    assert (run["optimizer_steps"] == 5 * 6) and run["epochs_run"] == 5  # ci: 6 training slides, max_epochs 5
+    standard = pd.read_csv(out / "tables" / "standard.csv")
+    assert (standard["slide_auc_ci_low"] <= standard["slide_auc_seedavg"]).all()
+    assert (standard["slide_auc_seedavg"] <= standard["slide_auc_ci_high"]).all()
+    assert "patch_auc_tumour_slides_any_mean" in standard.columns
     paper = pd.read_csv(out / "tables" / "paper_vs_reproduced.csv")
     assert "0.946" in paper["published"].astype(str).tolist()
 
@@ -150,7 +162,7 @@ def test_rerun_has_nothing_to_do_and_resumes_a_deleted_run(ci_run):
     victim = out / "runs" / "poison" / "focusmil" / "seed1" / "model.pt"
     victim.unlink()
     dry = snakemake(work, "-n", "--cores", "2").stdout
-    assert "train" in dry and "extract" not in dry and "synth_slide" not in dry
+    assert "train" in dry and "extract" not in dry and "synth_" not in dry
     snakemake(work, "--cores", "2")
     assert victim.is_file()
 

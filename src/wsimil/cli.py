@@ -78,10 +78,13 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
     _one_cv2_thread()
     cfg = _section(args, "synthetic")
-    synthetic.write_sheet(cfg, args.out)
+    cfg.pop("slides_per_job", None)  # job granularity, not a property of the data
+    if args.sheet_only or not args.slide:
+        synthetic.write_sheet(cfg, args.out)
     if args.sheet_only:
         return
-    synthetic.generate_dataset(cfg, args.out, slide_ids=args.slide or None)
+    # --slide: the slides of one job; the sheet is the synth_sheet job's (written once, not by every job)
+    synthetic.generate_dataset(cfg, args.out, slide_ids=args.slide or None, with_sheet=not args.slide)
     log.info("rendered %s into %s", ", ".join(args.slide) if args.slide else "every slide", args.out)
 
 
@@ -95,15 +98,25 @@ def cmd_milunit(args: argparse.Namespace) -> None:
 def cmd_patch(args: argparse.Namespace) -> None:
     from wsimil.slides.patching import PatchingParams, run_patching
 
-    check_slide_id(args.slide_id)
+    n = len(args.slide)
+    given = {"--slide-id": args.slide_id, "--out": args.out, "--annotation": args.annotation, "--label": args.label,
+             "--qc": args.qc}
+    for flag, values in given.items():
+        if values is not None and len(values) != n:
+            raise WsimilError(f"wsimil patch: {n} --slide but {len(values)} {flag} (one per slide, in the same order)")
+    for sid in args.slide_id:
+        check_slide_id(sid)
     _one_cv2_thread()
-    params = PatchingParams.from_config(_section(args, "patching"))
-    try:
-        run_patching(args.slide, args.slide_id, args.annotation or None, args.out, params, qc_png=args.qc,
-                     label=args.label)
-    except WsimilError as exc:
-        raise WsimilError(f"{exc}\n  (slide {args.slide_id}: fix the file, or list the slide in the config key "
-                          "dataset.exclude to run without it; SUMMARY.md lists excluded slides)") from exc
+    section = _section(args, "patching")
+    section.pop("slides_per_job", None)  # job granularity, not a patching parameter
+    params = PatchingParams.from_config(section)
+    for i, (slide, sid, out) in enumerate(zip(args.slide, args.slide_id, args.out)):
+        try:
+            run_patching(slide, sid, (args.annotation[i] if args.annotation else "") or None, out, params,
+                         qc_png=args.qc[i] if args.qc else None, label=args.label[i] if args.label else None)
+        except WsimilError as exc:
+            raise WsimilError(f"{exc}\n  (slide {sid}: fix the file, or list the slide in the config key "
+                              "dataset.exclude to run without it; SUMMARY.md lists excluded slides)") from exc
 
 
 def _slide_jobs(args: argparse.Namespace, *extra: str) -> list[tuple]:
@@ -202,6 +215,21 @@ def cmd_train(args: argparse.Namespace) -> None:
                         precision=args.precision, bags=bags)
 
 
+def cmd_score(args: argparse.Namespace) -> None:
+    from wsimil.datasets.sheet import read_sheet
+    from wsimil.training.data import load_bags
+    from wsimil.training.run import score_and_write
+
+    if len(args.run) != len(args.out):
+        raise WsimilError(f"wsimil score: {len(args.run)} --run but {len(args.out)} --out (one output per run)")
+    _set_threads(args.threads)
+    bags = load_bags(read_sheet(args.slides), args.features)
+    for run, out in zip(args.run, args.out):
+        score_and_write(run, out, bags, meta={"experiment": args.experiment, "sheet": str(args.slides),
+                                              "features_dir": str(args.features)})
+        log.info("%s: scored %d slides with the model of %s", out, len(bags.slide_ids), run)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from wsimil.evaluation.evaluate import annotations_from_sheet, evaluate_run
 
@@ -240,7 +268,12 @@ def cmd_ood_sheet(args: argparse.Namespace) -> None:
     from wsimil.experiments import ood_sheet
     from wsimil.io import write_text_atomic
 
-    sheet = ood_sheet(read_sheet(args.sheet), args.train_centers or None)
+    sheet = read_sheet(args.sheet)
+    if args.external:  # a synthetic dataset's held-out hospitals (slides_external.csv, beside slides.csv)
+        import pandas as pd
+
+        sheet = pd.concat([sheet, read_sheet(args.external)], ignore_index=True)
+    sheet = ood_sheet(sheet, args.train_centers or None)
     write_text_atomic(args.out, sheet.to_csv(index=False))
     log.info("%s: %d slides (%s)", args.out, len(sheet), sheet.groupby("split").size().to_dict())
 
@@ -389,14 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True, help="folder for features/ and slides.csv")
     s.set_defaults(func=cmd_milunit)
 
-    s = sub.add_parser("patch", help="tissue mask + patch grid + tumour fraction of one slide -> patch HDF5")
+    s = sub.add_parser("patch", help="tissue mask + patch grid + tumour fraction of one or more slides -> patch HDF5 each")
     _add_section_args(s, "patching")
-    s.add_argument("--slide", type=Path, required=True)
-    s.add_argument("--slide-id", required=True)
-    s.add_argument("--annotation", help="ASAP XML of the slide's tumour (empty for none)")
-    s.add_argument("--label", type=int, choices=[0, 1], help="slide label (normal slides get tumour fraction 0)")
-    s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--qc", type=Path, help="also write a QC thumbnail PNG")
+    s.add_argument("--slide", type=Path, nargs="+", required=True, help="slide file(s)")
+    s.add_argument("--slide-id", nargs="+", required=True, help="one id per slide")
+    s.add_argument("--annotation", nargs="+", help="ASAP XML of each slide's tumour (an empty string for none)")
+    s.add_argument("--label", type=int, nargs="+", choices=[0, 1],
+                   help="slide labels (normal slides get tumour fraction 0)")
+    s.add_argument("--out", type=Path, nargs="+", required=True, help="one patch file per slide")
+    s.add_argument("--qc", type=Path, nargs="+", help="also write a QC thumbnail PNG per slide")
     s.set_defaults(func=cmd_patch)
 
     for name, func, helptext in (
@@ -438,6 +472,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_train)
 
+    s = sub.add_parser("score", help="a run directory for other slides, scored by a finished run's model (no training)")
+    s.add_argument("--run", type=Path, nargs="+", required=True, help="finished run directories (model.pt, run.json)")
+    s.add_argument("--features", type=Path, required=True, help="folder of <slide_id>.h5 feature files")
+    s.add_argument("--slides", type=Path, required=True, help="sample sheet of the slides to score")
+    s.add_argument("--out", type=Path, nargs="+", required=True, help="one new run directory per --run")
+    s.add_argument("--experiment", default="adhoc", help="experiment name recorded in run.json")
+    s.add_argument("--threads", type=int)
+    s.set_defaults(func=cmd_score)
+
     s = sub.add_parser("evaluate", help="metrics.json for finished run directories")
     s.add_argument("run_dirs", nargs="+", type=Path)
     s.add_argument("--features", type=Path, required=True, help="feature folder with tumor_fraction (patch metrics)")
@@ -465,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("ood-sheet", help="the out-of-distribution sample sheet: train on some centres, test on the others")
     s.add_argument("--sheet", type=Path, required=True, help="slides.csv")
     s.add_argument("--train-centers", nargs="*", help="centres whose train/val slides are used (default: first half)")
+    s.add_argument("--external", type=Path, help="more slides of other centres (slides_external.csv, same folder)")
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(func=cmd_ood_sheet)
     _add_import_features_parser(sub)

@@ -26,7 +26,10 @@ How each metric is computed, with sources: ``docs/metrics.md``.
   in ``predictions.csv`` (a split with no slides is null).
 - ``patch_*_tumour_slides``: patch AUC / AP / mean per-slide AUC / counts over the evaluated split's tumour
   slides (label 1) — the FocusMIL / DTFD localisation protocol; ``patch_*_all_slides``: the same over all of
-  the split's slides (normal slides add only negatives).
+  the split's slides (normal slides add only negatives). A patch is positive at ``tumor_fraction >=
+  positive_fraction`` (0.5); the ``patch_*_any`` keys count every patch with any tumour as positive (so the
+  isolated-tumour-cell patches count too), and ``patch_n_partial_*`` counts the patches with some tumour
+  below the positive fraction.
 - ``patch_metrics_skipped_reason``: null, or why the patch metrics are null (no ``tumor_fraction``).
 - ``froc``, ``froc_sens_at_0.25`` ... ``froc_sens_at_8``, ``froc_n_slides``, ``froc_n_lesions``,
   ``froc_n_itc_lesions``, ``froc_skipped_reason``, ``froc_note``: the CAMELYON16 lesion-level FROC of the
@@ -268,6 +271,8 @@ def evaluate_run(
     return out
 
 
+#: the positive fraction of the "any tumour" patch metrics: a patch is positive when tumor_fraction > 0
+ANY_TUMOUR = float(np.nextafter(0.0, 1.0))
 _PATCH_KEYS = ("auc", "ap", "mean_slide_auc", "n_slides", "n_slides_both_classes", "n_patches", "n_pos")
 
 
@@ -291,7 +296,8 @@ def _patch_block(
         "patch_n_tumour_slides_unannotated": len(unannotated),
         "patch_metrics_skipped_reason": None,
     }
-    empty = {f"patch_{k}_{group}": math.nan for group in ("tumour_slides", "all_slides") for k in _PATCH_KEYS}
+    empty = {f"patch_{k}_{group}{suffix}": math.nan for group in ("tumour_slides", "all_slides")
+             for k in _PATCH_KEYS for suffix in ("", "_any")}
     if not tumour:
         return {**out, **empty, "patch_metrics_skipped_reason": "no tumour slides in the evaluated split"}
     if not annotated_tumour:
@@ -305,12 +311,16 @@ def _patch_block(
     scores = read_instance_scores(run_dir / "instance_scores.h5", usable)
     tf = {s: (fractions[s] if fractions[s] is not None else np.zeros(len(scores[s]))) for s in usable}
     for group, ids in (("tumour_slides", annotated_tumour), ("all_slides", usable)):
-        try:
-            pm = patch_metrics({s: scores[s] for s in ids}, {s: tf[s] for s in ids}, positive_fraction)
-        except ValueError as exc:
-            raise WsimilError(f"{run_dir / 'instance_scores.h5'}: {exc}") from exc
-        out.update({f"patch_{k}_{group}": pm[k] for k in _PATCH_KEYS})
-        out[f"patch_auc_nan_reason_{group}"] = pm["auc_nan_reason"]
+        for suffix, fraction in (("", positive_fraction), ("_any", ANY_TUMOUR)):
+            try:
+                pm = patch_metrics({s: scores[s] for s in ids}, {s: tf[s] for s in ids}, fraction)
+            except ValueError as exc:
+                raise WsimilError(f"{run_dir / 'instance_scores.h5'}: {exc}") from exc
+            out.update({f"patch_{k}_{group}{suffix}": pm[k] for k in _PATCH_KEYS})
+            out[f"patch_auc_nan_reason_{group}{suffix}"] = pm["auc_nan_reason"]
+        # isolated-tumour-cell-like patches: some tumour, less than the positive fraction (negatives above,
+        # positives in the *_any metrics)
+        out[f"patch_n_partial_{group}"] = int(sum(((tf[s] > 0) & (tf[s] < positive_fraction)).sum() for s in ids))
     if unannotated:
         out["patch_metrics_note"] = f"tumour slides without tumor_fraction left out: {unannotated[:10]}"
     return out

@@ -80,6 +80,9 @@ OPTIONAL_TRAIN_DEFAULTS: dict[str, Any] = {
     "lr_milestones": [],  # epochs at which scheduler "multistep" multiplies the lr by lr_gamma
     "lr_gamma": 0.1,
     "early_stopping": None,  # {"monitor": "val_loss", "patience": 20, "min_epochs": 50} (CLAM, TransMIL)
+    # A cap on the optimiser steps (training.max_steps): the published schedule, stopped after this many steps,
+    # so that a method with 8 bags per step gets as many updates as one with 1 (docs/deviations.md).
+    "max_steps": None,
 }
 
 

@@ -18,8 +18,6 @@ from wsimil.io import WsimilError, write_text_atomic
 from wsimil.reporting.experiments import dtfd_ablation_data, load_metrics, summary_outputs
 from wsimil.reporting.tables import write_table
 
-#: the margin (in AUC) by which one family must beat the other for a claim to count as supported
-MARGIN = 0.05
 
 #: published figures we know (REFERENCE.md; from the paper digests, not the PDFs)
 PUBLISHED = [
@@ -77,103 +75,96 @@ def paper_vs_reproduced(config: Mapping[str, Any], df: pd.DataFrame) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def findings(config: Mapping[str, Any], df: pd.DataFrame) -> list[str]:
-    """Markdown paragraphs, one per claim that this run's experiments can test."""
+def _iv(iv) -> str:
+    return "n/a" if iv is None else str(iv)
+
+
+def findings(config: Mapping[str, Any], df: pd.DataFrame, results: Path | None = None,
+             checked: list | None = None) -> list[str]:
+    """Markdown paragraphs, one per claim that this run's experiments can test, each with the paired 95%
+    interval of the difference it is about and a three-valued verdict (wsimil.reporting.evidence)."""
+    from wsimil.reporting import evidence as ev
+
     exps = set(config["experiments"])
-    cells = plan_cells(config)
+    cells = {c.name: c for c in plan_cells(config)}
+    seeds = list(config["training"]["seeds"])
+    results = Path(results) if results is not None else None
+    checked = ev.claims(config, results) if checked is None and results is not None else (checked or [])
+    by_key = {c.key: c for c in checked}
     out: list[str] = []
 
-    def fam_means(cell: str) -> dict[str, float]:
-        g = df[df["experiment"] == cell]
-        res = {}
-        for fam in ("max-pooling", "attention"):
-            ms = [m for m in dict.fromkeys(g["method"]) if _family(m) == fam]
-            res[fam] = _mean(g[g["method"].isin(ms)]["slide_auc"]) if ms else math.nan
-        return res
+    def per_method(cell: str) -> str:
+        if results is None:
+            return ", ".join(f"{m} {_f(_mean(g['slide_auc']))}" for m, g in df[df["experiment"] == cell].groupby("method", sort=False))
+        iv = ev.auc_intervals(results, cells[cell], seeds)
+        return ", ".join(f"{r.method} {r.slide_auc_seedavg:.3f} [{r.slide_auc_ci_low:.3f}, {r.slide_auc_ci_high:.3f}]"
+                         for r in iv.itertuples())
 
-    def verdict(diff: float) -> str:
-        if math.isnan(diff):
-            return "**cannot be checked** (a family has no methods or a run has no AUC)"
-        if diff > MARGIN:
-            return "**supported**"
-        if diff < -MARGIN:
-            return "**contradicted**"
-        return "**not supported** (the families differ by less than the margin)"
+    def claim_text(key: str) -> str:
+        c = by_key[key]
+        return (f"{c.contrast}: **{c.interval}** (95% interval). Rule: {c.rule}. "
+                f"Verdict: **{c.verdict}**.")
 
-    per_method = lambda cell: ", ".join(  # noqa: E731
-        f"{m} {_f(_mean(g['slide_auc']))}" for m, g in df[df["experiment"] == cell].groupby("method", sort=False))
-
-    if "standard" in exps:
-        f = fam_means("standard")
-        out.append(f"**Clean data (standard).** Mean test slide AUC: max-pooling family {_f(f['max-pooling'])}, "
-                   f"attention family {_f(f['attention'])} (per method: {per_method('standard')}). The papers report "
-                   "both families close on clean CAMELYON16; this is context, not a claim checked here.")
-    def change(cell: str) -> tuple[dict[str, float], dict[str, float], float]:
-        """Family means on ``cell``, their change from standard, and max-pooling's change minus attention's."""
-        f0, f1 = fam_means("standard"), fam_means(cell)
-        drop = {k: f1[k] - f0[k] for k in f0}
-        return f1, drop, drop["max-pooling"] - drop["attention"]
-
-    if {"standard", "poison"} <= exps:
-        f1, drop, diff = change("poison")
+    if "standard" in exps and results is not None:
+        ctx = ev.clean_context(results, cells["standard"], seeds)
+        out.append(f"**Clean data (standard).** Test slide AUC of the seed-averaged scores [95% interval]: "
+                   f"{per_method('standard')}. Max-pooling mean − attention mean: {_iv(ctx)}. The papers report both "
+                   "families close on clean CAMELYON16; this is context, not a claim checked here.")
+    if "poison" in by_key:
         out.append(f"**FocusMIL: max-pooling resists the poison, attention does not.** Poisoned test slide AUC: "
-                   f"max-pooling family {_f(f1['max-pooling'])}, attention family {_f(f1['attention'])} (per method: "
-                   f"{per_method('poison')}); change from clean data: max-pooling {_f(drop['max-pooling'])}, attention "
-                   f"{_f(drop['attention'])}. Rule: supported when the attention family loses more than the max-pooling "
-                   f"family by more than {MARGIN}. Verdict: {verdict(diff)}.")
-    if {"standard", "ood"} <= exps:
-        _, drop, diff = change("ood")
-        out.append(f"**Out of distribution (train on some centres, test on the others).** Change of mean test AUC from "
-                   f"the standard split: max-pooling {_f(drop['max-pooling'])}, attention {_f(drop['attention'])}. "
-                   f"FocusMIL reports max-pooling more robust across hospitals. Rule: supported when max-pooling loses "
-                   f"less by more than {MARGIN}. Verdict: {verdict(diff)}.")
-    if "dtfd_ablation" in exps:
-        data = dtfd_ablation_data(df, experiment_cells(cells, "dtfd_ablation"))
-        parts = []
-        trend = {}
-        for tier, g in data.groupby("tier"):
-            means = g.groupby("n_pseudo_bags")["auc"].mean()
-            trend[tier] = float(means.iloc[-1] - means.iloc[0]) if len(means) > 1 else math.nan
-            parts.append(f"{tier}: " + ", ".join(f"M={m} {_f(v)}" for m, v in means.items()))
-        t1, t2 = trend.get("Tier 1", math.nan), trend.get("Tier 2", math.nan)
-        ok = (t1 < -MARGIN) and (abs(t2) <= MARGIN) if not (math.isnan(t1) or math.isnan(t2)) else None
-        v = "**cannot be checked**" if ok is None else ("**supported**" if ok else "**not supported**")
-        out.append(f"**DTFD-MIL: more pseudo-bags hurt Tier 1, not Tier 2.** Mean test AUC by number of pseudo-bags M — "
-                   f"{'; '.join(parts)}. Change from the smallest to the largest M: Tier 1 {_f(t1)}, Tier 2 {_f(t2)}. "
-                   f"Rule: supported when Tier 1 falls by more than {MARGIN} and Tier 2 moves by at most {MARGIN}. "
-                   f"Verdict: {v}.")
-    if "minet_curves" in exps:
+                   f"{per_method('poison')}. {claim_text('poison')}")
+    if "ood" in by_key:
+        out.append(f"**Out of distribution: max-pooling is more robust to an unseen hospital (FocusMIL).** Test AUC at "
+                   f"the held-out centre: {per_method('ood')}. {claim_text('ood')}")
+    if "dtfd_tier1" in by_key:
+        data = dtfd_ablation_data(df, experiment_cells(list(cells.values()), "dtfd_ablation"))
+        parts = [f"{tier}: " + ", ".join(f"M={m} {_f(v)}" for m, v in g.groupby("n_pseudo_bags")["auc"].mean().items())
+                 for tier, g in data.groupby("tier")]
+        out.append(f"**DTFD-MIL: more pseudo-bags hurt Tier 1, not Tier 2.** Mean test AUC over seeds by number of "
+                   f"pseudo-bags M — {'; '.join(parts)}. Tier 1: {claim_text('dtfd_tier1')} Tier 2: "
+                   f"{claim_text('dtfd_tier2')}")
+    if "minet_gap" in by_key:
         g = df[df["experiment"] == "minet_curves"]
         gap = {m: _mean(h["train_auc"]) - _mean(h["val_auc"]) for m, h in g.groupby("method", sort=False)}
         txt = ", ".join(f"{m} {_f(v)}" for m, v in gap.items())
-        g_minet, g_focus = gap.get("minet", math.nan), gap.get("focusmil", math.nan)
-        if math.isnan(g_minet) or math.isnan(g_focus):
-            v = "**cannot be checked** (minet and focusmil must both be among minet_curves.methods)"
-        elif g_minet > MARGIN and g_minet - g_focus > MARGIN:
-            v = "**supported**"
-        elif g_focus - g_minet > MARGIN:
-            v = "**contradicted**"
-        else:
-            v = "**not supported**" + (" (mi-Net's training AUC does not exceed its validation AUC)" if g_minet <= MARGIN else "")
-        out.append(f"**Why mi-Net overfits.** Train − validation AUC of the selected model: {txt}. FocusMIL reports "
-                   f"mi-Net fitting its training slides and generalising worse than FocusMIL. Rule: supported when "
-                   f"mi-Net's gap exceeds {MARGIN} (it overfits) and exceeds FocusMIL's by more than {MARGIN}. "
-                   f"Verdict: {v}.")
+        out.append(f"**Why mi-Net overfits.** Train − validation AUC of the selected model (mean over seeds): {txt}. "
+                   f"{claim_text('minet_gap')}")
     if "dose_response" in exps:
         levels = dose_levels(config)
         out.append(f"**Poison dose-response (beyond the papers).** {len(levels)} poison levels; the curves are in "
                    "figures/dose_response and the numbers in tables/dose_response. No claim of the papers is "
                    "checked here: it shows at which strength and fraction each method starts to follow the poison.")
-    if "milunit" in exps:
-        g = df[df["experiment"] == "milunit"]
-        rows = [(m, _mean(h["val_auc"]), _mean(h["test_auc"])) for m, h in g.groupby("method", sort=False)]
-        passed = [m for m, v, t in rows if not math.isnan(t) and t >= 0.5]
-        failed = [m for m, v, t in rows if not math.isnan(t) and t < 0.5]
-        out.append("**MIL unit test (Raff & Holt).** Validation → test AUC: "
-                   + ", ".join(f"{m} {_f(v)} → {_f(t)}" for m, v, t in rows)
-                   + f". Keeping test AUC at or above 0.5 (not learning 'poison means negative'): "
-                     f"{', '.join(passed) or 'none'}; below 0.5: {', '.join(failed) or 'none'}.")
+    if "milunit" in exps and results is not None:
+        r = ev.milunit_readings(results, cells["milunit"], seeds)
+        groups = {k: ", ".join(g["method"]) for k, g in r.groupby("reading", sort=False)}
+        out.append("**MIL unit test (Raff & Holt).** Validation AUC → test AUC [95% interval] of the seed-averaged "
+                   "scores: " + ", ".join(f"{x.method} {x.val_auc:.3f} → {x.test_auc:.3f} [{x.test_ci_low:.3f}, "
+                                          f"{x.test_ci_high:.3f}]" for x in r.itertuples())
+                   + f". Rule: a method whose validation AUC is below {ev.LEARN_BAR} **did not learn the task**; "
+                     "otherwise it **learned the poison** when its test interval lies below 0.5, **respects the MIL "
+                     "assumption** when it lies above 0.5, and is inconclusive otherwise. Readings: "
+                   + "; ".join(f"{k}: {v}" for k, v in groups.items()) + ".")
     return out
+
+
+def convergence_lines(conv: pd.DataFrame) -> list[str]:
+    """The training budget and model selection, with the cells flagged as not converged."""
+    from wsimil.reporting import evidence as ev
+
+    if conv.empty:
+        return []
+    flagged = conv[conv["not_converged"]]
+    runs, last, tied = int(conv["runs"].sum()), int(conv["selected_last_epoch"].sum()), int(conv["selected_tied_val_auc"].sum())
+    lines = [f"**Training budget and model selection**: optimiser steps per run {int(conv['steps_min'].min())}–"
+             f"{int(conv['steps_max'].max())} (every method the same cap, `training.max_steps`, unless its published "
+             f"schedule is shorter); {last} of {runs} runs selected their last epoch; {tied} of {runs} selected an "
+             "epoch whose validation AUC another epoch tied (tables/convergence)."]
+    if len(flagged):
+        lines[0] += (f" **Not converged** (more than {ev.LAST_EPOCH_FLAG:.0%} of the runs selected their last "
+                     f"epoch): {', '.join(flagged['cell'])}.")
+    else:
+        lines[0] += f" No cell has more than {ev.LAST_EPOCH_FLAG:.0%} of its runs selecting their last epoch."
+    return lines + [""]
 
 
 def data_lines(results: Path) -> list[str]:
@@ -186,7 +177,12 @@ def data_lines(results: Path) -> list[str]:
         counts = df.groupby(["split", "label"]).size()
         parts = [f"{split} {counts.get((split, 0), 0)} normal / {counts.get((split, 1), 0)} tumour"
                  for split in ("train", "val", "test") if split in set(df["split"])]
-        lines += [f"**Data**: {len(df)} slides ({'; '.join(parts)}; label 1 = the positive class).", ""]
+        ext_path = results / "data" / "slides_external.csv"
+        ext = pd.read_csv(ext_path, dtype={"slide_id": str}, keep_default_na=False) if ext_path.is_file() else df.iloc[:0]
+        more = (f"; and the {len(ext)} test slides again as stained by the held-out hospital "
+                f"{', '.join(map(str, sorted(set(ext['center']))))} (data/slides_external.csv, the ood test set)"
+                if len(ext) else "")
+        lines += [f"**Data**: {len(df)} slides ({'; '.join(parts)}; label 1 = the positive class){more}.", ""]
     if excluded.is_file():
         left = pd.read_csv(excluded, dtype=str, keep_default_na=False)
         if len(left):
@@ -217,12 +213,30 @@ def write_summary(config: Mapping[str, Any], results: str | os.PathLike) -> list
     written += plot_metric_by_method(df, "slide_auc", results / "figures" / "slide_auc.png", experiments=shown,
                                      methods=config["training"]["methods"],
                                      title=f"Test slide AUC per method ({dataset})", ylabel="test slide AUC", chance=0.5)
+    from wsimil.reporting import evidence as ev
+
+    checked = ev.claims(config, results)
+    claims_df = pd.DataFrame([c.row() for c in checked], columns=ev.CLAIM_COLUMNS)
+    written += write_table(claims_df, results / "tables" / "claims",
+                           "Every claim SUMMARY.md checks: the difference it is about, its paired 95% bootstrap "
+                           f"interval over slides (seed-averaged scores), the margin ({ev.MARGIN}) and the verdict by "
+                           f"the rule fixed before the run ({dataset}).")
+    conv = ev.convergence(results, cells, seeds)
+    written += write_table(conv, results / "tables" / "convergence",
+                           "Per cell: runs, optimiser steps taken (min, max), runs whose selected epoch was the last "
+                           "one, runs whose selected validation AUC another epoch tied, and the not-converged flag "
+                           f"(more than {ev.LAST_EPOCH_FLAG:.0%} of the runs selected their last epoch) ({dataset}).")
     lines = [f"# {dataset}: what this run shows", "",
-             f"Written by `wsimil summary` from {len(df)} evaluated runs ({len(cells)} cells, seeds {seeds}); "
-             "every number is a mean over seeds of the test split. The rules that turn numbers into verdicts are "
-             "stated with each finding and were fixed before the runs; nothing here is edited by hand.", ""]
+             f"Written by `wsimil summary` from {len(df)} evaluated runs ({len(cells)} cells, seeds {seeds}). Each "
+             "claim gets the 95% interval of the difference it is about: a stratified bootstrap over the slides of "
+             "each method's seed-averaged scores, every AUC of one difference on the same resampled slides "
+             f"({ev.N_BOOT} resamples). Verdicts are three-valued by rules fixed before the runs, with a margin of "
+             f"{ev.MARGIN} AUC: **supported** when the whole interval lies beyond the margin in the claimed "
+             "direction, **contradicted** when it lies beyond it the other way, **inconclusive** otherwise. "
+             "Nothing here is edited by hand.", ""]
     lines += data_lines(results)
-    for para in findings(config, df):
+    lines += convergence_lines(conv)
+    for para in findings(config, df, results, checked):
         lines += [f"- {para}", ""]
     lines += ["Published numbers beside ours: tables/paper_vs_reproduced.md. Per-experiment tables: tables/; "
               "figures: figures/; the HTML report: `snakemake --report results/report.html`.", ""]

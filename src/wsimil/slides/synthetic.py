@@ -48,6 +48,7 @@ _DEFAULTS: dict[str, Any] = {
     "mpp": 0.5,
     "magnification": 20,
     "size_um": [1750, 1400],
+    "held_out_hospitals": [],
     "slides": {
         "train": {"normal": 10, "tumour": 8},
         "val": {"normal": 3, "tumour": 3},
@@ -151,6 +152,13 @@ def resolve_config(cfg: Mapping | None) -> dict:
         raise bad(f"lesions.radius_um must be [min, max] with 0 < min <= max, got {cfg['lesions']['radius_um']}")
     if any(v < 0 for s in SPLITS for v in cfg["slides"][s].values()):
         raise bad("slide counts must be >= 0")
+    held = [int(h) for h in cfg["held_out_hospitals"]]
+    if any(not 0 <= h < len(cfg["hospitals"]) for h in held) or len(set(held)) != len(held):
+        raise bad(f"held_out_hospitals must be distinct indices into hospitals (0-{len(cfg['hospitals']) - 1}), "
+                  f"got {cfg['held_out_hospitals']}")
+    if len(held) >= len(cfg["hospitals"]):
+        raise bad(f"held_out_hospitals {held}: every hospital is held out, none is left for train/val/test")
+    cfg["held_out_hospitals"] = held
     return cfg
 
 
@@ -192,12 +200,26 @@ def lesion_class(radii_um: list[float]) -> str:
     return "itc" if d < 200 else "micro" if d < 500 else "macro"
 
 
+def external_id(test_id: str, hospital: int) -> str:
+    """Slide id of the copy of test slide ``test_id`` stained and scanned by held-out hospital ``hospital``."""
+    return f"{test_id}_h{int(hospital)}"
+
+
 def plan_dataset(cfg: Mapping | None) -> "pd.DataFrame":  # noqa: F821
-    """The slides to generate: sample-sheet columns plus seed, hospital and lesion columns. Pure and cheap."""
+    """The slides to generate: sample-sheet columns plus seed, hospital, lesion, ``tissue_of`` and
+    ``external`` columns. Pure and cheap.
+
+    The train, val and test slides are spread over the hospitals that are not in ``held_out_hospitals``.
+    Each held-out hospital re-stains and re-scans the tissue of every test slide (``external`` True,
+    ``tissue_of`` the test slide, id ``<test id>_h<hospital>``): an external test cohort of the same patients,
+    so that a change of AUC from the test slides to the held-out hospital is paired slide by slide.
+    """
     import pandas as pd
 
     cfg = resolve_config(cfg)
-    n_hosp = len(cfg["hospitals"])
+    held = list(cfg["held_out_hospitals"])
+    inside = [h for h in range(len(cfg["hospitals"])) if h not in held]
+    n_hosp = len(inside)
     rows: list[dict] = []
     counters = {"normal": 0, "tumour": 0}
     for split in ("train", "val"):
@@ -218,34 +240,48 @@ def plan_dataset(cfg: Mapping | None) -> "pd.DataFrame":  # noqa: F821
         groups.setdefault((r["split"], r["label"]), []).append(i)
     for key in sorted(groups, key=lambda k: (SPLITS.index(k[0]), k[1])):
         for k, i in enumerate(groups[key]):
-            rows[i]["center"] = (start + k) % n_hosp
+            rows[i]["center"] = inside[(start + k) % n_hosp]
         start = (start + len(groups[key])) % n_hosp
     for r in rows:
+        r["tissue_of"], r["external"] = r["slide_id"], False
+    rows += [{"slide_id": external_id(r["slide_id"], h), "label": r["label"], "split": "test", "center": h,
+              "tissue_of": r["slide_id"], "external": True}
+             for h in held for r in list(rows) if r["split"] == "test" and not r["external"]]
+    for r in rows:
         sid = check_slide_id(r["slide_id"])
-        radii = lesion_plan(cfg, sid, r["label"])
+        radii = lesion_plan(cfg, r["tissue_of"], r["label"])
         r["path"] = f"slides/{sid}.tif"
         r["annotation"] = f"annotations/{sid}.xml" if r["label"] == 1 else ""
-        r["seed"] = slide_seed(cfg, sid)
+        r["seed"] = slide_seed(cfg, r["tissue_of"])
         r["hospital"] = str(cfg["hospitals"][r["center"]].get("name", f"hospital_{r['center']}"))
         r["n_lesions"] = len(radii)
         r["lesion_class"] = lesion_class(radii)
         r["lesion_diameters_um"] = ";".join(f"{2 * x:.0f}" for x in radii)
-    columns = SHEET_COLUMNS + ["seed", "hospital", "n_lesions", "lesion_class", "lesion_diameters_um"]
+    columns = SHEET_COLUMNS + ["seed", "hospital", "n_lesions", "lesion_class", "lesion_diameters_um",
+                               "tissue_of", "external"]
     df = pd.DataFrame(rows, columns=columns)
-    return df.astype({"label": int, "center": int, "seed": "int64", "n_lesions": int})
+    return df.astype({"label": int, "center": int, "seed": "int64", "n_lesions": int, "external": bool})
+
+
+EXTERNAL_SHEET = "slides_external.csv"
 
 
 def write_sheet(cfg: Mapping | None, out_dir: str | Path) -> Path:
-    """Write ``out_dir/slides.csv`` (the sample-sheet columns only), atomically."""
+    """Write ``out_dir/slides.csv`` (the train, val and test slides; sample-sheet columns only) and
+    ``out_dir/slides_external.csv`` (the held-out hospitals' copies of the test slides; empty without
+    ``held_out_hospitals``), atomically. Returns the first."""
+    plan = plan_dataset(cfg)
     out = Path(out_dir) / "slides.csv"
-    df = plan_dataset(cfg)[SHEET_COLUMNS]
-    with atomic_path(out) as tmp:
-        df.to_csv(tmp, index=False)
+    for path, part in ((out, plan[~plan["external"]]), (Path(out_dir) / EXTERNAL_SHEET, plan[plan["external"]])):
+        with atomic_path(path) as tmp:
+            part[SHEET_COLUMNS].to_csv(tmp, index=False)
     return out
 
 
-def generate_dataset(cfg: Mapping | None, out_dir: str | Path, slide_ids: list[str] | None = None) -> Path:
-    """Render every planned slide (or ``slide_ids``) under ``out_dir`` and write the sheet; returns the sheet."""
+def generate_dataset(cfg: Mapping | None, out_dir: str | Path, slide_ids: list[str] | None = None,
+                     with_sheet: bool = True) -> Path:
+    """Render every planned slide (or ``slide_ids``) under ``out_dir`` and write the sheet (unless
+    ``with_sheet`` is False); returns the sheet's path."""
     plan = plan_dataset(cfg)
     if slide_ids is not None:
         missing = set(slide_ids) - set(plan["slide_id"])
@@ -254,7 +290,7 @@ def generate_dataset(cfg: Mapping | None, out_dir: str | Path, slide_ids: list[s
         plan = plan[plan["slide_id"].isin(slide_ids)]
     for _, row in plan.iterrows():
         render_slide(cfg, row, out_dir)
-    return write_sheet(cfg, out_dir)
+    return write_sheet(cfg, out_dir) if with_sheet else Path(out_dir) / "slides.csv"
 
 
 # -- rendering --------------------------------------------------------------------------------------------
@@ -268,7 +304,8 @@ def render_slide(cfg: Mapping | None, row: Any, out_dir: str | Path) -> None:
     """Render one slide: ``out_dir/slides/<id>.tif`` and, for a tumour slide, ``out_dir/annotations/<id>.xml``.
 
     ``row`` needs ``slide_id``, ``label`` and ``center`` (a plan row or a sample-sheet row); everything else
-    is derived from ``(cfg.seed, slide_id)``.
+    is derived from ``(cfg.seed, tissue_of)`` (``tissue_of`` = the slide id, except for a held-out hospital's
+    copy of a test slide).
     """
     from wsimil.slides.annotations import write_asap_xml
     from wsimil.slides.tiff import write_pyramidal_tiff
@@ -278,7 +315,11 @@ def render_slide(cfg: Mapping | None, row: Any, out_dir: str | Path) -> None:
     label, center = int(_get(row, "label")), int(_get(row, "center"))
     if not 0 <= center < len(cfg["hospitals"]):
         raise WsimilError(f"slide {slide_id}: center {center} has no entry in synthetic.hospitals")
-    rgb, polygons = render_pixels(cfg, slide_id, label, center)
+    try:  # a held-out hospital's copy draws the tissue of its test slide; a sample-sheet row has no tissue_of
+        tissue = check_slide_id(str(_get(row, "tissue_of")))
+    except (KeyError, AttributeError):
+        tissue = slide_id
+    rgb, polygons = render_pixels(cfg, tissue, label, center)
     out_dir = Path(out_dir)
     if label == 1:  # annotation first: the slide file marks the job as done
         write_asap_xml(out_dir / "annotations" / f"{slide_id}.xml", polygons, group="_0")

@@ -48,6 +48,23 @@ class TrainResult:
     best_epoch: int
     seconds: float
     precision: str = "fp32"
+    steps: int = 0  # optimiser steps taken
+    planned_epochs: int = 0  # epochs of the schedule (the published ones, or fewer under ``max_steps``)
+
+    @property
+    def selected_last_epoch(self) -> bool:
+        """Whether the selected epoch is the last one trained (the run may not have converged)."""
+        return self.best_epoch == len(self.history) - 1
+
+    @property
+    def val_auc_ties(self) -> int:
+        """How many *other* epochs reached the selected epoch's validation AUC (0: selection not by a tie)."""
+        if not self.history or "val_auc" not in self.history[self.best_epoch]:
+            return 0
+        best = self.history[self.best_epoch]["val_auc"]
+        if not math.isfinite(best):
+            return 0
+        return sum(1 for r in self.history if r.get("val_auc") == best) - 1
 
 
 TRIM_EVERY = 16  # steps between returns of freed heap memory to the OS
@@ -218,11 +235,14 @@ def train_epoch(
     per_step: Any = None,
     device: str = "cpu",
     precision: str = "fp32",
-) -> tuple[dict[str, float], np.ndarray]:
-    """One pass over the bags ``order`` in steps of ``hp["bags_per_batch"]`` bags.
+    max_steps: int | None = None,
+) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """One pass over the bags ``order`` in steps of ``hp["bags_per_batch"]`` bags (only the first
+    ``max_steps`` steps when given: the last epoch of a step budget).
 
-    Returns the mean of each loss term over the bags and the bag logits (len(order),) of the training
-    forward passes themselves (train mode, as the official loops report training metrics): the epoch runs
+    Returns the mean of each loss term over the bags, the bag logits (B,) of the training forward passes
+    and the B bags they belong to (``order``, or its first steps' bags under ``max_steps``): the logits are
+    those of the forward passes themselves (train mode, as the official loops report training metrics): the epoch runs
     every bag forward once, never a second time for metrics.
     """
     model.train()
@@ -234,6 +254,9 @@ def train_epoch(
     for s in range(0, len(order), bpb):
         idx = order[s : s + bpb]
         steps.append([idx[c] for c in step_chunks(model, [len(bags.features[i]) for i in idx])])
+    if max_steps is not None:
+        steps = steps[: max(1, int(max_steps))]
+        order = np.concatenate([np.concatenate(chunks) for chunks in steps])
     largest = max(sum(len(bags.features[i]) for i in c) for chunks in steps for c in chunks)
     buffer = torch.empty((largest, bags.dim), dtype=x_dtype)  # every micro-batch's x is a view of it
 
@@ -253,7 +276,7 @@ def train_epoch(
         if step % TRIM_EVERY == TRIM_EVERY - 1:
             release_free_memory()
     means = {k: float(v) / len(order) for k, v in sums.items()}
-    return means, torch.cat(logits).cpu().double().numpy()
+    return means, torch.cat(logits).cpu().double().numpy(), order
 
 
 def train(
@@ -275,14 +298,16 @@ def train(
     precision = resolve_precision(precision, device)
     torch.manual_seed(seed)
     np.random.seed(seed)
+    train_idx, val_idx = bags.indices("train"), bags.indices("val")
+    if len(train_idx) == 0:
+        raise ValueError("the sample sheet has no 'train' slides")
+    budget = step_budget(len(train_idx), hp)
+    hp["epochs"] = budget.epochs  # the schedule (cosine's T_max) runs over the epochs actually planned
     model = spec.build(bags.dim, hp).to(device)
     opt = make_optimizer(model, hp)
     per_step, per_epoch = make_schedulers(opt, hp)
     stopper = EarlyStopping(**hp["early_stopping"]) if hp.get("early_stopping") else None
     gen = torch.Generator().manual_seed(seed)
-    train_idx, val_idx = bags.indices("train"), bags.indices("val")
-    if len(train_idx) == 0:
-        raise ValueError("the sample sheet has no 'train' slides")
     selection = hp["selection"] if len(val_idx) else "last"
     history: list[dict[str, float]] = []
     best_key, best_state, best_epoch = None, None, -1
@@ -292,13 +317,17 @@ def train(
         from tqdm import tqdm
 
         epochs = tqdm(epochs, desc=f"{method} seed {seed}", unit="epoch", leave=False)
+    steps = 0
     for epoch in epochs:
         order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
-        means, train_logits = train_epoch(model, bags, order, opt, hp, per_step, device, precision)
+        left = budget.total_steps - steps
+        cut = left if left < budget.steps_per_epoch else None
+        means, train_logits, seen = train_epoch(model, bags, order, opt, hp, per_step, device, precision, cut)
+        steps += budget.steps_per_epoch if cut is None else cut
         if per_epoch is not None:
             per_epoch.step()
-        row = {"epoch": epoch, **{f"train_{k}": v for k, v in means.items()},
-               "train_auc": safe_auc(bags.labels[order], train_logits)}
+        row = {"epoch": epoch, "steps": steps, **{f"train_{k}": v for k, v in means.items()},
+               "train_auc": safe_auc(bags.labels[seen], train_logits)}
         if len(val_idx):
             va = predict(model, bags, val_idx, device)
             release_free_memory()
@@ -315,7 +344,35 @@ def train(
             break
     model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(model, hp, history, best_epoch, time.perf_counter() - t0, precision)
+    return TrainResult(model, hp, history, best_epoch, time.perf_counter() - t0, precision, steps, budget.epochs)
+
+
+@dataclass(frozen=True)
+class StepBudget:
+    """The optimiser steps of a run: ``epochs`` epochs of ``steps_per_epoch`` steps, ``total_steps`` in all
+    (the last epoch is cut short when ``max_steps`` is not a multiple of an epoch)."""
+
+    steps_per_epoch: int
+    epochs: int
+    total_steps: int
+
+
+def step_budget(n_train: int, hp: dict[str, Any]) -> StepBudget:
+    """The published schedule (``hp["epochs"]`` epochs of ceil(n_train / bags_per_batch) steps), capped at
+    ``hp["max_steps"]`` optimiser steps when set: every method gets the same number of updates whatever its
+    bags per step, unless its published schedule has fewer (then it keeps its own)."""
+    if n_train < 1:
+        raise ValueError("a step budget needs at least one training bag")
+    per_epoch = -(-int(n_train) // max(1, int(hp["bags_per_batch"])))
+    epochs = int(hp["epochs"])
+    total = epochs * per_epoch
+    cap = hp.get("max_steps")
+    if cap is not None:
+        if int(cap) < 1:
+            raise ValueError(f"max_steps must be a positive number of optimiser steps, got {cap!r}")
+        total = min(total, int(cap))
+        epochs = -(-total // per_epoch)
+    return StepBudget(per_epoch, epochs, total)
 
 
 class EarlyStopping:

@@ -7,6 +7,7 @@ for DTFD also ``pseudo_bags.csv`` (slide_id,label,split,pseudo_bag,score: Tier-1
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -23,7 +24,7 @@ import torch
 
 import wsimil
 from wsimil.precision import describe_device
-from wsimil.io import write_json_atomic
+from wsimil.io import WsimilError, write_json_atomic
 from wsimil.models.base import get_method
 from wsimil.training.data import BagSet, load_bags
 from wsimil.training.loop import TrainResult, predict, train
@@ -81,6 +82,9 @@ def write_run(run_dir: str | os.PathLike, bags: BagSet, result: TrainResult, met
         }, tmp / "model.pt")
         write_json_atomic(tmp / "run.json", {
             **meta, "hparams": _plain(result.hparams), "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history), "planned_epochs": result.planned_epochs,
+            "optimizer_steps": result.steps, "selected_last_epoch": result.selected_last_epoch,
+            "val_auc_ties": result.val_auc_ties,
             "train_seconds": round(result.seconds, 3), "device": device, "device_name": describe_device(device),
             "precision": result.precision, "versions": software_versions(),
             "git_commit": git_commit(), "excluded_slides": bags.excluded, "n_slides": {s: int((bags.splits == s).sum()) for s in ("train", "val", "test")},
@@ -112,11 +116,41 @@ def train_and_write(
     for seed, out in zip(seeds, out_dirs):
         result = train(bags, method, seed, overrides, device=device, progress=progress, precision=precision)
         best = result.history[result.best_epoch]
-        log.info("%s seed %d: %d epochs in %.1f s, selected epoch %d (val AUC %.3f, val loss %.3f) -> %s", method,
-                 seed, len(result.history), result.seconds, result.best_epoch, best.get("val_auc", float("nan")),
+        log.info("%s seed %d: %d epochs (%d optimiser steps) in %.1f s, selected epoch %d (val AUC %.3f, "
+                 "val loss %.3f) -> %s", method, seed, len(result.history), result.steps, result.seconds,
+                 result.best_epoch, best.get("val_auc", float("nan")),
                  best.get("val_loss", float("nan")), out)
         write_run(out, bags, result, {**(meta or {}), "method": method, "seed": seed,
                                       "features_dir": str(features_dir), "overrides": overrides or {}}, device)
+
+
+def score_and_write(
+    trained: str | os.PathLike, out: str | os.PathLike, bags: BagSet, device: str = "cpu",
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """A run directory for the slides of ``bags`` scored by the model of the finished run ``trained``, without
+    training again: for a cell whose training slides, method, seed and overrides are another cell's (the ood
+    cell of a synthetic dataset whose held-out hospital stains only test slides). ``history.csv`` and the
+    training record are the trained run's; ``run.json`` names it in ``scored_with``."""
+    trained = Path(trained)
+    try:
+        record = json.loads((trained / "run.json").read_text())
+        history = pd.read_csv(trained / "history.csv").to_dict("records")
+    except (OSError, ValueError) as exc:
+        raise WsimilError(f"{trained}: not a finished training run ({exc})") from exc
+    model = load_model(trained / "model.pt")
+    if model_dim(trained / "model.pt") != bags.dim:
+        raise WsimilError(f"{trained / 'model.pt'} takes {model_dim(trained / 'model.pt')}-d features, the slides "
+                          f"to score have {bags.dim}-d")
+    result = TrainResult(model, record["hparams"], history, int(record["best_epoch"]),
+                         float(record.get("train_seconds", 0.0)), record.get("precision", "fp32"),
+                         int(record.get("optimizer_steps") or 0), int(record.get("planned_epochs") or len(history)))
+    keep = {k: record[k] for k in ("method", "seed", "overrides") if k in record}
+    write_run(out, bags, result, {**keep, **(meta or {}), "scored_with": str(trained)}, device)
+
+
+def model_dim(path: str | os.PathLike) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=True)["in_dim"])
 
 
 def _plain(obj: Any) -> Any:
