@@ -25,6 +25,23 @@ It also prints the classes at an *area-consistent* scale: the clinical threshold
 macro > 2 mm) multiplied by sqrt(synthetic tissue area / CAMELYON16 tissue area), the latter estimated
 from the patch counts in REFERENCE.md (``--c16-tissue-mm2``, default 100 mm^2 ~ 8,000 patches of
 224 px at 0.5 um/px). ``lesion_class`` itself keeps the generator's fixed thresholds (200 / 500 um).
+
+``probe`` (first argument) runs the **supervised patch probe**, the calibration instrument of the tumour's
+appearance (issue 13) that no MIL method sees: a logistic regression on the standardised patch features
+with the patch labels (``C`` = ``PROBE_C``, ``class_weight="balanced"``, one probe per positive definition),
+trained on the patches of the train slides, its patch AUC / AP reported on the patches of the test slides,
+with positives = tumour fraction >= 0.5 and = any tumour, a slide-bootstrap 95 % interval of each AUC, and
+the class counts (``partial``: isolated-tumour-cell-like patches, 0 < fraction < 0.5)::
+
+    python benchmarks/synthetic_stats.py probe --features DIR --sheet slides.csv   # existing feature files
+    python benchmarks/synthetic_stats.py probe --synth --name today                # synthesise, patch, extract
+    python benchmarks/synthetic_stats.py probe --synth --name s1 --set lesions.nucleus_scale=[1.2,1.5]
+
+``--synth`` renders ``--train N T`` / ``--test N T`` normal / tumour slides with the calibration settings
+(``PROBE_SYNTHETIC`` over the generator's defaults, then ``--config``'s ``synthetic:`` section, then ``--set``;
+hospitals 0 and 1 stain the slides, hospital 2 is held out as in the embedded default), patches and extracts
+them in-process with ``PROBE_PATCHING`` / ``PROBE_FEATURES``, probes them, and appends a row to
+``benchmarks/results/probe_calibration.csv`` (and rewrites ``probe_calibration.md``) unless ``--no-record``.
 """
 
 from __future__ import annotations
@@ -40,6 +57,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from wsimil.evaluation.probe import PROBE_C, PROBE_CLASS_WEIGHT, load_probe_data, probe
 from wsimil.slides import synthetic
 from wsimil.slides.annotations import tumour_region, write_asap_xml
 
@@ -114,7 +132,10 @@ def classify(d_um: float, itc_max: float, macro_min: float) -> str:
     return "itc" if d_um < itc_max else "micro" if d_um < macro_min else "macro"
 
 
-def main(argv: list[str] | None = None) -> pd.DataFrame:
+def main(argv: list[str] | None = None) -> pd.DataFrame | dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "probe":
+        return probe_main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config",
                     help="YAML with a `synthetic:` section (or the section itself); default: the generator's defaults")
@@ -183,6 +204,199 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if args.csv:
         df.to_csv(args.csv, index=False)
     return df
+
+
+# -- the supervised patch probe (issue 13): calibrates the tumour's appearance, no MIL method involved ---------
+
+#: the calibration data: the embedded default's synthetic settings (issue 13: 1.0 um/px, three hospitals,
+#: hospital 2 held out so hospitals 0 and 1 stain the probe's slides)
+PROBE_SYNTHETIC = {"seed": 0, "mpp": 1.0, "magnification": 10, "size_um": [1750, 1400], "held_out_hospitals": [2]}
+PROBE_PATCHING = {"target_mpp": 1.0, "patch_size": 128, "seg_downsample": 16}
+PROBE_FEATURES = {"extractor": "efficientnet_lite0", "precision": "bf16", "batch_size": 64, "num_workers": 0,
+                  "device": "cpu"}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def probe_features(features_dir: str | Path, sheet: str | Path | pd.DataFrame, C: float = PROBE_C) -> dict:
+    """:func:`wsimil.evaluation.probe.probe` on the feature files of ``sheet`` in ``features_dir``."""
+    return probe(load_probe_data(features_dir, sheet), C=C)
+
+
+def _set_dotted(cfg: dict, key: str, value) -> None:
+    node = cfg
+    *path, last = key.split(".")
+    for k in path:
+        node = node.setdefault(k, {})
+    node[last] = value
+
+
+def probe_synthetic_config(section: dict | None, sets: dict | None, counts: dict) -> dict:
+    """The calibration's ``synthetic:`` section: PROBE_SYNTHETIC, then ``section``, then the dotted ``sets``,
+    with the probe's slide counts."""
+    cfg = synthetic._merge(PROBE_SYNTHETIC, section or {})
+    for k, v in (sets or {}).items():
+        _set_dotted(cfg, k, v)
+    cfg["slides"] = {"train": counts["train"], "val": {"normal": 0, "tumour": 0}, "test": counts["test"]}
+    return synthetic.resolve_config(cfg)
+
+
+def build_probe_dataset(cfg: dict, out_dir: str | Path, patching: dict | None = None,
+                        features: dict | None = None) -> tuple[Path, dict]:
+    """Render the plan's (non-external) slides of ``cfg`` under ``out_dir``, patch them (``patching``) and
+    extract their features (``features``) in-process; returns (sheet path, seconds per stage). The feature
+    files land in ``out_dir/features``."""
+    import cv2
+    import torch
+
+    from wsimil.config import validate_config
+    from wsimil.features.extract import extract_slide
+    from wsimil.features.extractors import build_extractor
+    from wsimil.slides.patching import PatchingParams, run_patching
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    out_dir = Path(out_dir)
+    pcfg = validate_config({"patching": dict(PROBE_PATCHING if patching is None else patching)})["patching"]
+    pcfg.pop("slides_per_job", None)
+    fcfg = validate_config({"features": dict(PROBE_FEATURES if features is None else features)})["features"]
+    params = PatchingParams.from_config(pcfg)
+    plan = synthetic.plan_dataset(cfg)
+    plan = plan[~plan["external"]]
+    secs = {"render_s": 0.0, "patch_s": 0.0, "extract_s": 0.0}
+    ext = build_extractor(fcfg["extractor"], weights=fcfg["weights"], device=fcfg["device"],
+                          input_size=fcfg["input_size"], weights_sha256=fcfg.get("weights_sha256"))
+    for row in plan.itertuples():
+        t0 = time.perf_counter()
+        synthetic.render_slide(cfg, row, out_dir)
+        t1 = time.perf_counter()
+        ann = out_dir / row.annotation if row.annotation else None
+        patch_file = out_dir / "patches" / f"{row.slide_id}.h5"
+        run_patching(out_dir / row.path, row.slide_id, ann, patch_file, params, label=int(row.label))
+        t2 = time.perf_counter()
+        extract_slide(out_dir / row.path, patch_file, out_dir / "features" / f"{row.slide_id}.h5", ext,
+                      batch_size=fcfg["batch_size"], num_threads=1, slide_id=row.slide_id,
+                      num_workers=fcfg["num_workers"], dtype=fcfg["dtype"], progress=False,
+                      precision=fcfg["precision"])
+        t3 = time.perf_counter()
+        secs["render_s"] += t1 - t0
+        secs["patch_s"] += t2 - t1
+        secs["extract_s"] += t3 - t2
+    sheet = out_dir / "slides.csv"
+    plan[synthetic.SHEET_COLUMNS].to_csv(sheet, index=False)
+    return sheet, {k: round(v, 1) for k, v in secs.items()}
+
+
+_CAL_COLUMNS = ["name", "settings", "auc_half", "auc_half_lo", "auc_half_hi", "ap_half", "bacc_half", "auc_any",
+                "auc_any_lo", "auc_any_hi", "ap_any", "bacc_any", "test_pos_half", "test_neg_half", "test_pos_any", "test_neg_any",
+                "test_partial", "train_pos_half", "train_neg_half", "train_pos_any", "train_partial",
+                "train_slides", "test_slides", "C", "class_weight", "render_s", "patch_s", "extract_s", "probe_s"]
+
+
+def _f3(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{float(x):.3f}"
+
+
+def write_calibration_md(csv: Path, md: Path) -> None:
+    """The markdown table of every probe calibration row recorded in ``csv``."""
+    df = pd.read_csv(csv)
+    lines = ["# Supervised patch probe: calibration of the synthetic tumour's appearance (issue 13)", "",
+             "Written by `python benchmarks/synthetic_stats.py probe --synth ...` from `probe_calibration.csv`. "
+             f"Logistic regression on standardised efficientnet_lite0 features (C = {PROBE_C}, class_weight "
+             f"{PROBE_CLASS_WEIGHT}), trained on the train slides' patches, evaluated on the test slides' patches "
+             "(hospitals 0 and 1, 1.0 um/px, 128 px patches, bf16). `half`: positives = tumour fraction >= 0.5; "
+             "`any`: > 0. [lo, hi]: 95 % slide-bootstrap interval. partial: 0 < fraction < 0.5.", "",
+             "| name | settings (over the generator's defaults) | AUC half [95 %] | AP half | bal. acc. half "
+             "| AUC any [95 %] | AP any | bal. acc. any "
+             "| test pos half / any / neg half | test partial | train pos half | slides train / test | s render + patch + extract + probe |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in df.itertuples():
+        lines.append(
+            f"| {r.name} | `{r.settings}` | {r.auc_half:.3f} [{r.auc_half_lo:.3f}, {r.auc_half_hi:.3f}] | "
+            f"{r.ap_half:.3f} | {_f3(getattr(r, 'bacc_half', None))} | {r.auc_any:.3f} [{r.auc_any_lo:.3f}, "
+            f"{r.auc_any_hi:.3f}] | {r.ap_any:.3f} | {_f3(getattr(r, 'bacc_any', None))} | "
+            f"{r.test_pos_half} / {r.test_pos_any} / {r.test_neg_half} | {r.test_partial} | {r.train_pos_half} | "
+            f"{r.train_slides} / {r.test_slides} | {r.render_s:.0f} + {r.patch_s:.0f} + {r.extract_s:.0f} + "
+            f"{r.probe_s:.0f} |")
+    md.write_text("\n".join(lines) + "\n")
+
+
+def _print_probe(res: dict) -> None:
+    for name, what in (("half", "tumour fraction >= 0.5"), ("any", "any tumour (> 0)")):
+        print(f"positives = {what}: test patch AUC {res[f'auc_{name}']:.4f} "
+              f"[{res[f'auc_{name}_lo']:.4f}, {res[f'auc_{name}_hi']:.4f}], AP {res[f'ap_{name}']:.4f}, "
+              f"balanced accuracy {res[f'bacc_{name}']:.4f}; "
+              f"test {res[f'test_pos_{name}']} pos / {res[f'test_neg_{name}']} neg, "
+              f"train {res[f'train_pos_{name}']} pos / {res[f'train_neg_{name}']} neg")
+    print(f"isolated-tumour-cell-like patches (0 < fraction < 0.5): test {res['test_partial']}, "
+          f"train {res['train_partial']}; slides train {res['train_slides']}, test {res['test_slides']}; "
+          f"C {res['C']}, class_weight {res['class_weight']}")
+
+
+def probe_main(argv: list[str]) -> dict:
+    import json
+
+    ap = argparse.ArgumentParser(prog="synthetic_stats.py probe",
+                                 description="supervised patch probe on patch features (issue 13)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--features", help="folder of <slide_id>.h5 feature files (with --sheet)")
+    src.add_argument("--synth", action="store_true", help="synthesise, patch and extract the probe's slides first")
+    ap.add_argument("--sheet", help="sample sheet CSV (slide_id,label,split,...) of the --features folder")
+    ap.add_argument("--config", help="YAML whose `synthetic:` section (or the file itself) goes over PROBE_SYNTHETIC")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="dotted synthetic key, YAML value (e.g. lesions.nucleus_scale=[1.2,1.5]); repeatable")
+    ap.add_argument("--train", type=int, nargs=2, default=[6, 14], metavar=("NORMAL", "TUMOUR"))
+    ap.add_argument("--test", type=int, nargs=2, default=[4, 16], metavar=("NORMAL", "TUMOUR"))
+    ap.add_argument("--work", help="keep the synthesised slides / features here (default: a temporary folder)")
+    ap.add_argument("--name", default="probe", help="row name in the calibration table")
+    ap.add_argument("--C", type=float, default=PROBE_C)
+    ap.add_argument("--no-record", action="store_true", help="do not append to benchmarks/results/probe_calibration")
+    ap.add_argument("--csv", help="also write this run's row here")
+    args = ap.parse_args(argv)
+    timings: dict = {"render_s": math.nan, "patch_s": math.nan, "extract_s": math.nan}
+    settings = ""
+    if args.synth:
+        section = {}
+        if args.config:
+            data = yaml.safe_load(Path(args.config).read_text()) or {}
+            section = data.get("synthetic", data)
+        sets = {}
+        for item in args.set:
+            k, _, v = item.partition("=")
+            sets[k.strip()] = yaml.safe_load(v)
+        counts = {s: {"normal": n, "tumour": t} for s, (n, t) in (("train", args.train), ("test", args.test))}
+        cfg = probe_synthetic_config(section, sets, counts)
+        settings = json.dumps({**{k: v for k, v in section.items() if k not in ("slides",)}, **sets},
+                              separators=(",", ":")) if (section or sets) else "{}"
+        tmp = None if args.work else tempfile.TemporaryDirectory(prefix="wsimil-probe-")
+        work = Path(args.work or tmp.name)
+        try:
+            sheet, timings = build_probe_dataset(cfg, work)
+            t0 = time.perf_counter()
+            res = probe_features(work / "features", sheet, C=args.C)
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+    else:
+        if not args.sheet:
+            ap.error("--features needs --sheet")
+        t0 = time.perf_counter()
+        res = probe_features(args.features, args.sheet, C=args.C)
+    res.update(timings, probe_s=round(time.perf_counter() - t0, 1), name=args.name, settings=settings)
+    _print_probe(res)
+    print("seconds: " + ", ".join(f"{k} {res[k]}" for k in ("render_s", "patch_s", "extract_s", "probe_s")))
+    row = pd.DataFrame([{c: res.get(c) for c in _CAL_COLUMNS}])
+    if args.csv:
+        row.to_csv(args.csv, index=False)
+    if args.synth and not args.no_record:
+        RESULTS.mkdir(exist_ok=True)
+        csv = RESULTS / "probe_calibration.csv"
+        if csv.exists():  # older rows may lack newer columns: rewrite the whole table
+            row = pd.concat([pd.read_csv(csv), row], ignore_index=True).reindex(columns=_CAL_COLUMNS)
+        tmp_csv = csv.with_suffix(".csv.tmp")
+        row.to_csv(tmp_csv, index=False)
+        tmp_csv.replace(csv)
+        write_calibration_md(csv, RESULTS / "probe_calibration.md")
+    return res
 
 
 if __name__ == "__main__":

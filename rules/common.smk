@@ -157,6 +157,14 @@ def stage_params(section):
     return json.dumps({k: v for k, v in config[section].items() if k != "slides_per_job"}, sort_keys=True)
 
 
+def patch_slides_per_job():
+    """`patching.slides_per_job`, with auto resolved: 20 for the synthetic slides, 1 for slides a user brings."""
+    per_job = config["patching"]["slides_per_job"]
+    if per_job == "auto":
+        return 20 if SOURCE == "synthetic" else 1
+    return per_job
+
+
 def groups_of(items, per_job):
     """``items`` (slides, methods) in consecutive groups of at most ``per_job``, as equal as possible."""
     n = -(-len(items) // max(1, per_job)) if items else 0

@@ -1,10 +1,11 @@
 # Tissue mask (CLAM-style) and the patch grid at a physical resolution, tumour fraction per patch: one job per
-# group of `patching.slides_per_job` slides (default 1: a slide that cannot be read fails only its own job).
+# group of `patching.slides_per_job` slides (auto: 20 synthetic slides; 1 for a user's slides, so that a slide
+# that cannot be read fails only its own job).
 
 
 if SOURCE != "features":
 
-    for _group in groups_of(ALL_SLIDES, config["patching"]["slides_per_job"]):
+    for _group in groups_of(ALL_SLIDES, patch_slides_per_job()):
 
         rule:
             name:

@@ -29,7 +29,7 @@ if SOURCE == "synthetic":
                 + [f"{OUT}/data/slides/{s}.tif" for s in _group],  # the slide last: it marks the job done
             params:
                 synthetic=stage_params("synthetic"),
-                out=f"{OUT}/data",
+                out=lambda w, output: str(Path(output[-1]).parents[1]),
                 slides=" ".join(f"--slide {s}" for s in _group),
             log:
                 f"{LOGS}/synth/{group_name(_group)}.log",

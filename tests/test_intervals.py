@@ -281,3 +281,28 @@ def test_seed_averaged_errors():
     missing = _long(base + [("s3", 0, "maxpool", 0, 0.1)])
     with pytest.raises(ValueError, match="method 'abmil' lacks slide 's3'"):
         seed_averaged(missing)
+
+
+def test_cluster_aucs_equal_sklearn_on_the_replicated_rows():
+    from sklearn.metrics import roc_auc_score
+
+    from wsimil.evaluation.intervals import cluster_auc_matrix, cluster_aucs
+
+    rng = np.random.default_rng(7)
+    k = 6
+    cluster = rng.integers(0, k, 200)
+    labels = (rng.random(200) < 0.3).astype(int)
+    scores = np.round(labels + rng.normal(0, 1, 200), 1)  # rounding makes ties
+    mat = cluster_auc_matrix(labels, cluster, scores, k)
+    assert cluster_aucs(*mat, np.ones(k))[0] == pytest.approx(roc_auc_score(labels, scores))
+    counts = np.array([[2, 0, 1, 3, 0, 0], [0, 0, 0, 0, 0, 6]])
+    got = cluster_aucs(*mat, counts)
+    idx = np.concatenate([np.flatnonzero(cluster == c) for c in range(k) for _ in range(counts[0, c])])
+    assert got[0] == pytest.approx(roc_auc_score(labels[idx], scores[idx]))
+    only = labels[cluster == 5]
+    assert (np.isnan(got[1]) if only.all() or not only.any()
+            else got[1] == pytest.approx(roc_auc_score(only, scores[cluster == 5])))
+    with pytest.raises(ValueError, match="cluster indices"):
+        cluster_auc_matrix(labels, cluster + 1, scores, k)
+    with pytest.raises(ValueError, match="finite"):
+        cluster_auc_matrix(labels, cluster, np.where(labels, np.nan, 0.0), k)

@@ -328,6 +328,7 @@ def test_config_defaults_match_schema_and_unknown_keys_fail():
     for key, prop in schema["properties"].items():
         assert prop.get("description") and "default" in prop, key
     defaults = {k: p["default"] for k, p in schema["properties"].items()}
+    assert defaults.pop("slides_per_job") == "auto"  # job granularity, not a patching parameter
     assert defaults == PatchingParams().to_config()
     assert PatchingParams.from_config(defaults) == PatchingParams()
     jsonschema.validate(defaults, schema)

@@ -17,10 +17,10 @@ pytestmark = pytest.mark.workflow
 
 CONFIG = {
     "dataset": {"name": "resume", "source": "synthetic"},
-    "synthetic": {"seed": 5, "size_um": [700, 560],
+    "synthetic": {"seed": 5, "size_um": [1400, 1120],
                   "slides": {"train": {"normal": 2, "tumour": 2}, "val": {"normal": 1, "tumour": 1},
                              "test": {"normal": 1, "tumour": 1}}},
-    "patching": {"target_mpp": 1.0, "patch_size": 128, "seg_downsample": 16},
+    "patching": {"target_mpp": 1.0, "patch_size": 128, "seg_downsample": 16, "slides_per_job": 1},
     "features": {"extractor": "efficientnet_lite0", "batch_size": 32, "num_workers": 0, "device": "cpu",
                  "slides_per_job": 2},
     "training": {"methods": ["maxpool"], "seeds": [0], "max_epochs": 3, "device": "cpu", "threads": 1},

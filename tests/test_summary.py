@@ -175,3 +175,52 @@ def test_paper_table_marks_other_data_and_fills_our_number():
     assert same.iloc[0]["note"] == "same dataset"
     attention = table[table["method"].str.startswith("attention family")].iloc[0]
     assert attention["published"] == "near 0" and attention["reproduced"] == pytest.approx(0.1)
+
+
+def _patch_cells(root, cfg, good: set[str]):
+    """Test tumour slides with 40 patches each (10 with tumour, 4 of them partial); the methods in ``good`` score
+    a patch by its tumour (plus noise), the others at random. Feature files hold the tumour fractions."""
+    import h5py
+
+    from wsimil.experiments import features_subdir
+
+    slides, labels = _test_slides(8, 8)
+    feats = root / features_subdir(cfg, "clean")
+    feats.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    tf = {}
+    for s, y in zip(slides, labels):
+        tf[s] = np.zeros(40, dtype=np.float32)
+        if y:
+            tf[s][:6], tf[s][6:10] = 1.0, 0.2
+        with h5py.File(feats / f"{s}.h5", "w") as f:
+            f["features"] = np.zeros((40, 4), np.float32)
+            f["tumor_fraction"] = tf[s]
+    for m in METHODS:
+        for seed in (0, 1):
+            _write_run(root, "standard", m, seed, slides, labels, ["test"] * len(labels), labels * 0.5 + 0.2)
+            with h5py.File(root / "runs" / "standard" / m / f"seed{seed}" / "instance_scores.h5", "w") as f:
+                for s in slides:
+                    noise = rng.normal(0, 0.3, 40)
+                    f[s] = ((tf[s] > 0) + noise) if m in good else noise
+
+
+@pytest.mark.parametrize("good, expected", [({"maxpool", "focusmil"}, "supported"), (ATTENTION, "contradicted"),
+                                            (set(), "inconclusive")])
+def test_the_patch_claim_pairs_every_method_on_the_same_tumour_slides(tmp_path, good, expected):
+    cfg = validate_config({"training": {"methods": METHODS, "seeds": [0, 1]}, "experiments": ["standard"]})
+    _patch_cells(tmp_path, cfg, good)
+    (claim,) = [c for c in ev.claims(cfg, tmp_path) if c.key == "patch"]
+    assert claim.verdict == expected, claim
+    assert "320 patches of the 8 test tumour slides" in claim.contrast
+    iv = claim.interval
+    assert iv.low <= iv.estimate <= iv.high
+    if good:  # a perfect-ish scorer (AUC ~0.99) against chance
+        assert abs(iv.estimate) > 0.35
+    else:
+        assert abs(iv.estimate) < 0.15 and iv.low < 0 < iv.high
+    # feature files deleted after training: the claim says why it cannot be checked
+    for p in (tmp_path / "features").rglob("*.h5"):
+        p.unlink()
+    (claim,) = [c for c in ev.claims(cfg, tmp_path) if c.key == "patch"]
+    assert claim.verdict == "inconclusive" and "feature files of 8 test tumour slides" in claim.rule

@@ -15,6 +15,11 @@ Claims (``MARGIN`` = 0.05 AUC; direction: which sign the papers claim):
 - **dtfd_tier1**: DTFD's Tier-1 AUC at the largest number of pseudo-bags minus at the smallest < 0, and
   **dtfd_tier2**: the same change of the Tier-2 (slide) AUC lies within +-margin (DTFD-MIL): an equivalence
   claim, supported when the whole interval lies inside +-margin, contradicted when it lies beyond -margin.
+- **patch**: max-pooling's mean patch AUC minus attention's > 0 (FocusMIL: max-pooling localises tumour far
+  better): on the patches of the test tumour slides, positives = any tumour in the patch (the definition the
+  synthetic tumour's look is calibrated on with a supervised probe, docs/data.md), paired by resampling the
+  tumour slides with all their patches (a cluster bootstrap) for every method and seed at once; a method's
+  AUC is the mean of its seeds' patch AUCs (instance scores of different seeds are not on one scale).
 - **minet_gap**: mi-Net's train - validation AUC gap minus FocusMIL's > 0 (FocusMIL's "why mi-Net overfits").
 - **milunit** (per method, Raff & Holt): "did not learn the task" when the mean validation AUC is below
   ``LEARN_BAR``; else "learned the poison" when the test AUC interval lies below 0.5, "respects the MIL
@@ -32,9 +37,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from wsimil.evaluation.evaluate import read_predictions
-from wsimil.evaluation.intervals import Interval, contrast_interval, seed_averaged, stratified_counts, verdict
-from wsimil.experiments import Cell, experiment_cells, plan_cells
+from wsimil.evaluation.evaluate import ANY_TUMOUR, read_instance_scores, read_predictions, read_tumor_fraction
+from wsimil.evaluation.intervals import (Interval, cluster_auc_matrix, cluster_aucs, contrast_interval, seed_averaged,
+                                         stratified_counts, verdict)
+from wsimil.experiments import Cell, experiment_cells, features_subdir, plan_cells
 from wsimil.io import WsimilError
 
 #: the margin (AUC) a paired interval must clear for a claim to be decided
@@ -191,6 +197,53 @@ def ood_claim(config: Mapping[str, Any], results: Path, cells: Mapping[str, Cell
                  verdict(iv, MARGIN, 1), _rule(1))
 
 
+def patch_claim(config: Mapping[str, Any], results: Path, cell: Cell, seeds: Sequence[int]) -> Claim:
+    claim = "max-pooling localises tumour patches better than attention (FocusMIL)"
+    methods = list(cell.methods)
+    if not _has_both_families(methods):
+        return _unavailable("patch", claim, "the standard cell needs methods of both families")
+    test = cell_scores(results, cell, seeds, methods=methods)
+    features = Path(results) / features_subdir(config, cell.features)
+    tumour = [s for s in test.index if test.loc[s, "label"] == 1]
+    absent = [s for s in tumour if not (features / f"{s}.h5").is_file()]
+    if absent:  # e.g. feature files deleted after training to save disk
+        return _unavailable("patch", claim, f"the feature files of {len(absent)} test tumour slides (patch labels) "
+                            f"are not in {features}")
+    fractions = {s: read_tumor_fraction(features / f"{s}.h5") for s in tumour}
+    tumour = [s for s in tumour if fractions[s] is not None]
+    if len(tumour) < 2:
+        return _unavailable("patch", claim, "fewer than two test tumour slides have patch labels (tumor_fraction)")
+    slide_of = np.concatenate([np.full(len(fractions[s]), k) for k, s in enumerate(tumour)])
+    labels = (np.concatenate([fractions[s] for s in tumour]) >= ANY_TUMOUR).astype(int)  # as the *_any metrics
+    if labels.all() or not labels.any():
+        return _unavailable("patch", claim, "the test tumour slides' patches are all of one class")
+    rng = np.random.default_rng(BOOT_SEED)
+    counts = rng.multinomial(len(tumour), np.full(len(tumour), 1.0 / len(tumour)), size=N_BOOT)
+    point, boot = np.zeros(len(methods)), np.zeros((N_BOOT, len(methods)))
+    for j, m in enumerate(methods):
+        for sd in seeds:
+            path = run_dir(results, cell.name, m, sd) / "instance_scores.h5"
+            sc = read_instance_scores(path, tumour)
+            score = np.concatenate([sc[s] for s in tumour])
+            if len(score) != len(labels):
+                raise WsimilError(f"{path}: {len(score)} instance scores for {len(labels)} patches of the test "
+                                  "tumour slides (instance scores must follow the feature files' patch order)")
+            if not np.isfinite(score).all():
+                return _unavailable("patch", claim, f"{m} seed {sd} has non-finite instance scores")
+            mat = cluster_auc_matrix(labels, slide_of, score, len(tumour))
+            point[j] += cluster_aucs(*mat, np.ones(len(tumour)))[0] / len(seeds)
+            boot[:, j] += cluster_aucs(*mat, counts) / len(seeds)
+    w = _family_weights(methods, {"max-pooling": 1.0, "attention": -1.0})
+    draws = boot @ w
+    if not np.isfinite(draws).all():
+        return _unavailable("patch", claim, "a resample of the tumour slides had patches of one class only")
+    lo, hi = np.quantile(draws, [0.025, 0.975])
+    iv = Interval(float(point @ w), float(lo), float(hi), 0.95, N_BOOT)
+    return Claim("patch", claim, f"max-pooling mean − attention mean of the patch AUC (any tumour) on the "
+                 f"{len(labels)} patches of the {len(tumour)} test tumour slides, resampled by slide", iv, MARGIN, 1,
+                 verdict(iv, MARGIN, 1), _rule(1))
+
+
 def minet_claim(results: Path, cell: Cell, seeds: Sequence[int]) -> Claim:
     claim = "mi-Net overfits more than FocusMIL (FocusMIL, 'why mi-Net overfits')"
     if not {"minet", "focusmil"} <= set(cell.methods):
@@ -329,6 +382,8 @@ def claims(config: Mapping[str, Any], results: Path) -> list[Claim]:
     cells = {c.name: c for c in plan_cells(config)}
     exps = set(config["experiments"])
     out: list[Claim] = []
+    if "standard" in exps and config["dataset"]["source"] != "features":
+        out.append(patch_claim(config, results, cells["standard"], seeds))
     if {"standard", "poison"} <= exps:
         out.append(poison_claim(results, cells, seeds))
     if {"standard", "ood"} <= exps:
