@@ -67,7 +67,7 @@ def test_the_poison_verdict_follows_its_rule(tmp_path, inverted, expected):
     else:
         assert abs(claim.interval.estimate) > 0.5 and claim.interval.low <= claim.interval.estimate <= claim.interval.high
     text = "\n".join(findings(_config(), _metrics(tmp_path), tmp_path))
-    poison = next(p for p in text.split("\n") if p.startswith("**FocusMIL"))
+    poison = next(p for p in text.split("\n") if p.startswith("**FocusMIL: max-pooling resists"))
     assert f"Verdict: **{expected}**" in poison and str(claim.interval) in poison
     assert "Clean data (standard)" in text
 
