@@ -301,6 +301,35 @@ def test_poisoned_extraction_differs_exactly_at_poisoned_patches(slide, effnet, 
     np.testing.assert_array_equal(read_features(pois2).features, fp)
 
 
+def test_poisoned_extraction_reusing_the_clean_rows_equals_the_full_one(slide, effnet, tmp_path):
+    """With clean_h5 only the poisoned patches are embedded: the other rows are the clean file's, bit for bit,
+    and the poisoned rows match a full re-extraction (same pixels, same network)."""
+    pf = tmp_path / "p.h5"
+    write_patch_file(pf, "s1", n_side=3)
+    clean, full, fast = tmp_path / "clean.h5", tmp_path / "full.h5", tmp_path / "fast.h5"
+    spec = PoisonSpec(strength=0.25, fraction=0.5, seed=3)
+    extract_slide(slide, pf, clean, effnet, batch_size=4, num_workers=0, progress=False)
+    extract_slide(slide, pf, full, effnet, batch_size=4, num_workers=0, progress=False, poison=spec)
+    out = extract_slide(slide, pf, fast, effnet, batch_size=4, num_workers=0, progress=False, poison=spec,
+                        clean_h5=clean)
+    mask = poisoned_patch_mask("s1", 9, spec)
+    fc, ff, fs = (read_features(p).features for p in (clean, full, fast))
+    np.testing.assert_array_equal(fs[~mask], fc[~mask])
+    np.testing.assert_allclose(fs[mask], ff[mask], rtol=1e-2, atol=1e-3)  # float16 storage; batches differ
+    assert (fs[mask] != fc[mask]).any(axis=1).all() and out["n_poisoned"] == 5
+    with h5py.File(fast) as f:
+        np.testing.assert_array_equal(f["poisoned"][:], mask)
+    # a clean file of other patches (or itself poisoned) is refused, naming the file
+    other = tmp_path / "p4.h5"
+    write_patch_file(other, "s1", n_side=2)
+    with pytest.raises(WsimilError, match=r"clean feature file .*full\.h5 does not match.*poisoned True"):
+        extract_slide(slide, pf, tmp_path / "x.h5", effnet, batch_size=4, num_workers=0, progress=False,
+                      poison=spec, clean_h5=full)
+    with pytest.raises(WsimilError, match="same patches: False"):
+        extract_slide(slide, other, tmp_path / "y.h5", effnet, batch_size=4, num_workers=0, progress=False,
+                      poison=spec, clean_h5=clean)
+
+
 def test_extract_rejects_wrong_slide_id_and_empty(slide, effnet, tmp_path):
     pf = tmp_path / "p.h5"
     write_patch_file(pf, "s1", n_side=1)

@@ -96,3 +96,28 @@ def test_slide_bootstrap_interval_covers_the_estimate_and_is_deterministic():
     assert lo < roc_auc_score(y, s) < hi and hi - lo < 0.25
     assert (lo, hi) == slide_bootstrap_auc(y, s, slide, n_boot=300, seed=4)
     assert all(math.isnan(v) for v in slide_bootstrap_auc(np.zeros(300, int), s, slide))
+
+
+def test_probe_script_on_a_tiny_generated_set(tmp_path):
+    """benchmarks/synthetic_stats.py probe --synth: renders, patches and extracts 8 small slides, probes them and
+    writes its row (not into benchmarks/results: --no-record)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    before = (root / "benchmarks/results/probe_calibration.csv").read_bytes()
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks/synthetic_stats.py"), "probe", "--synth", "--name", "tiny",
+         "--train", "2", "2", "--test", "2", "2", "--set", "size_um=[1200,960]", "--set", "seed=11",
+         "--work", str(tmp_path / "work"), "--no-record", "--csv", str(tmp_path / "row.csv")],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = pd.read_csv(tmp_path / "row.csv").iloc[0]
+    assert row["name"] == "tiny" and (row["train_slides"], row["test_slides"]) == (4, 4)
+    assert row["test_pos_any"] >= row["test_pos_half"] and row["test_pos_any"] > 0
+    assert row["test_neg_half"] > 10 * max(row["test_pos_half"], 1)  # tumour is a small share of the tissue
+    assert 0.5 < row["auc_any"] <= 1.0 and 0.0 <= row["bacc_any"] <= 1.0  # tumour is visible to a supervised probe
+    assert "positives = any tumour" in proc.stdout
+    assert len(list((tmp_path / "work" / "features").glob("*.h5"))) == 8
+    assert (root / "benchmarks/results/probe_calibration.csv").read_bytes() == before

@@ -154,7 +154,7 @@ def _extract(args: argparse.Namespace, poison_of=None) -> None:
         s = extract_slide(
             slide, patches, out, ext, batch_size=cfg["batch_size"], num_threads=args.threads, poison=spec,
             slide_id=sid, num_workers=cfg["num_workers"], dtype=cfg["dtype"], progress=not args.no_progress,
-            precision=cfg["precision"],
+            precision=cfg["precision"], clean_h5=job[4] if poison_of else None,
         )
         log.info("%s: %d patches (%d poisoned), %s %d-d %s, %.1f s (%.1f tiles/s) -> %s", s["slide_id"],
                  s["n_patches"], s["n_poisoned"], ext.name, ext.dim, s["precision"], s["seconds"], s["tiles_per_s"], out)
