@@ -1,29 +1,37 @@
 """Instance-level pooling MIL: mi-Net (Wang et al. 2018) and its mini-batch and mean-pooling variants.
 
 Follows ``yanyongluan/MINNs`` ``mi_Net.py``: Dense 256-128-64 ReLU, Dropout 0.5, a Dense(1) instance
-score, pooling of the instance scores per bag (max, or mean), BCE on the bag. mi-Net applies the sigmoid
-before the max; the max of logits is the logit of the max probability (sigmoid is monotone), so we pool
-logits and use BCE-with-logits for numerical stability.
+score with a sigmoid, pooling of the instance *probabilities* per bag (``Score_pooling`` in
+``mil_nets/layer.py``: sigmoid first, then max or mean), BCE on the bag probability. We return the bag's
+logit and train with BCE-with-logits (numerically stable, the same loss): for max-pooling the max of logits is
+the logit of the max probability (sigmoid is monotone); for mean-pooling ('ave') the bag logit is
+logit(mean_k sigmoid(l_k)) = logsumexp_k log sigmoid(l_k) - logsumexp_k log sigmoid(-l_k), computed in log
+space.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+import torch.nn.functional as F
 from torch import nn
 
 from wsimil.models.base import MILBatch, MILModel, MILOutput, register_method
 from wsimil.models.layers import Dropout
-from wsimil.models.ops import segment_max, segment_mean
+from wsimil.models.ops import segment_logsumexp, segment_max
 
 
 class InstancePoolingMIL(MILModel):
-    """Instance MLP -> instance logit (N,) -> max (or mean) per bag -> bag logit (B,)."""
+    """Instance MLP -> instance logit (N,) -> per bag the max, or the mean of the instance probabilities ->
+    bag logit (B,)."""
 
     name = "instance-pooling"
 
-    def __init__(self, *, in_dim: int, hidden: Sequence[int] = (256, 128, 64), dropout: float = 0.5, pooling: str = "max"):
+    def __init__(self, *, in_dim: int, hidden: Sequence[int] = (256, 128, 64), dropout: float = 0.5, pooling: str = "max",
+                 init: str = "torch"):
         super().__init__()
+        if init not in ("torch", "keras"):
+            raise ValueError(f"init must be 'torch' or 'keras', got {init!r}")
         if pooling not in ("max", "mean"):
             raise ValueError(f"pooling must be 'max' or 'mean', got {pooling!r}")
         layers: list[nn.Module] = []
@@ -35,13 +43,20 @@ class InstancePoolingMIL(MILModel):
         self.net = nn.Sequential(*layers)
         self.score = nn.Linear(d, 1)  # MINNs Score_pooling: Dense(1) per instance
         self.pooling = pooling
+        if init == "keras":  # MINNs' Dense layers: Keras defaults, glorot_uniform kernels and zero biases
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.xavier_uniform_(m.weight)
+                    nn.init.zeros_(m.bias)
 
     def forward(self, batch: MILBatch) -> MILOutput:
         logits = self.score(self.net(batch.x)).squeeze(-1)  # (N,)
         if self.pooling == "max":
             bag = segment_max(logits, batch.bag_index, batch.n_bags)
-        else:
-            bag = segment_mean(logits.unsqueeze(-1), batch.bag_index, batch.n_bags).squeeze(-1)
+        else:  # logit(mean of sigmoids): the n of log(mean) cancels in the difference
+            lp = logits.float()
+            bag = (segment_logsumexp(F.logsigmoid(lp), batch.bag_index, batch.n_bags)
+                   - segment_logsumexp(F.logsigmoid(-lp), batch.bag_index, batch.n_bags))
         return MILOutput(bag_logits=bag, instance_scores=logits)
 
 
@@ -73,7 +88,7 @@ register_method(
         # one bag per batch. Keras l2(λ) adds λ·||w||² to the loss, i.e. weight decay 2λ in SGD terms.
         optimizer="sgd", lr=5e-4, weight_decay=1e-2, momentum=0.9, nesterov=True, betas=(0.9, 0.999),
         lr_decay=1e-4, epochs=50, bags_per_batch=1, grad_clip=None, scheduler=None, selection="val_auc",
-        model=dict(hidden=[256, 128, 64], dropout=0.5, pooling="max"),
+        model=dict(hidden=[256, 128, 64], dropout=0.5, pooling="max", init="keras"),
     ),
     description="mi-Net as published: one bag per step, SGD with Nesterov momentum, max-pooling of instance scores.",
     source=_MINET_SOURCE,
@@ -83,6 +98,6 @@ register_method(
     "meanpool",
     family="max-pooling",
     defaults=_minibatch_defaults("mean"),
-    description="mi-Net's network with mean-pooling of instance logits (MINNs pooling_mode='mean').",
+    description="mi-Net's network with mean-pooling of the instance probabilities (MINNs pooling_mode='ave').",
     source=_MINET_SOURCE,
 )(InstancePoolingMIL)

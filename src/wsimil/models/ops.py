@@ -26,6 +26,13 @@ def segment_sum(values: Tensor, bag_index: Tensor, n_bags: int) -> Tensor:
     return out.index_add(0, bag_index, values)
 
 
+def segment_logsumexp(values: Tensor, bag_index: Tensor, n_bags: int) -> Tensor:
+    """log(sum(exp(values))) of ``values`` (N,) per bag -> (B,), stable (each bag's max subtracted first)."""
+    m = segment_max(values, bag_index, n_bags).detach()
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    return m + torch.log(segment_sum(torch.exp(values - m[bag_index]), bag_index, n_bags))
+
+
 def segment_count(bag_index: Tensor, n_bags: int) -> Tensor:
     """Number of instances per bag -> (B,) float."""
     return torch.bincount(bag_index, minlength=n_bags).to(torch.float32)

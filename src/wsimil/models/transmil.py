@@ -126,10 +126,12 @@ class NystromAttention(nn.Module):
         group = length // m  # = ceil(n / m) tokens per landmark
         q_land = q.reshape(h, m, group, d).mean(dim=2)  # (h, m, d): sum over the group / group (lines 93-111)
         k_land = k.reshape(h, m, group, d).mean(dim=2)
-        # softmaxes in float32 (a no-op in fp32; under bf16 autocast the products stay bf16)
-        attn1 = torch.softmax(q @ k_land.transpose(-1, -2), dim=-1, dtype=torch.float32)  # (h, L, m)
-        attn2 = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-1, dtype=torch.float32)  # (h, m, m)
-        attn3 = torch.softmax(q_land @ k.transpose(-1, -2), dim=-1, dtype=torch.float32)  # (h, m, L)
+        # softmaxes in at least float32 (a no-op in fp32; under bf16 autocast the products stay bf16), and in the
+        # input's precision when it is wider (float64)
+        sdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+        attn1 = torch.softmax(q @ k_land.transpose(-1, -2), dim=-1, dtype=sdt)  # (h, L, m)
+        attn2 = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-1, dtype=sdt)  # (h, m, m)
+        attn3 = torch.softmax(q_land @ k.transpose(-1, -2), dim=-1, dtype=sdt)  # (h, m, L)
         attn2_inv = moore_penrose_pinv(attn2, self.pinv_iterations)  # lines 130-131
         out = (attn1 @ attn2_inv) @ (attn3 @ v)  # (h, L, d), line 133
         if self.res_conv is not None:
