@@ -49,10 +49,11 @@ register_method(
     "abmil",
     family="attention",
     defaults=dict(
-        # CLAM's optimiser settings for its attention networks on WSI features (Adam 2e-4, wd 1e-5,
-        # dropout 0.25), one slide per step as every official attention-MIL loop.
+        # CLAM's training of its attention networks on WSI features (main.py: Adam --lr 2e-4, --reg 1e-5,
+        # --max_epochs 200, dropout 0.25), one slide per step as every official attention-MIL loop.
+        # AttentionDeepMIL's main.py (20 epochs, lr 5e-4, wd 1e-4) trains MNIST bags, not WSI features.
         optimizer="adam", lr=2e-4, weight_decay=1e-5, momentum=0.0, nesterov=False, betas=(0.9, 0.999),
-        lr_decay=0.0, epochs=100, bags_per_batch=1, grad_clip=None, scheduler=None, selection="val_auc",
+        lr_decay=0.0, epochs=200, bags_per_batch=1, grad_clip=None, scheduler=None, selection="val_auc",
         model=dict(hidden=512, attention_hidden=256, dropout=0.25),
     ),
     description="Gated attention MIL (Ilse et al. 2018) in CLAM's WSI configuration.",
