@@ -222,6 +222,27 @@ def test_plot_heatmaps_writes_png_and_pdf(heat_slides, tmp_path):
     _check_written(plot_heatmaps(slides, ["maxpool", "abmil"], scores, out), out, (6.5, 7.3))
 
 
+def test_plot_heatmaps_outlines_the_marked_patches(heat_slides, tmp_path):
+    """The poisoned patches are outlined in magenta in every panel of their slide; no marks, no magenta."""
+    import matplotlib.image as mpimg
+
+    slides, scores = heat_slides
+    n = len(slides[0]["coords"])
+    mask = np.zeros(n, bool)
+    mask[: n // 2] = True
+
+    def magenta(path):
+        img = mpimg.imread(path)[..., :3]
+        return int((np.abs(img - np.array([0xE7, 0x29, 0x8A]) / 255).max(axis=-1) < 0.08).sum())
+
+    plain = plot_heatmaps(slides, ["maxpool", "abmil"], scores, tmp_path / "plain.png")[0]
+    marked = plot_heatmaps(slides, ["maxpool", "abmil"], scores, tmp_path / "marked.png",
+                           marked={"tumor_001": mask})[0]
+    assert magenta(plain) == 0 and magenta(marked) > 200
+    with pytest.raises(ValueError, match="marks for"):
+        plot_heatmaps(slides, ["abmil"], scores, tmp_path / "x.png", marked={"tumor_001": mask[:-1]})
+
+
 def test_plot_heatmaps_checks_its_input(heat_slides, tmp_path):
     slides, scores = heat_slides
     with pytest.raises(ValueError, match="'tumor_001'.*'dsmil'"):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import h5py
+import numpy as np
 import pandas as pd
 
 from wsimil.evaluation.evaluate import read_instance_scores, read_predictions
@@ -320,11 +321,13 @@ def _heatmaps(results: Path, cell: Cell, sheet: pd.DataFrame, slide_ids: Sequenc
     rows = sheet.set_index("slide_id")
     sheet_path = Path(sheet.attrs.get("path", "slides.csv"))  # relative paths in it are relative to its folder
     feats_dir = results / features_subdir(config, cell.features)
-    slides, scores = [], {}
+    slides, scores, marked = [], {}, {}
     for sid in slide_ids:
         with h5py.File(feats_dir / f"{sid}.h5", "r") as f:
             coords = f["coords"][:]
             size = int(f.attrs["level0_size"])
+            if "poisoned" in f:  # a poisoned feature set: outline the patches that carry the green noise
+                marked[sid] = np.asarray(f["poisoned"][()], dtype=bool)
         ann = str(rows.loc[sid, "annotation"]) if "annotation" in rows.columns else ""
         slides.append({
             "slide_id": sid, "path": str(resolve(sheet_path, str(rows.loc[sid, "path"]))),
@@ -334,7 +337,8 @@ def _heatmaps(results: Path, cell: Cell, sheet: pd.DataFrame, slide_ids: Sequenc
         for m in cell.methods:
             s = read_instance_scores(run_dir(results, cell.name, m, seed) / "instance_scores.h5", [sid])[sid]
             scores[(sid, m)] = s
-    return plot_heatmaps(slides, list(cell.methods), scores, results / "figures" / f"heatmaps_{experiment}.png")
+    return plot_heatmaps(slides, list(cell.methods), scores, results / "figures" / f"heatmaps_{experiment}.png",
+                         marked=marked or None)
 
 
 CAPTIONS = {

@@ -41,6 +41,21 @@ _OUTLINE = {"color": "black", "lw": 0.9,
             "path_effects": [patheffects.withStroke(linewidth=2.0, foreground="white")]}
 
 
+_MARK_COLOUR = "#e7298a"
+
+
+def _mark(ax, coords: np.ndarray, size: int, mask: np.ndarray) -> None:
+    """Outline the patches of ``mask`` (N,) bool at their level-0 ``coords`` (N, 2)."""
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Rectangle
+
+    mask = np.asarray(mask, dtype=bool).reshape(-1)
+    if len(mask) != len(coords):
+        raise FigureInputError(f"{len(mask)} marks for {len(coords)} patches")
+    boxes = [Rectangle((x, y), size, size) for x, y in np.asarray(coords)[mask]]
+    ax.add_collection(PatchCollection(boxes, facecolor="none", edgecolor=_MARK_COLOUR, linewidth=0.4))
+
+
 def rank_normalise(scores: np.ndarray) -> np.ndarray:
     """Scores (N,) -> their rank in [0, 1] (0 the lowest patch, 1 the highest; ties share their mean rank)."""
     from scipy.stats import rankdata
@@ -140,6 +155,8 @@ def plot_heatmaps(
     out_png: str | os.PathLike,
     *,
     dpi: int = 200,
+    marked: Mapping[str, np.ndarray] | None = None,
+    marked_label: str = "poisoned patch",
 ) -> list[Path]:
     """Per-patch score heatmaps: one row per slide, one column per method after the slide itself.
 
@@ -154,6 +171,8 @@ def plot_heatmaps(
     The colour bar says so. The first column is the slide with its annotation outlined (black, white halo;
     excluded regions dotted), the heatmaps lie over a faded copy with the same outline; viridis colour map.
     The figure is 7 in wide up to 5 columns and widens by about 1 in per column beyond.
+    ``marked[slide_id]``: (N,) bool, patches outlined in magenta in every panel of that slide, labelled
+    ``marked_label`` (the poisoned patches, so that a reader sees whether a method's high scores follow them).
     Returns the PNG and PDF paths.
     """
     _check(slides, methods, scores)
@@ -185,6 +204,8 @@ def plot_heatmaps(
                     ax.imshow(_overlay(faded, heat, cmap), extent=extent, interpolation="antialiased")
                 for poly, tumour in polys:
                     ax.plot(poly[:, 0], poly[:, 1], ls="-" if tumour else ":", **_OUTLINE)
+                if marked is not None and s["slide_id"] in marked:
+                    _mark(ax, coords, int(s["patch_size_level0"]), marked[s["slide_id"]])
                 ax.set_xlim(0, level0[0])
                 ax.set_ylim(level0[1], 0)
                 ax.set_xticks([])
@@ -202,7 +223,10 @@ def plot_heatmaps(
                            pad=0.02, ticks=[0, 0.5, 1], alpha=HEAT_ALPHA)
         bar.set_label("patch score, rank within slide and method (0 lowest, 1 highest patch)")
         bar.outline.set_linewidth(0.5)
-        if any(outlines):  # beside the colour bar, not on a row of its own
-            bar.ax.legend(handles=[Line2D([], [], **_OUTLINE, label="tumour annotation")], loc="center right",
-                          bbox_to_anchor=(-0.04, 0.5), frameon=False, handlelength=2.0)
+        handles = [Line2D([], [], **_OUTLINE, label="tumour annotation")] if any(outlines) else []
+        if marked is not None and any(np.asarray(v).any() for v in marked.values()):
+            handles.append(Line2D([], [], color=_MARK_COLOUR, lw=0.8, label=marked_label))
+        if handles:  # beside the colour bar, not on a row of its own
+            bar.ax.legend(handles=handles, loc="center right", bbox_to_anchor=(-0.04, 0.5), frameon=False,
+                          handlelength=2.0)
         return _save(fig, Path(out_png), dpi)
