@@ -97,7 +97,7 @@ def test_every_experiment_writes_its_tables_figures_and_the_summary(ci_run):
     summary = (out / "SUMMARY.md").read_text()
     assert summary.count("Verdict:") >= 4 and "MIL unit test" in summary
     claims = pd.read_csv(out / "tables" / "claims.csv")
-    assert set(claims["claim"]) == {"poison", "ood", "dtfd_tier1", "dtfd_tier2", "minet_gap"}
+    assert set(claims["claim"]) == {"patch", "poison", "ood", "dtfd_tier1", "dtfd_tier2", "minet_gap"}
     assert set(claims["verdict"]) <= {"supported", "contradicted", "inconclusive"}
     for c in claims.itertuples():
         assert c.ci_low <= c.estimate <= c.ci_high and f"Verdict: **{c.verdict}**" in summary
