@@ -285,7 +285,7 @@ def cell_slides(cell):
     return {"main": SLIDES, "ood": OOD_SLIDES, "milunit": milunit_ids()}[CELLS[cell].sheet]
 
 
-RUN_FILES = ["predictions.csv", "instance_scores.h5", "history.csv", "model.pt", "run.json"]
+RUN_FILES = ["predictions.csv", "instance_scores.h5", "score_maps.h5", "history.csv", "model.pt", "run.json"]
 
 
 def run_dir(cell, method, seed):

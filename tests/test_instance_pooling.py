@@ -75,3 +75,42 @@ def test_transmil_runs_in_float64_and_agrees_with_float32():
         out32 = model.float()(MILBatch(batch.x.float(), batch.bag_index, 1))
     assert out64.bag_logits.dtype == torch.float64
     np.testing.assert_allclose(out64.bag_logits.numpy(), out32.bag_logits.double().numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_each_heatmap_score_is_the_quantity_its_caption_names():
+    """On a hand-made bag: DSMIL's instance score is the instance classifier's logit and its map the attention
+    to the critical instance (summing to 1); DTFD's instance score is the Grad-CAM probability
+    sigmoid(a_k h_k . (W1 - W0)) and its map the Tier-1 attention a_k; CLAM-MB's map is A_raw of the predicted
+    class; ABMIL shows one quantity."""
+    torch.manual_seed(3)
+    batch = _batch([9, 4], dim=6)
+    ds = get_method("dsmil").build(6).eval()
+    with torch.no_grad():
+        out = ds(batch)
+        maps = ds.score_maps(out, batch)
+        c = ds.instance_classifier(batch.x)
+    assert type(ds).instance_score_name == "instance logit" and set(maps) == {"attention"}
+    a = maps["attention"]
+    for b in range(2):
+        assert a[batch.bag_index == b].sum().item() == pytest.approx(1.0, abs=1e-5)
+    torch.testing.assert_close(out.instance_scores, c.reshape(-1))
+
+    dt = get_method("dtfd_afs").build(6).eval()
+    with torch.no_grad():
+        out = dt(batch)
+        maps = dt.score_maps(out, batch)
+        h = dt.reduce(batch.x)
+        w = dt.classifier1.weight
+    att = maps["attention"]
+    torch.testing.assert_close(out.instance_scores, torch.sigmoid(att * (h @ (w[1] - w[0]))), rtol=1e-5, atol=1e-6)
+    assert type(dt).instance_score_name == "Grad-CAM probability"
+
+    mb = get_method("clam_mb").build(6).eval()
+    with torch.no_grad():
+        out = mb(batch)
+        maps = mb.score_maps(out, batch)
+    pred = out.extras["class_logits"].argmax(1)
+    want = torch.stack([out.extras["attention_raw"][i, pred[batch.bag_index[i]]] for i in range(len(batch.x))])
+    torch.testing.assert_close(maps["A_raw, predicted class"], want)
+    torch.testing.assert_close(out.instance_scores, out.extras["attention_raw"][:, 1])
+    assert get_method("abmil").build(6).score_maps(get_method("abmil").build(6)(batch), batch) == {}

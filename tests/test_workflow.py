@@ -50,7 +50,8 @@ def test_tables_figures_and_run_directories_exist(ci_run):
         for method in ("maxpool", "abmil", "focusmil"):
             for seed in (0, 1):
                 run = out / "runs" / exp / method / f"seed{seed}"
-                for name in ("predictions.csv", "instance_scores.h5", "history.csv", "model.pt", "run.json", "metrics.json"):
+                for name in ("predictions.csv", "instance_scores.h5", "score_maps.h5", "history.csv", "model.pt", "run.json",
+                             "metrics.json"):
                     assert (run / name).is_file(), run / name
                 meta = json.loads((run / "run.json").read_text())
                 assert meta["method"] == method and meta["seed"] == seed and meta["experiment"] == exp

@@ -30,6 +30,7 @@ class GatedAttention(nn.Module):
 
 class ABMIL(MILModel):
     name = "abmil"
+    instance_score_name = "attention score (pre-softmax)"
 
     def __init__(self, *, in_dim: int, hidden: int = 512, attention_hidden: int = 256, dropout: float = 0.25):
         super().__init__()

@@ -61,6 +61,14 @@ class MILModel(nn.Module, abc.ABC):
         and the bag (G,) of each; None for models without sub-bags."""
         return None
 
+    #: what ``instance_scores`` is, in a heatmap's words (the papers draw different quantities)
+    instance_score_name: ClassVar[str] = "instance score"
+
+    def score_maps(self, out: MILOutput, batch: MILBatch) -> dict[str, Tensor]:
+        """Other per-instance quantities (N,) a paper draws as its heatmap, by name (DSMIL's attention, DTFD's
+        attention beside its Grad-CAM probability, CLAM-MB's attention of the predicted class); default none."""
+        return {}
+
     def loss(self, out: MILOutput, batch: MILBatch) -> dict[str, Tensor]:
         """Losses of one batch; ``"loss"`` is what is minimised. Default: BCE on the bag logits."""
         bce = nn.functional.binary_cross_entropy_with_logits(out.bag_logits, batch.labels)

@@ -66,6 +66,7 @@ class CausalMIL(MILModel):
     """
 
     name = "causalmil"
+    instance_score_name = "instance logit"
     loss_is_bag_mean = True  # BCE, reconstruction and both KL terms are means over the bags of the batch
 
     def __init__(

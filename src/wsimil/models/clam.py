@@ -208,6 +208,7 @@ class CLAMSB(CLAM):
 
     name = "clam_sb"
     multi_branch = False
+    instance_score_name = "A_raw"
 
 
 class CLAMMB(CLAM):
@@ -215,6 +216,13 @@ class CLAMMB(CLAM):
 
     name = "clam_mb"
     multi_branch = True
+    instance_score_name = "A_raw, tumour class"
+
+    def score_maps(self, out: MILOutput, batch: MILBatch) -> dict[str, Tensor]:
+        """CLAM's create_heatmaps draws ``A_raw`` of the predicted class (per slide), not always the tumour's."""
+        pred = out.extras["class_logits"].argmax(dim=1)  # (B,)
+        a_raw = out.extras["attention_raw"]  # (N, 2)
+        return {"A_raw, predicted class": a_raw.gather(1, pred[batch.bag_index].unsqueeze(1)).squeeze(1)}
 
 
 register_method(

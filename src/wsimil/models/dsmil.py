@@ -113,6 +113,12 @@ class DSMIL(MILModel):
         extras = {"attention": a, "bag_stream": bag, "max_instance": max_c, "critical": m}
         return MILOutput(bag_logits=slide, instance_scores=c, extras=extras)
 
+    instance_score_name = "instance logit"
+
+    def score_maps(self, out: MILOutput, batch: MILBatch) -> dict[str, Tensor]:
+        """dsmil-wsi's heatmaps colour the patches by the attention to the critical instance."""
+        return {"attention": out.extras["attention"]}
+
     def loss(self, out: MILOutput, batch: MILBatch) -> dict[str, Tensor]:
         """0.5 BCE(aggregator logit) + 0.5 BCE(max instance logit) (``train_tcga.py`` ``train``).
 

@@ -195,6 +195,12 @@ class DTFDMIL(MILModel):
             },
         )  # fmt: skip
 
+    instance_score_name = "Grad-CAM probability"
+
+    def score_maps(self, out: MILOutput, batch: MILBatch) -> dict[str, Tensor]:
+        """DTFD-MIL's figure contrasts the Grad-CAM instance probability with the Tier-1 attention score."""
+        return {"attention": out.extras["attention"]}
+
     def group_scores(self, out: MILOutput) -> tuple[Tensor, Tensor]:
         """Tier-1 positive probability of every non-empty pseudo-bag (G,) and its slide (G,): the official test
         loop's First-Tier AUC is computed over these pseudo-bags, each labelled with its slide's label."""

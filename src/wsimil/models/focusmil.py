@@ -23,6 +23,7 @@ def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
 
 class FocusMIL(MILModel):
     name = "focusmil"
+    instance_score_name = "instance logit"
 
     def __init__(self, *, in_dim: int, hidden: int = 256, latent: int = 128, beta: float = 1e-2, variational: bool = True):
         super().__init__()

@@ -26,6 +26,7 @@ class InstancePoolingMIL(MILModel):
     bag logit (B,)."""
 
     name = "instance-pooling"
+    instance_score_name = "instance logit"
 
     def __init__(self, *, in_dim: int, hidden: Sequence[int] = (256, 128, 64), dropout: float = 0.5, pooling: str = "max",
                  init: str = "torch"):

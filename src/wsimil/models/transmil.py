@@ -188,6 +188,7 @@ class TransMIL(MILModel):
     """
 
     name = "transmil"
+    instance_score_name = "class-token attention (second layer)"
 
     def __init__(
         self,

@@ -334,11 +334,43 @@ def _heatmaps(results: Path, cell: Cell, sheet: pd.DataFrame, slide_ids: Sequenc
             "annotation": str(resolve(sheet_path, ann)) if ann and ann != "nan" else None,
             "coords": coords, "patch_size_level0": size,
         })
-        for m in cell.methods:
-            s = read_instance_scores(run_dir(results, cell.name, m, seed) / "instance_scores.h5", [sid])[sid]
-            scores[(sid, m)] = s
-    return plot_heatmaps(slides, list(cell.methods), scores, results / "figures" / f"heatmaps_{experiment}.png",
+    columns: list[str] = []
+    for m in cell.methods:
+        run = run_dir(results, cell.name, m, seed)
+        maps = _score_maps(run / "score_maps.h5", list(slide_ids))
+        what = _score_name(run / "instance_scores.h5")
+        main = f"{m} ({what})" if maps and what else m  # name both quantities where a method shows two
+        columns.append(main)
+        inst = read_instance_scores(run / "instance_scores.h5", list(slide_ids))
+        for sid in slide_ids:
+            scores[(sid, main)] = inst[sid]
+        for name, per_slide in maps.items():
+            columns.append(f"{m} ({name})")
+            for sid in slide_ids:
+                scores[(sid, f"{m} ({name})")] = per_slide[sid]
+    return plot_heatmaps(slides, columns, scores, results / "figures" / f"heatmaps_{experiment}.png",
                          marked=marked or None)
+
+
+def _score_name(path: Path) -> str | None:
+    """What a run's instance scores are (``instance_scores.h5`` attr ``score``; None for older runs)."""
+    with h5py.File(path, "r") as f:
+        name = f.attrs.get("score")
+    return None if name is None else str(name)
+
+
+def _score_maps(path: Path, slide_ids: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    """The other heatmap quantities of a run (``score_maps.h5``): name -> slide id -> (N,); {} if none."""
+    if not path.is_file():
+        return {}
+    out: dict[str, dict[str, np.ndarray]] = {}
+    with h5py.File(path, "r") as f:
+        for name in f:
+            missing = [s for s in slide_ids if s not in f[name]]
+            if missing:
+                raise WsimilError(f"{path}: map {name!r} has no scores for slides {missing[:5]}")
+            out[name] = {s: np.asarray(f[name][s][()], dtype=np.float64).reshape(-1) for s in slide_ids}
+    return out
 
 
 CAPTIONS = {

@@ -8,7 +8,7 @@ import functools
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -38,6 +38,7 @@ class Prediction:
     instance_scores: list[np.ndarray]
     loss: float
     group_scores: list[np.ndarray] | None = None  # per bag, its sub-bags' scores (MILModel.group_scores)
+    score_maps: dict[str, list[np.ndarray]] = field(default_factory=dict)  # name -> per bag (N_i,) (MILModel.score_maps)
 
 
 @dataclass
@@ -146,6 +147,7 @@ def predict(model: MILModel, bags: BagSet, indices: Sequence[int], device: str =
     inst: list[np.ndarray] = [np.empty(0, np.float32)] * len(indices)
     losses = []
     groups: list[np.ndarray] | None = None
+    score_maps: dict[str, list[np.ndarray]] = {}
     sizes = [len(bags.features[i]) for i in indices]
     for chunk in batches_by_size(sizes, max(1, EVAL_MAX_ELEMENTS // bags.dim)):
         idx = indices[chunk]
@@ -158,6 +160,11 @@ def predict(model: MILModel, bags: BagSet, indices: Sequence[int], device: str =
         bounds = np.cumsum([0] + [sizes[c] for c in chunk])
         for j, c in enumerate(chunk):
             inst[c] = scores[bounds[j] : bounds[j + 1]]
+        for name, values in model.score_maps(out, batch).items():
+            v = values.float().cpu().numpy()
+            maps = score_maps.setdefault(name, [np.empty(0, np.float32)] * len(indices))
+            for j, c in enumerate(chunk):
+                maps[c] = v[bounds[j] : bounds[j + 1]]
         sub = model.group_scores(out)
         if sub is not None:
             groups = groups or [np.empty(0, np.float32)] * len(indices)
@@ -167,7 +174,7 @@ def predict(model: MILModel, bags: BagSet, indices: Sequence[int], device: str =
         del batch, out, parts
     probs = 1.0 / (1.0 + np.exp(-logits))
     loss = float(np.sum(losses) / max(len(indices), 1)) if len(indices) else float("nan")
-    return Prediction(indices, logits, probs, inst, loss, groups)
+    return Prediction(indices, logits, probs, inst, loss, groups, score_maps)
 
 
 def batch_dtype(precision: str) -> torch.dtype:

@@ -2,7 +2,8 @@
 
 ``<run_dir>/``: ``predictions.csv`` (slide_id,label,split,score), ``instance_scores.h5`` (one dataset per
 slide, same order as its feature file), ``history.csv``, ``model.pt`` (weights_only-loadable), ``run.json``;
-for DTFD also ``pseudo_bags.csv`` (slide_id,label,split,pseudo_bag,score: Tier-1 score of each pseudo-bag).
+``score_maps.h5`` (a group per other heatmap quantity of the model, ``MILModel.score_maps``: DSMIL's and
+DTFD's attention, CLAM-MB's A_raw of the predicted class; empty for the others), for DTFD also ``pseudo_bags.csv`` (slide_id,label,split,pseudo_bag,score: Tier-1 score of each pseudo-bag).
 """
 
 from __future__ import annotations
@@ -75,6 +76,12 @@ def write_run(run_dir: str | os.PathLike, bags: BagSet, result: TrainResult, met
         with h5py.File(tmp / "instance_scores.h5", "w") as f:
             for sid, scores in zip(bags.slide_ids, pred.instance_scores):
                 f.create_dataset(sid, data=scores.astype(np.float32))
+            f.attrs["score"] = type(result.model).instance_score_name
+        with h5py.File(tmp / "score_maps.h5", "w") as f:  # the other heatmap quantities (may hold none)
+            for name, per_bag in pred.score_maps.items():
+                g = f.create_group(name)
+                for sid, scores in zip(bags.slide_ids, per_bag):
+                    g.create_dataset(sid, data=scores.astype(np.float32))
         pd.DataFrame(result.history).to_csv(tmp / "history.csv", index=False, float_format="%.6g")
         torch.save({
             "method": meta["method"], "in_dim": bags.dim, "hparams": _plain(result.hparams),
