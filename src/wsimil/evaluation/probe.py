@@ -77,16 +77,14 @@ def slide_bootstrap_auc(y: np.ndarray, score: np.ndarray, slide: np.ndarray, n_b
                         level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of the patch AUC of ``score`` (N,) for labels ``y`` (N,) over the slides of
     ``slide`` (N,) resampled with replacement; NaNs if fewer than half the resamples have both classes."""
-    from sklearn.metrics import roc_auc_score
+    from wsimil.evaluation.intervals import cluster_auc_matrix, cluster_aucs
 
     ids, inv = np.unique(slide, return_inverse=True)
-    groups = [np.flatnonzero(inv == k) for k in range(len(ids))]
     rng = np.random.default_rng(seed)
-    aucs = []
-    for _ in range(n_boot):
-        idx = np.concatenate([groups[k] for k in rng.integers(0, len(ids), len(ids))])
-        if 0 < y[idx].sum() < len(idx):
-            aucs.append(roc_auc_score(y[idx], score[idx]))
+    draws = rng.integers(0, len(ids), (n_boot, len(ids)))
+    counts = np.stack([np.bincount(d, minlength=len(ids)) for d in draws])
+    aucs = cluster_aucs(*cluster_auc_matrix(y, inv, score, len(ids)), counts)
+    aucs = aucs[np.isfinite(aucs)]
     if len(aucs) < n_boot / 2:
         return math.nan, math.nan
     lo, hi = np.quantile(aucs, [(1 - level) / 2, (1 + level) / 2])

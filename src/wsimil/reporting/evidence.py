@@ -273,13 +273,9 @@ def _pseudo_bag_scores(results: Path, cell: Cell, method: str, seeds: Sequence[i
 
 
 def _cluster_aucs(labels: np.ndarray, slide_of: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """AUC of rows (pseudo-bags) whose slides are drawn ``counts`` (n_boot, n_slides) times: every row of a
-    drawn slide is counted with its slide's weight. Returns (n_boot,)."""
-    pos, neg = labels == 1, labels == 0
-    sp, sn = scores[pos][:, None], scores[neg][None, :]
-    c = (sp > sn) + 0.5 * (sp == sn)
-    wp, wn = counts[:, slide_of[pos]], counts[:, slide_of[neg]]
-    return np.einsum("bi,ij,bj->b", wp, c, wn) / (wp.sum(1) * wn.sum(1))
+    """AUC of rows (pseudo-bags, patches) whose slides are drawn ``counts`` (n_boot, n_slides) times: every row
+    of a drawn slide is counted with its slide's weight. Returns (n_boot,)."""
+    return cluster_aucs(*cluster_auc_matrix(labels, slide_of, scores, counts.shape[1]), counts)
 
 
 def dtfd_claims(results: Path, cells: Sequence[Cell], seeds: Sequence[int]) -> list[Claim]:
