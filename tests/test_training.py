@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from wsimil.datasets.toy import separable_bags
 from wsimil.features.store import write_features
 from wsimil.models.base import list_methods
 from wsimil.training.data import BagSet, batches_by_size, pack
@@ -17,21 +18,7 @@ from wsimil.training.run import load_model, train_and_write
 
 def toy_bags(seed=0, n=(40, 12, 24), dim=32, witness_shift=6.0) -> BagSet:
     """Positive bags hold 1-3 instances of a shifted concept among N(0, I) negatives."""
-    rng = np.random.default_rng(seed)
-    concept = rng.normal(size=dim)
-    concept /= np.linalg.norm(concept)
-    feats, labels, splits = [], [], []
-    for split, count in zip(("train", "val", "test"), n):
-        for i in range(count):
-            label = i % 2
-            x = rng.normal(size=(rng.integers(20, 60), dim))
-            if label:
-                k = rng.integers(1, 4)
-                x[:k] += witness_shift * concept
-            feats.append(torch.tensor(x, dtype=torch.float32))
-            labels.append(label)
-            splits.append(split)
-    return BagSet([f"s{i:03d}" for i in range(len(feats))], np.array(labels), np.array(splits), feats)
+    return separable_bags(seed, n, dim, witness_shift)
 
 
 FOCUSMIL_TOY_XFAIL = pytest.mark.xfail(

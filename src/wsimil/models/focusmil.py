@@ -5,6 +5,13 @@ that agree (REFERENCE.md): encoder Linear(d,256)-ReLU-Linear(256,256)-ReLU, then
 for logvar; z = mu + sigma * eps while training, mu at evaluation; Linear(128,1) instance logit; the bag
 logit is the max over its instances; loss = BCE + beta * KL(q(z|x) || N(0, I)), the KL averaged
 element-wise over all instances of the batch; several bags per step.
+
+What the paper leaves open is a constructor argument, so the sensitivity study
+(:mod:`wsimil.studies.focusmil_sensitivity`) can vary it: ``beta``; ``kl`` the KL's normalisation (``"mean"``
+over latent dimensions and instances, ``"sum_dims"`` summed over latent dimensions and averaged over
+instances, ``"selected"`` averaged over the latent dimensions of each bag's max instance only);
+``logvar_init`` the log-variance head's initial bias (``None``: PyTorch's default, sigma ~ 1 at the start);
+``latent`` the size of z.
 """
 
 from __future__ import annotations
@@ -13,7 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from wsimil.models.base import MILBatch, MILModel, MILOutput, register_method
-from wsimil.models.ops import segment_max
+from wsimil.models.ops import segment_argmax, segment_max
+
+KL_REDUCTIONS = ("mean", "sum_dims", "selected")
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -25,14 +34,20 @@ class FocusMIL(MILModel):
     name = "focusmil"
     instance_score_name = "instance logit"
 
-    def __init__(self, *, in_dim: int, hidden: int = 256, latent: int = 128, beta: float = 1e-2, variational: bool = True):
+    def __init__(self, *, in_dim: int, hidden: int = 256, latent: int = 128, beta: float = 1e-2, variational: bool = True,
+                 kl: str = "mean", logvar_init: float | None = None):
         super().__init__()
+        if kl not in KL_REDUCTIONS:
+            raise ValueError(f"FocusMIL kl must be one of {', '.join(KL_REDUCTIONS)}, got {kl!r}")
+        self.kl = kl
         self.variational = variational  # False: the ablation without the variational encoder (z = mu, no KL)
         self.encoder = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
         self.mu = nn.Linear(hidden, latent)
         self.logvar = nn.Linear(hidden, latent)
         self.head = nn.Linear(latent, 1)
         self.beta = beta
+        if logvar_init is not None:  # a constant initial sigma = exp(logvar_init / 2); weights keep their init
+            nn.init.constant_(self.logvar.bias, float(logvar_init))
 
     def forward(self, batch: MILBatch) -> MILOutput:
         e = self.encoder(batch.x)
@@ -47,7 +62,13 @@ class FocusMIL(MILModel):
         bce = nn.functional.binary_cross_entropy_with_logits(out.bag_logits, batch.labels)
         if not self.variational:
             return {"loss": bce, "bce": bce}
-        kl = gaussian_kl(out.extras["mu"].float(), out.extras["logvar"].float()).mean()
+        kl = gaussian_kl(out.extras["mu"].float(), out.extras["logvar"].float())  # (N, latent)
+        if self.kl == "sum_dims":
+            kl = kl.sum(-1).mean()
+        elif self.kl == "selected":  # only the instance that sets each bag's logit (its max)
+            kl = kl[segment_argmax(out.instance_scores.detach(), batch.bag_index, batch.n_bags)].mean()
+        else:
+            kl = kl.mean()
         return {"loss": bce + self.beta * kl, "bce": bce, "kl": kl}
 
 
@@ -56,7 +77,7 @@ def _focusmil_defaults(bags_per_batch: int = 8, variational: bool = True) -> dic
     return dict(
         optimizer="adamw", lr=1e-4, weight_decay=1e-4, momentum=0.0, nesterov=False, betas=(0.9, 0.999),
         lr_decay=0.0, epochs=100, bags_per_batch=bags_per_batch, grad_clip=None, scheduler=None, selection="val_auc",
-        model=dict(hidden=256, latent=128, beta=1e-2, variational=variational),
+        model=dict(hidden=256, latent=128, beta=1e-2, variational=variational, kl="mean", logvar_init=None),
     )
 
 

@@ -1,0 +1,1 @@
+"""Studies of one method's choices, outside the experiments (docs/methods.md)."""
