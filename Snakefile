@@ -21,6 +21,7 @@ include: "rules/poison.smk"
 include: "rules/milunit.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/studies.smk"
 include: "rules/figures.smk"
 
 

@@ -13,7 +13,7 @@ from wsimil.datasets.sources import SOURCES, plan_source, sheet_for
 from wsimil.experiments import cell_overrides, features_root, features_subdir, ood_sheet, patch_tag, plan_cells
 from wsimil.io import SLIDE_ID_PATTERN, copy_atomic, write_text_atomic
 from wsimil.poison import select_poisoned_slides
-from wsimil.reporting.experiments import all_outputs, experiment_outputs, needs, summary_outputs
+from wsimil.reporting.experiments import all_outputs, experiment_outputs, heatmap_slide_ids, needs, summary_outputs
 
 validate_config(config, "config")
 
@@ -320,7 +320,7 @@ def get_final_output():
 # Reports: which files the HTML report shows, and the slides the heatmaps show.
 
 HAS_SLIDES = SOURCE != "features" and all(SLIDE_FILES.values())
-HEATMAP_SLIDES = [s for s in SLIDES if _ROWS.loc[s, "split"] == "test" and _ROWS.loc[s, "label"] == 1][:2]
+HEATMAP_SLIDES = heatmap_slide_ids(MAIN_SHEET)  # two tumour and one normal test slide, the first in sheet order
 
 
 def _reported(files):

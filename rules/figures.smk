@@ -20,7 +20,7 @@ localrules:
     run_config,
 
 
-for _exp in EXPERIMENTS:
+for _exp in [e for e in EXPERIMENTS if e != "focusmil_sensitivity"]:  # rules/studies.smk
 
     rule:
         name:

@@ -109,3 +109,46 @@ def test_extract_needs_one_value_per_slide(tmp_path, capsys):
 def test_extract_rejects_a_bad_slide_id_before_reading_anything(capsys):
     assert main(["extract", "--slide", "a.tif", "--slide-id", "../etc", "--patches", "p.h5", "--out", "o.h5"]) == 2
     assert "../etc" in capsys.readouterr().err
+
+
+def test_version_and_a_misspelt_command(capsys):
+    from wsimil import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"wsimil {__version__}"
+    with pytest.raises(SystemExit) as exc:
+        main(["tran", "--method", "abmil"])
+    assert exc.value.code == 2 and "unknown command 'tran'; did you mean 'train'?" in capsys.readouterr().err
+
+
+def test_a_wrong_method_name_is_reported_before_any_missing_file(tmp_path, capsys):
+    code = main(["train", "--features", str(tmp_path / "none"), "--slides", str(tmp_path / "none.csv"),
+                 "--method", "abmill", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown method 'abmill'; did you mean 'abmil'?" in err and "none.csv" not in err
+
+
+def test_section_help_lists_the_keys_with_their_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["patch", "--help"])
+    from wsimil.config import load_schema
+
+    out = capsys.readouterr().out
+    size = load_schema()["properties"]["patching"]["properties"]["patch_size"]["default"]
+    assert "`patching:` keys" in out and f"patch_size = {size}: Side of a patch" in out and "target_mpp = " in out
+
+
+def test_methods_into_a_closed_pipe_exits_quietly():
+    """`wsimil methods | head`: the reader is gone before the listing is written (read end closed first)."""
+    import os
+    import subprocess
+    import sys
+
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "wsimil", "methods"], stdout=w, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(w)
+    assert proc.returncode == 141 and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

@@ -114,3 +114,13 @@ def test_logvar_init_sets_the_initial_sigma():
     assert torch.all(model.logvar.bias == -8.0)
     with pytest.raises(ValueError, match="kl must be one of"):
         get_method("focusmil").build(6, get_method("focusmil").hparams({"model.kl": "sum"}))
+
+
+def test_the_schema_defaults_are_the_built_in_grid():
+    from wsimil.config import validate_config
+    import yaml
+
+    cfg = validate_config(yaml.safe_load(open("config.yaml")))
+    factors = validate_config({"dataset": {"name": "x", "source": "synthetic"}})["focusmil_sensitivity"]["factors"]
+    assert {f: tuple(v) for f, v in factors.items()} == {f: levels for f, (_, levels) in fs.FACTORS.items()}
+    assert "focusmil_sensitivity" in cfg["experiments"]

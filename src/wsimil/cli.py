@@ -23,6 +23,23 @@ def _add_section_args(p: argparse.ArgumentParser, section: str) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--config", type=Path, help=f"workflow config YAML; its `{section}:` section is used")
     g.add_argument("--params", help=f"the `{section}:` section as JSON (what the Snakemake rules pass)")
+    p.epilog = _section_epilog(section)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def _section_epilog(section: str) -> str:
+    """The keys of a config section, their defaults and descriptions (the schema's), for ``--help``."""
+    import textwrap
+
+    from wsimil.config import load_schema
+
+    props = load_schema()["properties"][section].get("properties", {})
+    lines = [f"`{section}:` keys (defaults; set them with --config FILE or --params JSON):"]
+    for key, sub in props.items():
+        default = json.dumps(sub.get("default")) if "default" in sub else "required"
+        text = " ".join(str(sub.get("description", "")).split())
+        lines.append(textwrap.fill(f"{key} = {default}: {text}", 100, initial_indent="  ", subsequent_indent="      "))
+    return "\n".join(lines)
 
 
 def _section(args: argparse.Namespace, section: str) -> dict[str, Any]:
@@ -187,7 +204,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     from wsimil.training.data import load_bags
     from wsimil.training.run import train_and_write
 
+    from wsimil.models.base import get_method
+
     seeds, methods = args.seed, args.method
+    for method in methods:  # a wrong name is reported before any file is read
+        get_method(method)
     if len(seeds) > 1 and "{seed}" not in args.out:
         raise WsimilError("with several --seed values, --out must contain '{seed}' (e.g. runs/abmil/seed{seed})")
     if len(methods) > 1 and "{method}" not in args.out:
@@ -260,6 +281,29 @@ def cmd_summary(args: argparse.Namespace) -> None:
     from wsimil.reporting.summary import write_summary
 
     for path in write_summary(load_config(args.config), args.out):
+        log.info("wrote %s", path)
+
+
+def cmd_focusmil_sensitivity(args: argparse.Namespace) -> None:
+    from wsimil.io import atomic_path
+    from wsimil.studies import focusmil_sensitivity as fs
+
+    _set_threads(args.threads)
+    bags = fs.load_problem(args.problem, args.features, args.slides)
+    factors = json.loads(args.factors) if args.factors else None
+    rows = fs.run_problem(bags, args.problem, args.seed, args.max_steps, factors, progress=not args.no_progress)
+    with atomic_path(args.out) as tmp:
+        rows.to_csv(tmp, index=False)
+    log.info("%s: %d FocusMIL runs on %s", args.out, len(rows), args.problem)
+
+
+def cmd_focusmil_sensitivity_report(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from wsimil.studies import focusmil_sensitivity as fs
+
+    rows = pd.concat([pd.read_csv(p) for p in args.runs], ignore_index=True)
+    for path in fs.write_study(rows, args.table, args.figure):
         log.info("wrote %s", path)
 
 
@@ -406,8 +450,11 @@ def _add_import_features_parser(sub: Any) -> None:
 
 # -- parser -----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from wsimil import __version__
+
     p = argparse.ArgumentParser(prog="wsimil", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"wsimil {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("synth", help="generate the synthetic mini-Camelyon (slides, annotations, slides.csv)")
@@ -505,6 +552,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True, help="results/<dataset>")
     s.set_defaults(func=cmd_summary)
 
+    s = sub.add_parser("focusmil-sensitivity", help="FocusMIL's unpublished choices on one problem's train/val splits "
+                       "(docs/methods.md) -> one CSV row per setting and seed")
+    s.add_argument("--problem", required=True, choices=["toy", "milunit", "standard"],
+                   help="toy: the generated separable toy; milunit / standard: --slides and --features (test rows dropped)")
+    s.add_argument("--features", type=Path, help="folder of <slide_id>.h5 feature files (milunit, standard)")
+    s.add_argument("--slides", type=Path, help="sample sheet (milunit, standard); its test slides are never read")
+    s.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more training seeds")
+    s.add_argument("--max-steps", type=int, default=480, help="optimiser steps of every setting (the steps factor "
+                   "multiplies it)")
+    s.add_argument("--factors", help='JSON {factor: [levels]} replacing the grid\'s levels, e.g. {"beta": [0, 0.1]}')
+    s.add_argument("--out", type=Path, required=True, help="CSV of the runs")
+    s.add_argument("--threads", type=int)
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_focusmil_sensitivity)
+
+    s = sub.add_parser("focusmil-sensitivity-report", help="the study's table (csv, md, tex) and figure from its runs, "
+                       "with the setting its selection rule chooses")
+    s.add_argument("--runs", type=Path, nargs="+", required=True, help="CSVs written by `wsimil focusmil-sensitivity`")
+    s.add_argument("--table", type=Path, required=True, help="table stem, e.g. results/<dataset>/tables/focusmil_sensitivity")
+    s.add_argument("--figure", type=Path, required=True, help="figure PNG (a PDF beside it)")
+    s.set_defaults(func=cmd_focusmil_sensitivity_report)
+
     s = sub.add_parser("ood-sheet", help="the out-of-distribution sample sheet: train on some centres, test on the others")
     s.add_argument("--sheet", type=Path, required=True, help="slides.csv")
     s.add_argument("--train-centers", nargs="*", help="centres whose train/val slides are used (default: first half)")
@@ -550,16 +619,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _did_you_mean(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """Exit with a suggestion when the first word is a misspelt subcommand (argparse 3.11 offers none)."""
+    import difflib
+
+    words = [a for a in argv if not a.startswith("-")]
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if words and words[0] not in sub.choices and argv[0] == words[0]:
+        close = difflib.get_close_matches(words[0], list(sub.choices), n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "; `wsimil --help` lists them"
+        parser.exit(2, f"wsimil: error: unknown command {words[0]!r}{hint}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _did_you_mean(parser, argv)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # matplotlib's PDF font subsetting is chatty
     try:
         args.func(args)
+        sys.stdout.flush()
     except WsimilError as exc:
         print(f"wsimil {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `wsimil methods | head`: the reader left; not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        return 141
     return 0
 
 

@@ -19,7 +19,8 @@ import pandas as pd
 
 from wsimil.io import WsimilError
 
-EXPERIMENTS = ("standard", "ood", "poison", "dtfd_ablation", "minet_curves", "dose_response", "milunit")
+EXPERIMENTS = ("standard", "ood", "poison", "dtfd_ablation", "minet_curves", "dose_response", "milunit",
+               "focusmil_sensitivity")  # the last trains no cell: wsimil.studies.focusmil_sensitivity
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,11 @@ def register_method(
 def get_method(name: str) -> MethodSpec:
     _load_all()
     if name not in METHODS:
-        raise WsimilError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+        import difflib
+
+        close = difflib.get_close_matches(str(name), list(METHODS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise WsimilError(f"unknown method {name!r}{hint} available: {', '.join(sorted(METHODS))}")
     return METHODS[name]
 
 

@@ -71,7 +71,17 @@ def experiment_outputs(config: Mapping[str, Any], experiment: str, has_slides: b
         if experiment == "minet_curves" and config["minet_curves"]["betas"]:
             out += _tables("focusmil_beta")
         return out
+    if experiment == "focusmil_sensitivity":  # its own rules (rules/studies.smk), no cell
+        return _tables(experiment) + [f"tables/{experiment}_runs.csv"] + _figures(experiment)
     raise WsimilError(f"unknown experiment {experiment!r}")
+
+
+def heatmap_slide_ids(sheet: pd.DataFrame, tumour: int = 2, normal: int = 1) -> list[str]:
+    """The test slides the heatmap figures show: the first ``tumour`` tumour and the first ``normal`` normal
+    test slides in sheet order (fixed before any run, not picked by how their heatmaps look)."""
+    test = sheet[sheet["split"] == "test"]
+    return (list(test.loc[test["label"] == 1, "slide_id"][:tumour])
+            + list(test.loc[test["label"] == 0, "slide_id"][:normal]))
 
 
 def summary_outputs() -> list[str]:

@@ -168,7 +168,8 @@ def plot_heatmaps(
     patches, scaled to [0, 1] (0 lowest, 1 highest patch; ties share their mean rank). So methods on different
     scales (attention weights, logits, probabilities) compare, and one extreme attention weight does not
     flatten the rest; but a slide where a method finds nothing still shows its top-ranked patches in yellow.
-    The colour bar says so. The first column is the slide with its annotation outlined (black, white halo;
+    The colour bar says so, and each panel prints the raw maximum of its scores (a normal slide's low
+    probabilities read as such). The first column is the slide with its annotation outlined (black, white halo;
     excluded regions dotted), the heatmaps lie over a faded copy with the same outline; viridis colour map.
     The figure is 7 in wide up to 5 columns and widens by about 1 in per column beyond.
     ``marked[slide_id]``: (N,) bool, patches outlined in magenta in every panel of that slide, labelled
@@ -198,10 +199,13 @@ def plot_heatmaps(
                 if c == 0:
                     ax.imshow(thumb, extent=extent, interpolation="antialiased")
                 else:
-                    heat = _heat_image(coords, int(s["patch_size_level0"]),
-                                       rank_normalise(scores[(s["slide_id"], methods[c - 1])]), thumb.shape[:2],
+                    raw = np.asarray(scores[(s["slide_id"], methods[c - 1])], dtype=float)
+                    heat = _heat_image(coords, int(s["patch_size_level0"]), rank_normalise(raw), thumb.shape[:2],
                                        level0)
                     ax.imshow(_overlay(faded, heat, cmap), extent=extent, interpolation="antialiased")
+                    # the raw maximum: a rank map looks alike on a slide where the method finds nothing
+                    ax.text(0.03, 0.03, f"max {np.nanmax(raw):.2g}", transform=ax.transAxes, fontsize=5, va="bottom",
+                            bbox={"boxstyle": "square,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
                 for poly, tumour in polys:
                     ax.plot(poly[:, 0], poly[:, 1], ls="-" if tumour else ":", **_OUTLINE)
                 if marked is not None and s["slide_id"] in marked:

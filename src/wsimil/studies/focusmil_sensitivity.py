@@ -190,3 +190,98 @@ def select(summary: pd.DataFrame, default: str = DEFAULT, margin: float = TIE_MA
     row = ok.set_index("setting").loc[chosen]
     learns = None if "val_auc_toy" not in ok else bool(row["val_auc_toy"] >= LEARNS_TOY)
     return Selection(chosen, tuple(tied["setting"]), why, learns)
+
+
+# ------------------------------------------------------------------------------------------------ problems
+
+
+def load_problem(problem: str, features: str | None = None, sheet: str | None = None):
+    """The problem's bags, training and validation splits only. ``toy`` is generated; ``milunit`` and
+    ``standard`` read ``sheet`` (its test rows dropped first) and ``features/<id>.h5``."""
+    from wsimil.datasets.sheet import read_sheet
+    from wsimil.datasets.toy import separable_bags
+    from wsimil.training.data import load_bags
+
+    if problem == "toy":
+        return separable_bags(n=(100, 20, 0))  # tests/test_training.py's toy, without its test bags
+    if problem not in PROBLEMS:
+        raise WsimilError(f"focusmil_sensitivity: unknown problem {problem!r}; known: {', '.join(PROBLEMS)}")
+    if features is None or sheet is None:
+        raise WsimilError(f"focusmil_sensitivity: problem {problem!r} needs --features and --slides")
+    rows = train_val_only(read_sheet(sheet))
+    if not {"train", "val"} <= set(rows["split"]):
+        raise WsimilError(f"{sheet}: the study needs training and validation slides; found {sorted(set(rows['split']))}")
+    return load_bags(rows, features)
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+SUMMARY_COLUMNS = {"setting": "setting", "score": "mean val AUC", "gap": "mean gap"}
+
+
+def study_table(summary: pd.DataFrame, selection: Selection) -> pd.DataFrame:
+    """The report's table: one row per setting, each problem's validation AUC and gap, the mean over
+    problems, and which setting the rule chose (``chosen``) and which were tied."""
+    problems = [c.removeprefix("val_auc_") for c in summary.columns if c.startswith("val_auc_")]
+    cols = ["setting"] + [c for p in problems for c in (f"val_auc_{p}", f"gap_{p}")] + ["score", "gap", "seeds"]
+    out = summary[cols].copy()
+    out["selection"] = ["chosen" if s == selection.chosen else "tied" if s in selection.tied else ""
+                        for s in out["setting"]]
+    return out.rename(columns={"score": "val_auc_mean", "gap": "gap_mean"})
+
+
+def write_study(rows: pd.DataFrame, stem_table, stem_figure) -> list:
+    """``tables/focusmil_sensitivity.{csv,md,tex}`` (+ ``_runs.csv``, every seed) and the figure."""
+    from pathlib import Path
+
+    from wsimil.io import atomic_path
+    from wsimil.reporting.tables import write_table
+
+    summary = summarise(rows)
+    sel = select(summary)
+    table = study_table(summary, sel)
+    toy = ("" if sel.learns_toy is None else
+           " The chosen setting learns the separable toy (validation AUC >= 0.95)." if sel.learns_toy else
+           " No chosen setting learns the separable toy (validation AUC < 0.95): tests/test_training.py keeps its xfail.")
+    learners = table.loc[table.get("val_auc_toy", pd.Series(dtype=float)) >= LEARNS_TOY, "setting"].tolist()
+    caption = (f"FocusMIL's unpublished choices, one factor at a time around wsimil's defaults: validation AUC and "
+               f"train-validation gap (training AUC minus validation AUC, same model) per problem, means over "
+               f"{int(summary['seeds'].min())} seeds; no test slide is read. Rule (fixed before the runs): the highest "
+               f"mean validation AUC over problems, within {TIE_MARGIN:g} the default is kept, otherwise the smallest "
+               f"gap. Chosen: {sel.chosen} ({sel.reason}).{toy} Settings that learn the toy: "
+               f"{', '.join(learners) if learners else 'none'}.")
+    stem_table = Path(stem_table)
+    out = write_table(table, stem_table, caption)
+    runs = stem_table.with_name(stem_table.name + "_runs.csv")
+    with atomic_path(runs) as tmp:
+        rows.to_csv(tmp, index=False)
+    return out + [runs] + plot_study(table, stem_figure)
+
+
+def plot_study(table: pd.DataFrame, out_png) -> list:
+    """Validation AUC (dots) and train-validation gap (bars) per setting and problem; the default's validation
+    AUC as a dashed line per problem, the chosen setting in bold."""
+    from pathlib import Path
+
+    from wsimil.reporting.figures import _figure, _save
+
+    problems = [c.removeprefix("val_auc_") for c in table.columns if c.startswith("val_auc_") and c != "val_auc_mean"]
+    fig = _figure(3.0 * len(problems) + 1.2, 0.28 * len(table) + 1.4)
+    axes = fig.subplots(1, len(problems), sharey=True, squeeze=False)[0]
+    y = np.arange(len(table))[::-1]
+    for ax, p in zip(axes, problems):
+        ax.barh(y, table[f"gap_{p}"], color="#bbbbbb", height=0.6, label="train - val gap")
+        ax.plot(table[f"val_auc_{p}"], y, "o", color="#1f4e9c", ms=4, label="val AUC")
+        ax.axvline(float(table.loc[table["setting"] == DEFAULT, f"val_auc_{p}"].iloc[0]), color="#1f4e9c", lw=0.8,
+                   ls="--")
+        ax.axvline(0, color="black", lw=0.5)
+        ax.set_xlim(min(-0.05, float(table[f"gap_{p}"].min()) - 0.05), 1.02)
+        ax.set_title(p, fontsize=9)
+        ax.set_xlabel("AUC / gap", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_yticks(y, table["setting"])
+    for label, sel in zip(axes[0].get_yticklabels(), table["selection"]):
+        label.set_fontweight("bold" if sel == "chosen" else "normal")
+    axes[-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle("FocusMIL sensitivity (validation only); bold: chosen by the rule", fontsize=9)
+    return _save(fig, Path(out_png), 200)
