@@ -89,3 +89,11 @@ def test_md5_manifest_and_non_http_urls():
         parse_md5_manifest("not a checksum line")
     with pytest.raises(WsimilError, match="only http"):
         download_file(FileSpec("file:///etc/passwd", Path("/tmp/x")))
+
+
+def test_the_cli_does_not_advise_a_rerun_for_a_file_the_source_lacks(server, tmp_path, capsys):
+    from wsimil.cli import main
+
+    code = main(["download", "--url", server.url + "/images/nope.tif", "--out", str(tmp_path / "nope.tif")])
+    err = capsys.readouterr().err
+    assert code == 2 and "HTTP 404" in err and "rerun" not in err and "the source does not have them" in err

@@ -196,8 +196,9 @@ def _ran():
 def test_pt_pickled_objects_are_refused(tmp_path):
     p = tmp_path / "evil.pt"
     torch.save({"features": torch.zeros(3, 2), "obj": _Payload()}, p)
-    with pytest.raises(WsimilError, match=r"evil\.pt: refused: not a plain tensor"):
+    with pytest.raises(WsimilError, match=r"evil\.pt: refused: not a plain tensor") as exc:
         import_slide(p, "pt", tmp_path / "o.h5", "evil", None, 0, None)
+    assert "weights_only=False" not in str(exc.value)  # never PyTorch's advice to unpickle it after all
     assert RAN == []
     p = tmp_path / "lam.pt"
     torch.save({"features": torch.zeros(3, 2)}, p)  # loads under weights_only, but is not a tensor
@@ -309,9 +310,14 @@ def test_cli_import_several_slides_and_errors(tmp_path, capsys):
     assert code == 0
     np.testing.assert_allclose(read_features(outs[0]).tumor_fraction, EXPECTED_TF, atol=1e-6)
     assert not read_features(outs[1]).tumor_fraction.any()
+    # the odd one out first: named against the majority's dimension, and nothing of the import is left behind
+    g = tmp_path / "g"
     code = main(["import-features", "--format", "h5", "--src-dir", str(root / "h5"), "--sheet", str(sheet),
-                 "--slide-id", "n1", "n2", "--out", str(tmp_path / "g" / "n1.h5"), str(tmp_path / "g" / "n2.h5")])
-    assert code == 2 and "feature dimension 3, but the other slides have 4" in capsys.readouterr().err
+                 "--slide-id", "n2", "t1", "n1", "--out", str(g / "n2.h5"), str(g / "t1.h5"), str(g / "n1.h5"),
+                 "--patch-size-level0", str(SIZE)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"2 of 3 files are 4-d, but {root / 'h5' / 'n2.h5'} (3)" in err, err
+    assert not g.exists() or not list(g.iterdir())
     code = main(["import-features", "--format", "pt", "--src-dir", str(root / "h5"), "--sheet", str(sheet),
                  "--slide-id", "t1", "--out", str(tmp_path / "g" / "t1.h5")])
     err = capsys.readouterr().err

@@ -318,6 +318,22 @@ def test_unreadable_slide_and_missing_annotation(tmp_path, slide):
         patch_slide(slide, "../evil", None, PARAMS)
 
 
+@pytest.mark.parametrize("keep", [0.5, 0.9])
+def test_a_cut_slide_is_refused_naming_the_file(tmp_path, slide, keep):
+    """A download cut short: a slide file shorter than its own tile offsets is refused, whichever backend
+    would open it, and nothing is written."""
+    data = slide.read_bytes()
+    cut = tmp_path / "cut_001.tif"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    for backend in ("auto", "tiffslide"):
+        with pytest.raises(WsimilError, match=r"cut_001\.tif"):
+            with open_slide(cut, backend=backend) as s:
+                s.read_region((0, 0), s.level_count - 1, s.level_dimensions[-1])
+    with pytest.raises(WsimilError, match=r"cut_001\.tif"):
+        patch_slide(cut, "cut_001", None, PARAMS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut_001.tif"]
+
+
 # -- config and schema --------------------------------------------------------------------------------------------
 def test_config_defaults_match_schema_and_unknown_keys_fail():
     import jsonschema

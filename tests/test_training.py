@@ -159,8 +159,13 @@ def test_bad_bags_stop_with_the_slide_named(tmp_path):
 
     sheet = _sheet_with_features(tmp_path)
     write_features(tmp_path / "s2.h5", np.ones((3, 5), np.float16), np.zeros((3, 2), int))
-    with pytest.raises(WsimilError, match=r"slide s2: .*feature dimension 5, expected 4"):
+    with pytest.raises(WsimilError, match=r"files are 4-d, but \S*s2\.h5 \(5\)"):
         load_bags(sheet, tmp_path)
+    write_features(tmp_path / "s2.h5", np.ones((3, 4), np.float16), np.zeros((3, 2), int))
+    write_features(tmp_path / "s0.h5", np.ones((3, 6), np.float16), np.zeros((3, 2), int))  # the first file read
+    with pytest.raises(WsimilError, match=r"files are 4-d, but \S*s0\.h5 \(6\)$"):
+        load_bags(sheet, tmp_path)
+    write_features(tmp_path / "s0.h5", np.ones((3, 4), np.float16), np.zeros((3, 2), int))
     write_features(tmp_path / "s2.h5", np.full((3, 4), np.nan, np.float32), np.zeros((3, 2), int))
     with pytest.raises(WsimilError, match=r"slide s2: .*NaN"):
         load_bags(sheet, tmp_path)

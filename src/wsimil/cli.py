@@ -334,8 +334,11 @@ def cmd_download(args: argparse.Namespace) -> None:
     done, failed = download_all(specs, max_parallel=args.parallel, retries=args.retries, timeout=args.timeout)
     for path in done:
         log.info("complete: %s", path)
-    if failed:
-        raise WsimilError("\n  ".join([f"{len(failed)} of {n} file(s) failed (rerun to resume):"] + list(failed.values())))
+    if failed:  # only a transfer that kept failing is worth a rerun; a file the source lacks is not
+        missing = [m for m in failed.values() if "not available at the source" in m]
+        advice = ("rerun to resume the interrupted ones" if len(missing) < len(failed) else
+                  "the source does not have them: check the URLs or the dataset's file list")
+        raise WsimilError("\n  ".join([f"{len(failed)} of {n} file(s) failed ({advice}):"] + list(failed.values())))
 
 
 def cmd_dataset(args: argparse.Namespace) -> None:
@@ -421,15 +424,31 @@ def cmd_import_features(args: argparse.Namespace) -> None:
     missing = [s for s in args.slide_id if s not in sheet.index]
     if missing:
         raise WsimilError(f"slide ids not in the sample sheet {args.sheet}: {missing[:10]}")
-    dim = None
-    for sid, out in zip(args.slide_id, args.out):
-        row = sheet.loc[sid]
-        src = source_path(args.src_dir, sid, args.format)
-        s = import_slide(src, args.format, out, sid, resolve(args.sheet, str(row["annotation"]).strip()),
-                         int(row["label"]), args.patch_size_level0, dtype=args.dtype, expected_dim=dim)
-        dim = s["feature_dim"]
-        labels = s.get("tumor_fraction_source") or f"no patch labels ({s['patch_labels_skipped_reason']})"
-        log.info("%s: %d patches, %d-d from %s -> %s; tumour fraction: %s", sid, s["n_patches"], dim, src, out, labels)
+    from wsimil.features.store import check_same_dimension
+
+    # every slide is imported to a hidden file first and moved into place only when all of them succeeded and
+    # agree on the dimension: a failed multi-slide import leaves no partial outputs (and the old files as they were)
+    staged: list[tuple[Path, Path]] = []
+    dims: dict[str, int] = {}
+    try:
+        for sid, out in zip(args.slide_id, args.out):
+            row = sheet.loc[sid]
+            src = source_path(args.src_dir, sid, args.format)
+            tmp = Path(out).with_name(f".{Path(out).name}.importing")
+            staged.append((tmp, Path(out)))
+            s = import_slide(src, args.format, tmp, sid, resolve(args.sheet, str(row["annotation"]).strip()),
+                             int(row["label"]), args.patch_size_level0, dtype=args.dtype)
+            dims[str(src)] = s["feature_dim"]
+            labels = s.get("tumor_fraction_source") or f"no patch labels ({s['patch_labels_skipped_reason']})"
+            log.info("%s: %d patches, %d-d from %s -> %s; tumour fraction: %s", sid, s["n_patches"], s["feature_dim"],
+                     src, out, labels)
+        check_same_dimension(dims)
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, out in staged:
+        tmp.replace(out)
 
 
 def _add_import_features_parser(sub: Any) -> None:

@@ -170,7 +170,10 @@ def read_pt_source(path: str | os.PathLike) -> SourceBag:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for anything but tensors/containers, RuntimeError for bad zips
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # PyTorch's own advice ("Re-running with weights_only=False will likely succeed") is what we refuse to do
+        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip() and "weights_only=False" not in ln
+                 and "Weights only load failed" not in ln]
+        first = lines[0].strip() if lines else type(exc).__name__
         raise WsimilError(
             f"{path}: refused: not a plain tensor loadable with torch.load(weights_only=True) (pickled objects "
             f"are never unpickled; save the features with torch.save(tensor, path)): {first[:300]}"

@@ -14,7 +14,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -111,6 +111,20 @@ def open_h5(path: str | os.PathLike, what: str = "feature file") -> Iterator[h5p
             yield f
     except OSError as exc:
         raise WsimilError(f"cannot read {what} {path}: {exc}") from exc
+
+
+def check_same_dimension(dims: Mapping[str, int]) -> None:
+    """Every feature file of a dataset has one dimension: otherwise an error naming the odd files out against
+    the majority's dimension (not against whichever file happened to be read first)."""
+    from collections import Counter
+
+    counts = Counter(dims.values())
+    if len(counts) <= 1:
+        return
+    major, n_major = counts.most_common(1)[0]
+    odd = [f"{name} ({d})" for name, d in dims.items() if d != major]
+    raise WsimilError(f"feature dimension differs: {n_major} of {len(dims)} files are {major}-d, but "
+                      f"{', '.join(odd[:10])}{' ...' if len(odd) > 10 else ''}")
 
 
 def feature_shape(path: str | os.PathLike) -> tuple[int, int, np.dtype]:

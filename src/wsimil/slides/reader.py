@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,8 @@ import numpy as np
 from wsimil.io import WsimilError
 
 Backend = Literal["auto", "openslide", "tiffslide"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,20 @@ class Slide:
         return self.read_region((0, 0), level, (w, h))
 
 
+def _check_extent(path: Path) -> None:
+    """Refuse a TIFF whose tiles or strips lie past its end (a cut download): tiffslide opens it and would
+    read zeros or fail mid-slide; OpenSlide refuses it."""
+    import tifffile
+
+    size = path.stat().st_size
+    with tifffile.TiffFile(path) as tif:
+        for i, page in enumerate(tif.pages):
+            ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
+            if ends and max(ends) > size:
+                raise WsimilError(f"{path}: the file is truncated: page {i}'s image data ends at byte {max(ends)}, "
+                                  f"the file has {size} bytes (copy or download it again)")
+
+
 def _open(path: Path, backend: Backend):
     errors: list[str] = []
     order = ["openslide", "tiffslide"] if backend == "auto" else [backend]
@@ -144,9 +162,13 @@ def _open(path: Path, backend: Backend):
                 osr = tiffslide.TiffSlide(str(path))
             try:  # tiffslide parses lazily: touch the geometry now so a corrupt file fails here, not later
                 _ = (osr.dimensions, osr.level_count, osr.level_downsamples, dict(osr.properties))
+                if name == "tiffslide":
+                    _check_extent(path)
             except Exception:
                 osr.close()
                 raise
+            if errors:  # OpenSlide refused a file tiffslide reads: say why, do not drop it
+                log.warning("%s: read with %s; %s", path, name, "; ".join(errors))
             return osr, name
         except ImportError as exc:
             errors.append(f"{name}: not installed ({exc})")

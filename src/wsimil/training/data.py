@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from wsimil.features.store import feature_shape, read_features_into
+from wsimil.features.store import check_same_dimension, feature_shape, read_features_into
 from wsimil.io import WsimilError
 from wsimil.models.base import MILBatch
 
@@ -56,7 +56,7 @@ def load_bags(sheet: pd.DataFrame, features_dir: str | os.PathLike) -> BagSet:
     keep: list[int] = []
     sizes: list[int] = []
     excluded: dict[str, str] = {}
-    dim, dtypes = None, set()
+    dim, dtypes, dims = None, set(), {}
     for i, (sid, label) in enumerate(zip(sheet["slide_id"], sheet["label"])):
         if label not in (0, 1):
             raise WsimilError(f"slide {sid}: label {label!r} is not 0 (normal) or 1 (tumour)")
@@ -69,14 +69,14 @@ def load_bags(sheet: pd.DataFrame, features_dir: str | os.PathLike) -> BagSet:
             excluded[sid] = f"no patches in {path}"
             log.warning("slide %s excluded: %s", sid, excluded[sid])
             continue
-        if dim is not None and d != dim:
-            raise WsimilError(f"slide {sid}: {path}: feature dimension {d}, expected {dim} like the other slides")
+        dims[str(path)] = d
         dim = d
         dtypes.add(np.dtype(dtype))
         keep.append(i)
         sizes.append(n)
     if not keep:
         raise WsimilError(f"no usable slides in the sample sheet for {features_dir}")
+    check_same_dimension(dims)
     store_dtype = np.float16 if dtypes == {np.dtype(np.float16)} else np.float32
     flat = np.empty((sum(sizes), dim), dtype=store_dtype)
     bounds = np.concatenate([[0], np.cumsum(sizes)])
