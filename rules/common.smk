@@ -323,14 +323,31 @@ HAS_SLIDES = SOURCE != "features" and all(SLIDE_FILES.values())
 HEATMAP_SLIDES = heatmap_slide_ids(MAIN_SHEET)  # two tumour and one normal test slide, the first in sheet order
 
 
-def _reported(files):
-    """report() for what the HTML report shows (markdown tables, PNG figures), plain paths for the rest."""
+CAPTIONS_DIR = str(Path(workflow.basedir) / "report" / "captions")  # figure captions of the experiments' pages
+REPORT_ORDER = ["SUMMARY"] + list(EXPERIMENTS) + ["run records"]
+
+
+def report_category(name):
+    """The report's menu sorts categories by name: SUMMARY first, the experiments in config order, the run
+    records last."""
+    return f"{REPORT_ORDER.index(name) + 1:02d} {name}"
+
+
+def _reported(files, category):
+    """report() for what the HTML report shows (each experiment's page, its HTML tables and PNG figures, in
+    the experiment's category), plain paths for the rest."""
     out = []
     for f in files:
         stem, ext = Path(f).stem, Path(f).suffix
-        kind = "Tables" if f.startswith("tables/") else "Figures"
-        if ext in (".md", ".png"):
-            out.append(report(f"{OUT}/{f}", caption=f"../report/captions/{stem}.rst", category=kind))
+        if f.startswith("pages/"):
+            out.append(report(f"{OUT}/{f}", caption="../report/captions/page.rst", category=report_category(category),
+                              subcategory="1 page: everything with its caption"))
+        elif f.startswith("tables/") and ext == ".html":
+            out.append(report(f"{OUT}/{f}", caption=f"../report/captions/{stem}.rst",
+                              category=report_category(category), subcategory="2 tables"))
+        elif ext == ".png":
+            out.append(report(f"{OUT}/{f}", caption=f"../report/captions/{stem}.rst",
+                              category=report_category(category), subcategory="3 figures"))
         else:
             out.append(f"{OUT}/{f}")
     return out

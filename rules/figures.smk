@@ -6,8 +6,9 @@ rule run_config:
     """The merged config of this run (config.yaml, --configfile, --config), validated, for the report jobs and
     for the record, and the software it ran with; rewritten when the config changes."""
     output:
-        config=report(f"{OUT}/config.yaml", caption="../report/captions/config.rst", category="Run"),
-        software=report(f"{OUT}/software.yaml", caption="../report/captions/software.rst", category="Run"),
+        config=report(f"{OUT}/config.yaml", caption="../report/captions/config.rst", category=report_category("run records")),
+        software=report(f"{OUT}/software.yaml", caption="../report/captions/software.rst",
+                        category=report_category("run records")),
     params:
         config=json.dumps(config, sort_keys=True, default=str),
     log:
@@ -31,19 +32,20 @@ for _exp in [e for e in EXPERIMENTS if e != "focusmil_sensitivity"]:  # rules/st
             slides=heatmap_inputs(_exp),
             sheet=[SHEET_PATH] if HAS_SLIDES else [],
         output:
-            _reported(experiment_outputs(config, _exp, HAS_SLIDES)),
+            _reported(experiment_outputs(config, _exp, HAS_SLIDES), _exp),
         params:
             experiment=_exp,
             out=get_results_dir,
             sheet=f"--sheet {SHEET_PATH}" if HAS_SLIDES else "",
             heatmaps=" ".join(HEATMAP_SLIDES),
+            captions=CAPTIONS_DIR,
         log:
             f"{LOGS}/report/{_exp}.log",
         conda:
             "../envs/wsimil.yaml"
         shell:
             "wsimil report --config {input.config} --experiment {params.experiment} --out {params.out}"
-            " {params.sheet} --heatmap-slides {params.heatmaps} 2> {log}"
+            " {params.sheet} --heatmap-slides {params.heatmaps} --captions {params.captions:q} 2> {log}"
 
     rule:
         name:
@@ -61,15 +63,16 @@ rule report_summary:
         sheet=SHEET_PATH,
         excluded=[EXCLUDED_PATH] if SOURCE != "synthetic" else [],
     output:
-        _reported(summary_outputs()),
+        _reported(summary_outputs(), "SUMMARY"),
     params:
         out=get_results_dir,
+        captions=CAPTIONS_DIR,
     log:
         f"{LOGS}/report/summary.log",
     conda:
         "../envs/wsimil.yaml"
     shell:
-        "wsimil summary --config {input.config} --out {params.out} 2> {log}"
+        "wsimil summary --config {input.config} --out {params.out} --captions {params.captions:q} 2> {log}"
 
 
 rule run_table:
@@ -77,9 +80,10 @@ rule run_table:
     input:
         [f"{run_dir(c, m, s)}/run.json" for c in CELLS for m, s in cell_runs(c)],
     output:
-        report(f"{OUT}/tables/runs.md", caption="../report/captions/runs.rst", category="Run"),
+        f"{OUT}/tables/runs.md",
         f"{OUT}/tables/runs.csv",
         f"{OUT}/tables/runs.tex",
+        report(f"{OUT}/tables/runs.html", caption="../report/captions/runs.rst", category=report_category("run records")),
     params:
         stem=lambda w, output: output[1].removesuffix(".csv"),
     log:

@@ -45,9 +45,11 @@ if SOURCE != "features":
             sheet=SHEET_PATH,
             patches=expand(f"{PATCHES}/{{slide}}.h5", slide=ALL_SLIDES),
         output:
-            report(f"{OUT}/tables/slides.md", caption="../report/captions/slides.rst", category="Tables"),
+            f"{OUT}/tables/slides.md",
             f"{OUT}/tables/slides.csv",
             f"{OUT}/tables/slides.tex",
+            report(f"{OUT}/tables/slides.html", caption="../report/captions/slides.rst",
+                   category=report_category("run records")),
         params:
             patches=lambda w, input: str(Path(input.patches[0]).parent),
             stem=lambda w, output: output[1].removesuffix(".csv"),

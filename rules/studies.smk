@@ -55,16 +55,18 @@ rule report_focusmil_sensitivity:
     input:
         expand(f"{SENS_DIR}/{{problem}}_seed{{seed}}.csv", problem=SENS["problems"], seed=SENS["seeds"]),
     output:
-        _reported(experiment_outputs(config, "focusmil_sensitivity", HAS_SLIDES)),
+        _reported(experiment_outputs(config, "focusmil_sensitivity", HAS_SLIDES), "focusmil_sensitivity"),
     params:
         table=f"{OUT}/tables/focusmil_sensitivity",
         figure=f"{OUT}/figures/focusmil_sensitivity.png",
+        captions=CAPTIONS_DIR,
     log:
         f"{LOGS}/report/focusmil_sensitivity.log",
     conda:
         "../envs/wsimil.yaml"
     shell:
-        "wsimil focusmil-sensitivity-report --runs {input} --table {params.table} --figure {params.figure} 2> {log}"
+        "wsimil focusmil-sensitivity-report --runs {input} --table {params.table} --figure {params.figure}"
+        " --captions {params.captions:q} 2> {log}"
 
 
 rule focusmil_sensitivity:

@@ -122,7 +122,21 @@ def test_format_table():
 def test_write_table(results, tmp_path):
     stem = tmp_path / "tables" / "standard_summary"
     paths = write_table(summary_table(results, methods=["maxpool", "abmil"]), stem, caption="Standard experiment: mean ± std over 3 seeds.")
-    assert [p.name for p in paths] == ["standard_summary.csv", "standard_summary.md", "standard_summary.tex"]
+    assert [p.name for p in paths] == ["standard_summary.csv", "standard_summary.md", "standard_summary.tex",
+                                       "standard_summary.html"]
+    page = (tmp_path / "tables" / "standard_summary.html").read_text()  # a rendered table, not markdown text
+    from html.parser import HTMLParser
+
+    cells: list[str] = []
+
+    class Cells(HTMLParser):
+        def handle_data(self, data):
+            if self.lasttag in ("td", "th", "caption") and data.strip():
+                cells.append(data.strip())
+
+    Cells().feed(page)
+    assert "<table" in page and "|" not in page.split("<table", 1)[1]
+    assert "0.920 ± 0.020" in cells and cells[0].startswith("Standard experiment")
     md = (tmp_path / "tables" / "standard_summary.md").read_text()
     assert md.startswith("Table: Standard experiment")
     assert "0.920 ± 0.020" in md and "patch AUC (test tumour slides)" in md and "–" in md

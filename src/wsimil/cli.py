@@ -272,7 +272,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     if args.sheet:
         sheet = read_sheet(args.sheet)
         sheet.attrs["path"] = str(args.sheet)
-    for path in write_experiment(config, args.experiment, args.out, sheet, args.heatmap_slides or []):
+    for path in write_experiment(config, args.experiment, args.out, sheet, args.heatmap_slides or [], args.captions):
         log.info("wrote %s", path)
 
 
@@ -280,7 +280,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
     from wsimil.config import load_config
     from wsimil.reporting.summary import write_summary
 
-    for path in write_summary(load_config(args.config), args.out):
+    for path in write_summary(load_config(args.config), args.out, args.captions):
         log.info("wrote %s", path)
 
 
@@ -303,7 +303,7 @@ def cmd_focusmil_sensitivity_report(args: argparse.Namespace) -> None:
     from wsimil.studies import focusmil_sensitivity as fs
 
     rows = pd.concat([pd.read_csv(p) for p in args.runs], ignore_index=True)
-    for path in fs.write_study(rows, args.table, args.figure):
+    for path in fs.write_study(rows, args.table, args.figure, args.captions):
         log.info("wrote %s", path)
 
 
@@ -564,11 +564,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True, help="results/<dataset> (runs/ inside, tables/ and figures/ written)")
     s.add_argument("--sheet", type=Path, help="slides.csv, for the slide images and annotations of the heatmaps")
     s.add_argument("--heatmap-slides", nargs="*", help="test slides shown in the heatmap figures")
+    s.add_argument("--captions", type=Path, help="folder of <figure>.rst captions for the experiment's page "
+                   "(the workflow's report/captions)")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("summary", help="SUMMARY.md, the paper-vs-reproduced table and the overview figure")
     s.add_argument("--config", type=Path, required=True, help="the workflow config (results/<dataset>/config.yaml)")
     s.add_argument("--out", type=Path, required=True, help="results/<dataset>")
+    s.add_argument("--captions", type=Path, help="folder of <figure>.rst captions (the workflow's report/captions)")
     s.set_defaults(func=cmd_summary)
 
     s = sub.add_parser("focusmil-sensitivity", help="FocusMIL's unpublished choices on one problem's train/val splits "
@@ -591,6 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runs", type=Path, nargs="+", required=True, help="CSVs written by `wsimil focusmil-sensitivity`")
     s.add_argument("--table", type=Path, required=True, help="table stem, e.g. results/<dataset>/tables/focusmil_sensitivity")
     s.add_argument("--figure", type=Path, required=True, help="figure PNG (a PDF beside it)")
+    s.add_argument("--captions", type=Path, help="folder of <figure>.rst captions (the workflow's report/captions)")
     s.set_defaults(func=cmd_focusmil_sensitivity_report)
 
     s = sub.add_parser("ood-sheet", help="the out-of-distribution sample sheet: train on some centres, test on the others")

@@ -24,7 +24,7 @@ from wsimil.reporting.tables import collect_metrics_files, summary_table, write_
 
 log = logging.getLogger(__name__)
 
-TABLE_EXTS = ("csv", "md", "tex")
+TABLE_EXTS = ("csv", "md", "tex", "html")
 FIGURE_EXTS = ("png", "pdf")
 
 #: the test-split metrics of the per-experiment tables, in column order (those the runs have)
@@ -54,8 +54,13 @@ def _figures(*stems: str) -> list[str]:
 
 
 def experiment_outputs(config: Mapping[str, Any], experiment: str, has_slides: bool = True) -> list[str]:
-    """Files (relative to ``results/<dataset>/``) that :func:`write_experiment` writes for ``experiment``.
+    """Files (relative to ``results/<dataset>/``) that :func:`write_experiment` writes for ``experiment``, its
+    page (``pages/<experiment>.html``: every table and figure with its caption) last.
     ``has_slides``: the sheet has slide images (heatmaps need them; a features-only dataset has none)."""
+    return _experiment_files(config, experiment, has_slides) + [f"pages/{experiment}.html"]
+
+
+def _experiment_files(config: Mapping[str, Any], experiment: str, has_slides: bool = True) -> list[str]:
     exps = config["experiments"]
     if experiment in ("standard", "ood", "poison"):
         out = _tables(experiment) + _figures(f"roc_{experiment}")
@@ -85,7 +90,8 @@ def heatmap_slide_ids(sheet: pd.DataFrame, tumour: int = 2, normal: int = 1) -> 
 
 
 def summary_outputs() -> list[str]:
-    return ["SUMMARY.md"] + _tables("paper_vs_reproduced", "claims", "convergence") + _figures("slide_auc")
+    return (["SUMMARY.md"] + _tables("claims", "convergence", "paper_vs_reproduced") + _figures("slide_auc")
+            + ["report_metadata.yaml", "pages/SUMMARY.html"])
 
 
 def all_outputs(config: Mapping[str, Any], has_slides: bool = True) -> list[str]:
@@ -137,9 +143,10 @@ def _present(df: pd.DataFrame, cols: Sequence[str]) -> list[str]:
 
 def write_experiment(
     config: Mapping[str, Any], experiment: str, results: str | os.PathLike, sheet: pd.DataFrame | None = None,
-    heatmap_slides: Sequence[str] = (),
+    heatmap_slides: Sequence[str] = (), captions: str | os.PathLike | None = None,
 ) -> list[Path]:
-    """Write every table and figure of ``experiment`` (see :func:`experiment_outputs`) under ``results``."""
+    """Write every table and figure of ``experiment`` (see :func:`experiment_outputs`) under ``results``, and
+    its page with the figure captions of ``captions/<figure>.rst`` (the workflow's report/captions)."""
     results = Path(results)
     seeds = list(config["training"]["seeds"])
     cells = {c.name: c for c in plan_cells(config)}
@@ -219,6 +226,10 @@ def write_experiment(
                                          title="MIL unit test: validation vs test AUC", ylabel="bag AUC", chance=0.5)
     else:
         raise WsimilError(f"unknown experiment {experiment!r}")
+    from wsimil.reporting.html import experiment_page
+
+    outputs = _experiment_files(config, experiment, sheet is not None)
+    written.append(experiment_page(results, experiment, f"{experiment} ({dataset})", outputs, captions))
     return written
 
 

@@ -203,7 +203,23 @@ def data_lines(results: Path) -> list[str]:
     return lines
 
 
-def write_summary(config: Mapping[str, Any], results: str | os.PathLike) -> list[Path]:
+def _report_metadata(results: Path, dataset: str, claims_df: pd.DataFrame) -> Path:
+    """``report_metadata.yaml``: what the HTML report opens on (``snakemake --report-metadata``, `make report`):
+    the dataset and every claim's verdict with its interval, before any rule graph."""
+    import yaml
+
+    meta: dict[str, Any] = {"dataset": dataset, "start here": "category 01 SUMMARY (rendered SUMMARY.md and the "
+                            "claims table); then one category per experiment, the run records last"}
+    for r in claims_df.itertuples(index=False):
+        meta[f"claim: {r.statement}"] = (f"{r.verdict} (difference {r.estimate:+.3f}, 95% CI [{r.ci_low:+.3f}, "
+                                         f"{r.ci_high:+.3f}], margin {r.margin:g})")
+    path = results / "report_metadata.yaml"
+    write_text_atomic(path, yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000))
+    return path
+
+
+def write_summary(config: Mapping[str, Any], results: str | os.PathLike,
+                  captions: str | os.PathLike | None = None) -> list[Path]:
     """Write SUMMARY.md, tables/paper_vs_reproduced.* and figures/slide_auc.* under ``results``."""
     from wsimil.reporting.figures import plot_metric_by_method
 
@@ -252,6 +268,12 @@ def write_summary(config: Mapping[str, Any], results: str | os.PathLike) -> list
               "figures: figures/; the HTML report: `snakemake --report results/report.html`.", ""]
     write_text_atomic(results / "SUMMARY.md", "\n".join(lines))
     written.append(results / "SUMMARY.md")
+    written.append(_report_metadata(results, dataset, claims_df))
+    from wsimil.reporting.html import experiment_page
+
+    page_files = [f for f in summary_outputs() if f.startswith(("tables/", "figures/"))]
+    written.append(experiment_page(results, "SUMMARY", f"{dataset}: summary", page_files, captions,
+                                   intro_md="\n".join(lines[1:])))
     expected = {results / f for f in summary_outputs()}
     missing = expected - set(written)
     if missing:

@@ -265,7 +265,8 @@ def to_latex(display: pd.DataFrame, caption: str, label: str | None = None) -> s
 
 def write_table(df: pd.DataFrame, stem: str | os.PathLike, caption: str, digits: int = 3) -> list[Path]:
     """Write ``<stem>.csv`` (numeric, full precision), ``<stem>.md`` (formatted, caption first, pandoc
-    ``Table:`` style) and ``<stem>.tex`` (booktabs), each atomically. Returns the three paths.
+    ``Table:`` style), ``<stem>.tex`` (booktabs) and ``<stem>.html`` (a page with the table, for the report),
+    each atomically. Returns the four paths.
     """
     stem = Path(stem)
     csv, md, tex = (stem.with_name(stem.name + ext) for ext in (".csv", ".md", ".tex"))
@@ -276,4 +277,6 @@ def write_table(df: pd.DataFrame, stem: str | os.PathLike, caption: str, digits:
     colalign = ["left" if c in ("experiment", "method") or c in text else "right" for c in display.columns]
     write_text_atomic(md, f"Table: {caption}\n\n{display.to_markdown(index=False, colalign=colalign)}\n")
     write_text_atomic(tex, to_latex(display, caption, label=f"tab:{stem.name}"))
-    return [csv, md, tex]
+    from wsimil.reporting.html import write_table_html
+
+    return [csv, md, tex, write_table_html(display, stem.with_name(stem.name + ".html"), caption, stem.name)]

@@ -230,8 +230,9 @@ def study_table(summary: pd.DataFrame, selection: Selection) -> pd.DataFrame:
     return out.rename(columns={"score": "val_auc_mean", "gap": "gap_mean"})
 
 
-def write_study(rows: pd.DataFrame, stem_table, stem_figure) -> list:
-    """``tables/focusmil_sensitivity.{csv,md,tex}`` (+ ``_runs.csv``, every seed) and the figure."""
+def write_study(rows: pd.DataFrame, stem_table, stem_figure, captions=None) -> list:
+    """``tables/focusmil_sensitivity.{csv,md,tex,html}`` (+ ``_runs.csv``, every seed), the figure, and the
+    page ``pages/focusmil_sensitivity.html`` beside ``tables/``."""
     from pathlib import Path
 
     from wsimil.io import atomic_path
@@ -255,7 +256,15 @@ def write_study(rows: pd.DataFrame, stem_table, stem_figure) -> list:
     runs = stem_table.with_name(stem_table.name + "_runs.csv")
     with atomic_path(runs) as tmp:
         rows.to_csv(tmp, index=False)
-    return out + [runs] + plot_study(table, stem_figure)
+    from wsimil.reporting.html import experiment_page
+
+    figs = plot_study(table, stem_figure)
+    results = stem_table.parent.parent
+    import os
+
+    files = [os.path.relpath(p, results).replace(os.sep, "/") for p in out + figs]
+    page = experiment_page(results, "focusmil_sensitivity", "focusmil_sensitivity", files, captions)
+    return out + [runs] + figs + [page]  # the page sits in <table folder>/../pages
 
 
 def plot_study(table: pd.DataFrame, out_png) -> list:
