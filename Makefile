@@ -17,9 +17,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# --logger wsimil: one line per finished job with an ETA, errors in full (src/snakemake_logger_plugin_wsimil)
 reproduce: install
-	snakemake --cores $(CORES)
-	$(MAKE) report
+	snakemake --cores $(CORES) --logger wsimil
+	$(MAKE) --no-print-directory report
+	@echo "wsimil: done. Report: results/report.html; summary: results/$(DATASET)/SUMMARY.md; tables and figures: results/$(DATASET)/"
 
 # The report opens on the claims' verdicts (report_metadata.yaml, written by the summary job), not the rule graph.
 DATASET ?= mini-camelyon

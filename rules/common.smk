@@ -7,7 +7,7 @@ import shlex
 import pandas as pd
 from pathlib import Path
 
-from wsimil.config import validate_config, write_run_record
+from wsimil.config import check_results_folder, validate_config, write_run_record
 from wsimil.datasets.sheet import read_sheet, relocate, resolve
 from wsimil.datasets.sources import SOURCES, plan_source, sheet_for
 from wsimil.experiments import cell_overrides, features_root, features_subdir, ood_sheet, patch_tag, plan_cells
@@ -18,7 +18,8 @@ from wsimil.reporting.experiments import all_outputs, experiment_outputs, heatma
 validate_config(config, "config")
 
 DATASET = config["dataset"]["name"]
-OUT = f"results/{DATASET}"
+OUT = config["results_dir"] or f"results/{DATASET}"
+check_results_folder(config, OUT)  # an overlay never silently replaces another configuration's results
 LOGS = f"{OUT}/logs"
 BENCH = f"{OUT}/benchmarks"
 # Parameters that change a result are part of its path (a changed resolution or extractor never

@@ -87,3 +87,21 @@ def test_write_config_round_trips_and_software_lists_versions(tmp_path):
 
     info = yaml.safe_load((tmp_path / "software.yaml").read_text())
     assert info["torch"] == str(torch.__version__) and "wsimil" in info and "git_commit" in info
+
+
+def test_results_folder_guard(tmp_path):
+    from wsimil.config import check_results_folder, config_differences, default_config, write_config
+    from wsimil.io import WsimilError
+
+    base = default_config()
+    check_results_folder(base, tmp_path)  # no record yet: nothing to protect
+    write_config(base, tmp_path / "config.yaml")
+    check_results_folder(base, tmp_path)  # the same configuration resumes
+    faster = {**base, "training": {**base["training"], "threads": 4, "methods_per_job": 1}}
+    check_results_folder(faster, tmp_path)  # execution-only keys do not count
+    other = {**base, "training": {**base["training"], "seeds": [0]}}
+    with pytest.raises(WsimilError, match=r"holds the results of another configuration .*training\.seeds.*results_dir"):
+        check_results_folder(other, tmp_path)
+    check_results_folder({**other, "replace_results": True}, tmp_path)
+    newer = {**base, "added_section": {"x": 1}}  # a newer schema's key the record lacks
+    assert config_differences(base, newer) == []

@@ -35,8 +35,24 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
 def ci_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("workflow")
     shutil.copy(ROOT / "config.yaml", work / "config.yaml")  # the Snakefile's `configfile:` (overridden by ci.yaml)
-    snakemake(work, "--cores", "2")
+    proc = snakemake(work, "--cores", "2", "--logger", "wsimil")  # the console `make reproduce` shows
+    (work / "console.txt").write_text(proc.stdout + proc.stderr)
     return work, work / "results" / "ci"
+
+
+def test_the_console_shows_one_short_line_per_job(ci_run):
+    """`--logger wsimil` (src/snakemake_logger_plugin_wsimil): the planned jobs, one line per finished job with
+    an ETA in time, a closing line; no line over 500 characters, no input/output lists."""
+    import re
+
+    work, _ = ci_run
+    lines = (work / "console.txt").read_text().splitlines()
+    planned = next(int(m.group(1)) for ln in lines if (m := re.match(r"wsimil: (\d+) jobs to run \(", ln)))
+    progress = [ln for ln in lines if re.match(r"\[ *\d+/\d+ +\d+%\] ", ln)]
+    assert len(progress) == planned and progress[-1].startswith(f"[{planned}/{planned} 100%]")
+    assert any("left |" in ln for ln in progress[:-1]) and f"wsimil: all {planned} jobs done in" in "\n".join(lines)
+    assert len(lines) <= planned + 25, "\n".join(lines[:60])
+    assert max(map(len, lines)) <= 500 and not any(ln.lstrip().startswith(("input:", "output:")) for ln in lines)
 
 
 def test_tables_figures_and_run_directories_exist(ci_run):
@@ -196,3 +212,27 @@ def test_snakemake_lint_is_clean(tmp_path):
          "--configfile", str(ROOT / "configs" / "ci.yaml"), "--lint"], capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0 and "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_an_overlay_never_replaces_another_configurations_results(ci_run):
+    """The README's one-method overlay in the folder of a finished run is refused before any job, and every
+    file of that run keeps its checksum; with its own results_dir it plans its jobs there only."""
+    import hashlib
+
+    work, out = ci_run
+
+    def sums():
+        return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()}
+
+    before = sums()
+    one = work / "one.yaml"
+    one.write_text("training:\n  methods: [focusmil]\n  seeds: [0]\n")
+    proc = snakemake(work, "--configfile", str(ROOT / "configs" / "ci.yaml"), str(one), "--cores", "2", check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "holds the results of another configuration" in text, text[-2000:]
+    assert "training.methods" in text and "results_dir" in text
+    assert sums() == before
+    one.write_text("results_dir: results/one\ntraining:\n  methods: [focusmil]\n  seeds: [0]\n")
+    dry = snakemake(work, "--configfile", str(ROOT / "configs" / "ci.yaml"), str(one), "-n", "--cores", "2").stdout
+    assert "results/one/" in dry and "results/ci/" not in dry
+    assert sums() == before

@@ -151,3 +151,47 @@ def write_run_record(config: dict, config_path: str | os.PathLike, software_path
 
 def default_config() -> dict:
     return validate_config({})
+
+
+# Keys that change how a run is executed, never what it computes: a config differing only in them may reuse
+# (and resume) another's results folder.
+EXECUTION_KEYS = frozenset({
+    "synthetic.slides_per_job", "patching.slides_per_job", "features.slides_per_job", "features.num_workers",
+    "features.batch_size", "training.methods_per_job", "training.threads", "download.parallel",
+    "results_dir", "replace_results",
+})
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two validated configs, execution-only keys and keys the old
+    config does not have (a newer schema's additions at their defaults) left out."""
+    out: list[str] = []
+    for key, value in new.items():
+        dotted = f"{prefix}{key}"
+        if dotted in EXECUTION_KEYS or key not in old:
+            continue
+        if isinstance(value, dict) and isinstance(old[key], dict):
+            out += config_differences(old[key], value, dotted + ".")
+        elif json.dumps(old[key], sort_keys=True, default=str) != json.dumps(value, sort_keys=True, default=str):
+            out.append(dotted)
+    return out
+
+
+def check_results_folder(config: dict, out_dir: str | os.PathLike) -> None:
+    """Refuse a configuration that would overwrite another's results in ``out_dir`` (its ``config.yaml``, the
+    run record of the configuration that wrote it), saying how to run it elsewhere."""
+    path = Path(out_dir) / "config.yaml"
+    if config.get("replace_results") or not path.is_file():
+        return
+    try:
+        old = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return  # an unreadable record is rewritten by the run; nothing to compare
+    diff = config_differences(old, json.loads(json.dumps(config, default=str)))
+    if diff:
+        shown = ", ".join(diff[:8]) + (f" and {len(diff) - 8} more" if len(diff) > 8 else "")
+        raise WsimilError(
+            f"{out_dir} holds the results of another configuration ({path} differs in {shown}); this run would "
+            f"replace them. Give it its own folder: results_dir: {Path(out_dir).parent}/<name> in your overlay "
+            "(or --config results_dir=...); or, to replace them on purpose, --config replace_results=true"
+        )
