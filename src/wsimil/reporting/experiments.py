@@ -160,7 +160,8 @@ def write_experiment(
         mine = df[df["experiment"] == cell.name]
         table = summary_table(mine, metrics=_present(mine, SLIDE_METRICS), methods=methods)
         table = with_auc_intervals(table, results, cell, seeds)
-        written += write_table(table, results / "tables" / experiment, f"{CAPTIONS[experiment]}{PATCH_CAPTION} ({dataset})")
+        written += write_table(table, results / "tables" / experiment, f"{CAPTIONS[experiment]}{PATCH_CAPTION} ({dataset})",
+                               brief=BRIEF_COLUMNS)
         from wsimil.reporting.figures import plot_roc_curves
 
         written += plot_roc_curves(_test_predictions(results, cell, seeds), results / "figures" / f"roc_{experiment}.png",
@@ -177,7 +178,7 @@ def write_experiment(
         if experiment == "ood" and "standard" in cells:
             from wsimil.reporting.tables import poison_comparison_table
 
-            comp = poison_comparison_table(df, "standard", "ood", methods=methods)
+            comp = poison_comparison_table(df, "standard", "ood", methods=methods, tags=("standard", "ood"))
             comp.columns = [c.replace("poisoned", "ood") for c in comp.columns]
             written += write_table(comp, results / "tables" / "ood_comparison", CAPTIONS["ood_comparison"] + f" ({dataset})")
     elif experiment == "dtfd_ablation":
@@ -394,6 +395,10 @@ def _score_maps(path: Path, slide_ids: list[str]) -> dict[str, dict[str, np.ndar
     return out
 
 
+#: the columns of the standard / ood / poison tables in their .md, .tex and .html (the CSV keeps all of them)
+BRIEF_COLUMNS = ("method", "n seeds", "seed-averaged slide AUC [95% CI]", "slide AUC", "accuracy", "F1",
+                 "patch AUC, any tumour (test tumour slides)", "FROC")
+
 CAPTIONS = {
     "standard": "Standard protocol (clean features, the dataset's train/val/test split): test-split metrics per "
     "method, mean ± std over seeds.",
@@ -404,7 +409,7 @@ CAPTIONS = {
     "poison_comparison": "Test slide AUC on clean vs poisoned data per method, mean ± std over seeds. difference = "
     "poisoned − clean; a model that learned 'poison means normal' falls below chance.",
     "ood_comparison": "Test slide AUC on the dataset's own split vs out-of-distribution (train on some centres, "
-    "test on the others), mean ± std over seeds; 'difference' = ood − standard.",
+    "test on the others), mean ± std over seeds; difference = ood − standard.",
     "dtfd_ablation": "DTFD-MIL: test AUC against the number of pseudo-bags per slide. Tier 2 = slide AUC; Tier 1 = "
     "AUC over the test pseudo-bags, each labelled with its slide's label (as the official test loop computes it). "
     "Mean ± std over seeds.",

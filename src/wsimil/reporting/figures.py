@@ -53,7 +53,8 @@ def plot_metric_by_method(
     """Strip plot of ``metric`` per method (x, in ``methods`` order) and experiment (colour, dodged).
 
     ``df`` has one row per experiment x method x seed (:func:`wsimil.reporting.tables.collect_metrics`).
-    Small points are the seeds, the large marker with bars is mean ± sample std. AUC-like metrics span
+    Small points are the seeds, the large marker their mean, its bar the range of the seeds (min to max: with
+    3 seeds a ± std bar would run past 0 or 1). AUC-like metrics span
     0..1; ``chance`` draws a dashed line (default 0.5 for an AUC). Returns the PNG and PDF paths.
     """
     missing = [c for c in ("experiment", "method", metric) if c not in df.columns]
@@ -86,10 +87,10 @@ def plot_metric_by_method(
             finite = np.isfinite(v)
             ax.scatter(i + offset + jitter[finite], v[finite], s=12, color=colour, alpha=0.55,
                        edgecolors="none", clip_on=False, zorder=3)
-            if finite.all():
-                std = v.std(ddof=1) if len(v) > 1 else 0.0
-                ax.errorbar(i + offset, v.mean(), yerr=std, fmt="o", ms=5.5, color=colour, mec="black",
-                            mew=0.6, ecolor=colour, elinewidth=1.4, capsize=3, clip_on=False, zorder=4)
+            if finite.all():  # the bar spans the seeds (min to max): never outside the metric's range
+                m = v.mean()
+                ax.errorbar(i + offset, m, yerr=[[m - v.min()], [v.max() - m]], fmt="o", ms=5.5, color=colour,
+                            mec="black", mew=0.6, ecolor=colour, elinewidth=1.4, capsize=3, clip_on=False, zorder=4)
         # legend entry once per experiment
         ax.errorbar([], [], yerr=[], fmt="o", ms=5.5, color=colour, mec="black", mew=0.6, capsize=3,
                     label=experiment_labels.get(exp, exp))
@@ -128,7 +129,7 @@ def plot_poison_comparison(
     methods: Sequence[str] | None = None,
     dpi: int = 200,
 ) -> list[Path]:
-    """Test slide AUC per method on clean vs poisoned data: seeds as points, mean ± std, chance at 0.5."""
+    """Test slide AUC per method on clean vs poisoned data: seeds as points, their mean and range, chance 0.5."""
     return plot_metric_by_method(
         df,
         metric,
@@ -191,7 +192,7 @@ _FIXED_COLOURS = {
     "dtfd_maxs": "#CC6677",  # rose
     "dtfd_maxmins": "#88CCEE",  # cyan
     "dtfd_mas": "#AA4499",  # purple
-    "dtfd_afs": "#DDCC77",  # sand
+    "dtfd_afs": "#A6761D",  # dark gold (Tol's sand #DDCC77 is hard to see on white)
 }
 # Methods without a fixed colour (a new registry entry, a variant such as "focusmil (beta=0.1)") take these
 # in the sorted order of their names (CARTO "Bold", then Tol "dark" greys and browns).
@@ -308,8 +309,8 @@ def plot_roc_curves(
 
     ``preds``: one row per method x seed x slide with ``method, seed, label, score`` (if it has a ``split``
     column only its ``test`` rows are used). Thin lines are the seeds (``sklearn.metrics.roc_curve``), the bold
-    line their vertical average on a common false-positive-rate grid; the panel title gives the test AUC
-    (``roc_auc_score``) as mean ± sample std over seeds. Returns the PNG and PDF paths.
+    line their vertical average on a common false-positive-rate grid; the panel title gives the mean test AUC
+    (``roc_auc_score``) over seeds, the number of seeds and of test slides. Returns the PNG and PDF paths.
     """
     from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -336,7 +337,8 @@ def plot_roc_curves(
         curves.setdefault(method, []).append((fpr, tpr))
         aucs.setdefault(method, []).append(float(roc_auc_score(y, s)))
 
-    nrows, ncols = _grid_shape(len(methods))
+    # up to 5 methods in one row (the default's 5: no empty panels), else rows of 4
+    nrows, ncols = _grid_shape(len(methods), max_cols=5 if len(methods) <= 5 else 4)
     width = 2.6 if ncols == 1 else COLUMN_IN if ncols == 2 else PAGE_IN
     side = width / ncols
     with matplotlib.rc_context(_PAPER_RC):
@@ -351,7 +353,8 @@ def plot_roc_curves(
             mean_tpr[0] = 0.0
             ax.plot(grid, mean_tpr, color=st["color"], lw=1.6, ls=st["ls"], zorder=3)
             a = np.asarray(aucs[method])
-            ax.set_title(f"{method}\nAUC {a.mean():.3f} ± {_std(a):.3f} (n={len(a)})", fontsize=7.5, pad=3)
+            n_slides = int(preds.loc[preds["method"] == method].groupby("seed").size().iloc[0])
+            ax.set_title(f"{method}\nAUC {a.mean():.3f} ({len(a)} seeds, {n_slides} slides)", fontsize=7.5, pad=3)
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1.0)
             ax.set_aspect("equal")
@@ -418,7 +421,8 @@ def plot_dtfd_ablation(df: pd.DataFrame, out_png: str | os.PathLike, *, dpi: int
     """DTFD-MIL test AUC against the number of pseudo-bags (log2 axis), one line per tier.
 
     ``df``: ``n_pseudo_bags, seed, tier, auc`` (tier ``"Tier 1"`` / ``"Tier 2"``). Points are the seeds, the
-    line and band mean ± sample std. Returns the PNG and PDF paths.
+    line and band mean ± sample std (clipped to [0, 1]); the y axis spans the AUC's range. Returns the PNG and
+    PDF paths.
     """
     _require(df, ("n_pseudo_bags", "seed", "tier", "auc"), "the DTFD pseudo-bag ablation")
     if (df["n_pseudo_bags"] <= 0).any():
@@ -439,7 +443,7 @@ def plot_dtfd_ablation(df: pd.DataFrame, out_png: str | os.PathLike, *, dpi: int
             std = g.std(ddof=1).fillna(0.0)
             x = mean.index.to_numpy(dtype=float)
             dodge = 2 ** ((i - (nt - 1) / 2) * 0.06)  # keep the tiers' seed points apart
-            ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.18, lw=0)
+            ax.fill_between(x, (mean - std).clip(0, 1), (mean + std).clip(0, 1), color=colour, alpha=0.18, lw=0)
             ax.scatter(d["n_pseudo_bags"].astype(float) * dodge, d["auc"], s=9, color=colour, alpha=0.55,
                        edgecolors="none", zorder=3)
             ax.plot(x, mean.to_numpy(), color=colour, marker=marker, ms=4.5, lw=1.5, mec="white", mew=0.5,
@@ -453,8 +457,8 @@ def plot_dtfd_ablation(df: pd.DataFrame, out_png: str | os.PathLike, *, dpi: int
         ax.set_ylabel("test slide AUC")
         ax.grid(axis="y", color="0.92", lw=0.5)
         ax.set_axisbelow(True)
-        lo, hi = ax.get_ylim()
-        ax.set_ylim(max(0.0, lo), min(1.0, hi) if hi <= 1.0 else 1.0)
+        ax.set_ylim(0.0, 1.0)  # the AUC's whole range: a truncated axis exaggerates the tiers' differences
+        ax.axhline(0.5, color="0.6", lw=0.7, ls=":", zorder=1)
         ax.legend(frameon=False, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=nt, borderaxespad=0.2)
         ax.set_title("DTFD-MIL: pseudo-bag ablation", loc="left", pad=12)
         return _save(fig, Path(out_png), dpi)

@@ -49,6 +49,7 @@ LABELS: dict[str, str] = {
     "froc": "FROC",
     "n_seeds": "n seeds",
     "difference": "difference (poisoned − clean)",
+    "difference_ood": "difference (ood − standard)",
 }
 
 #: metrics of the main summary table, in column order
@@ -57,7 +58,7 @@ SUMMARY_METRICS: tuple[str, ...] = ("slide_auc", "slide_accuracy", "slide_f1", "
 
 def metric_label(col: str) -> str:
     """The human label of a results column (`slide_auc` -> "slide AUC", `clean_slide_auc` -> "clean slide AUC")."""
-    for prefix in ("clean_", "poisoned_"):
+    for prefix in ("clean_", "poisoned_", "standard_", "ood_"):
         if col.startswith(prefix):
             return f"{prefix[:-1]} {metric_label(col[len(prefix):])}"
     return LABELS.get(col, col.replace("_", " "))
@@ -170,9 +171,11 @@ def poison_comparison_table(
     metric: str = "slide_auc",
     *,
     methods: Sequence[str] | None = None,
+    tags: tuple[str, str] = ("clean", "poisoned"),
 ) -> pd.DataFrame:
     """Per method: ``metric`` on the clean and on the poisoned experiment (mean, std, n seeds) and
-    ``difference`` = poisoned mean - clean mean (negative: the poison hurt).
+    ``difference`` = poisoned mean - clean mean (negative: the poison hurt). ``tags``: the column prefixes;
+    other than the default (``("standard", "ood")``) the difference column is ``difference_<second tag>``.
 
     Methods run in only one of the two experiments keep a row, with NaN where the other is missing.
     Rows follow ``methods`` (default: order of appearance), as in :func:`summary_table`.
@@ -185,11 +188,12 @@ def poison_comparison_table(
     rows = []
     for method in _method_order(df.loc[df["experiment"].isin([clean, poisoned]), "method"], methods):
         row: dict = {"method": method}
-        for tag, exp in (("clean", clean), ("poisoned", poisoned)):
+        for tag, exp in zip(tags, (clean, poisoned)):
             g = df[(df["experiment"] == exp) & (df["method"] == method)]
             row[f"{tag}_{metric}_mean"], row[f"{tag}_{metric}_std"] = _mean_std(g[metric])
             row[f"{tag}_n_seeds"] = int(g["seed"].nunique())
-        row["difference"] = row[f"poisoned_{metric}_mean"] - row[f"clean_{metric}_mean"]
+        diff = "difference" if tuple(tags) == ("clean", "poisoned") else f"difference_{tags[1]}"
+        row[diff] = row[f"{tags[1]}_{metric}_mean"] - row[f"{tags[0]}_{metric}_mean"]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -212,13 +216,22 @@ def format_table(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     for col in cols:
         if col.endswith("_std") and col[:-4] + "_mean" in cols:
             continue
+        if col.endswith(("_ci_low", "_ci_high")) and col.rsplit("_ci_", 1)[0] + "_seedavg" in cols:
+            continue  # shown with its point estimate: "0.905 [0.829, 0.966]"
+        if col.endswith("_seedavg") and col[:-8] + "_ci_low" in cols and col[:-8] + "_ci_high" in cols:
+            base = col[:-8]
+            out[metric_label(col) + " [95% CI]"] = [
+                _fmt(v, digits) if math.isnan(lo) or math.isnan(hi) else f"{_fmt(v, digits)} [{_fmt(lo, digits)}, {_fmt(hi, digits)}]"
+                for v, lo, hi in zip(df[col].astype(float), df[base + "_ci_low"].astype(float), df[base + "_ci_high"].astype(float))
+            ]
+            continue
         if col.endswith("_mean") and col[:-5] + "_std" in cols:
             base = col[:-5]
             out[metric_label(base)] = [
                 _fmt(m, digits) if math.isnan(s) or math.isnan(m) else f"{_fmt(m, digits)} ± {_fmt(s, digits)}"
                 for m, s in zip(df[col].astype(float), df[base + "_std"].astype(float))
             ]
-        elif col == "difference":
+        elif col.startswith("difference"):
             out[metric_label(col)] = [_fmt(float(v), digits, signed=True) for v in df[col]]
         elif pd.api.types.is_float_dtype(df[col]):
             out[metric_label(col)] = [_fmt(float(v), digits) for v in df[col]]
@@ -263,7 +276,8 @@ def to_latex(display: pd.DataFrame, caption: str, label: str | None = None) -> s
     return "\n".join(lines)
 
 
-def write_table(df: pd.DataFrame, stem: str | os.PathLike, caption: str, digits: int = 3) -> list[Path]:
+def write_table(df: pd.DataFrame, stem: str | os.PathLike, caption: str, digits: int = 3,
+                brief: Sequence[str] | None = None) -> list[Path]:
     """Write ``<stem>.csv`` (numeric, full precision), ``<stem>.md`` (formatted, caption first, pandoc
     ``Table:`` style), ``<stem>.tex`` (booktabs) and ``<stem>.html`` (a page with the table, for the report),
     each atomically. Returns the four paths.
@@ -273,6 +287,11 @@ def write_table(df: pd.DataFrame, stem: str | os.PathLike, caption: str, digits:
     with atomic_path(csv) as tmp:
         df.to_csv(tmp, index=False)
     display = format_table(df, digits)
+    if brief is not None:  # the columns a reader needs; every column stays in the CSV
+        keep = [c for c in display.columns if c in set(brief) or metric_label(c) in set(brief)]
+        if len(keep) < len(display.columns):
+            display = display[keep]
+            caption = f"{caption} Columns shown: {len(keep)} of {len(df.columns)}; all of them in {csv.name}."
     text = {metric_label(c) for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])}
     colalign = ["left" if c in ("experiment", "method") or c in text else "right" for c in display.columns]
     write_text_atomic(md, f"Table: {caption}\n\n{display.to_markdown(index=False, colalign=colalign)}\n")
