@@ -184,12 +184,80 @@ def test_rerun_has_nothing_to_do_and_resumes_a_deleted_run(ci_run):
     assert victim.is_file()
 
 
-def test_html_report(ci_run):
-    work, _ = ci_run
-    snakemake(work, "--report", str(work / "report.html"))
+def _report_var(html: str, name: str):
+    import re
+
+    m = re.search(rf"var {name} = (.*?);\n", html, flags=re.S)
+    assert m, f"no `var {name}` in the report"
+    return json.loads(m.group(1))
+
+
+def _decoded(entry) -> str:
+    import base64
+
+    return base64.b64decode(entry["data_uri"].split("base64,", 1)[1]).decode()
+
+
+def test_html_report(ci_run, tmp_path):
+    """The report is a document: it opens on the verdicts (metadata), SUMMARY comes first and rendered, every
+    experiment has its category with a page, and tables are HTML tables, not markdown downloads."""
+    from html.parser import HTMLParser
+
+    work, out = ci_run
+    snakemake(work, "--report", str(work / "report.html"), "--report-metadata", str(out / "report_metadata.yaml"))
     html = (work / "report.html").read_text(errors="ignore")
-    for name in ("poison_comparison", "dtfd_ablation", "minet_curves", "dose_response", "heatmaps_standard", "SUMMARY"):
-        assert name in html, name
+    results = _report_var(html, "results")
+    categories = list(_report_var(html, "categories"))
+    metadata = _report_var(html, "metadata")
+    assert sorted(categories)[0] == "01 SUMMARY" and sorted(categories)[-1].endswith("run records")
+    for exp in ("standard", "poison", "ood", "dtfd_ablation", "minet_curves", "dose_response", "milunit",
+                "focusmil_sensitivity"):
+        assert any(c.endswith(f" {exp}") for c in categories), exp
+    assert any(k.startswith("claim: ") and v.split(" ")[0] in ("supported", "contradicted", "inconclusive")
+               for k, v in metadata.items()), metadata
+    assert not [k for k, v in results.items() if k.endswith(".md")], "markdown items are download-only"
+
+    class Cells(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags = []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+
+    def tags_of(key_end):
+        key = next(k for k in results if k.endswith(key_end))
+        assert results[key]["mime_type"] == "text/html", key
+        text = _decoded(results[key])
+        parser = Cells()
+        parser.feed(text)
+        return text, parser.tags
+
+    summary, tags = tags_of("pages/SUMMARY.html")
+    assert "h1" in tags and "table" in tags and "td" in tags and "Verdict" in summary and "# " not in summary
+    table, tags = tags_of("tables/standard.html")
+    assert tags.count("td") >= 3 and "|---" not in table
+    page, tags = tags_of("pages/poison.html")
+    assert "img" in tags and "table" in tags and "figcaption" in tags
+
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium): the browser check did not run")
+    (tmp_path / "summary.html").write_text(summary)
+    shot = tmp_path / "summary.png"
+    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                           "--window-size=1200,1600", f"file://{tmp_path / 'summary.html'}"],
+                          capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), proc.stderr[-2000:]
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.std() > 10 and (pixels < 100).mean() > 0.005, "the rendered SUMMARY page is blank"
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          f"file://{tmp_path / 'summary.html'}"], capture_output=True, text=True, timeout=120).stdout
+    assert "<td>" in dom and "<table" in dom
 
 
 def test_bad_config_stops_before_any_job(tmp_path):

@@ -181,7 +181,7 @@ def check_results_folder(config: dict, out_dir: str | os.PathLike) -> None:
     """Refuse a configuration that would overwrite another's results in ``out_dir`` (its ``config.yaml``, the
     run record of the configuration that wrote it), saying how to run it elsewhere."""
     path = Path(out_dir) / "config.yaml"
-    if config.get("replace_results") or not path.is_file():
+    if str(config.get("replace_results")).lower() == "true" or not path.is_file():
         return
     try:
         old = yaml.safe_load(path.read_text()) or {}
