@@ -1,6 +1,7 @@
 """The command line: what the rules call and what users type."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -152,3 +153,21 @@ def test_methods_into_a_closed_pipe_exits_quietly():
     finally:
         os.close(w)
     assert proc.returncode == 141 and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_validate_config_prints_the_merged_config_of_an_overlay(tmp_path, capsys):
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    code = main(["validate-config", str(root / "config.yaml"), str(root / "configs" / "slides.yaml"), "--print"])
+    out = capsys.readouterr().out
+    assert code == 0
+    merged = yaml.safe_load(out)
+    # the overlay's values, not the schema's defaults nor config.yaml's
+    assert merged["dataset"]["source"] == "sheet" and merged["patching"]["patch_size"] == 256
+    assert merged["features"]["extractor"] == "resnet50_trunc" and "ood" not in merged["experiments"]
+    assert merged["poison"] == yaml.safe_load((root / "config.yaml").read_text())["poison"] | merged["poison"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  seeds: zero\n")
+    assert main(["validate-config", str(root / "config.yaml"), str(bad)]) == 2
+    assert "training.seeds" in capsys.readouterr().err

@@ -398,15 +398,16 @@ def cmd_extractors(args: argparse.Namespace) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
-    from wsimil.config import load_config
+    from wsimil.config import load_merged_config
 
-    cfg = load_config(args.file)
+    cfg = load_merged_config(args.file)
     if args.print:
         import yaml
 
+        print(f"# the merged config of {' + '.join(map(str, args.file))} (what the run uses, defaults filled in)")
         print(yaml.safe_dump(cfg, sort_keys=False))
     else:
-        print(f"{args.file}: valid")
+        print(f"{' + '.join(map(str, args.file))}: valid")
 
 
 # -- import-features (bring your own features) ------------------------------------------------------------
@@ -635,9 +636,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list methods and their published defaults").set_defaults(func=cmd_methods)
     sub.add_parser("extractors", help="list feature extractors").set_defaults(func=cmd_extractors)
-    s = sub.add_parser("validate-config", help="validate a workflow config against the schema")
-    s.add_argument("file", type=Path)
-    s.add_argument("--print", action="store_true", help="print the config with defaults filled in")
+    s = sub.add_parser("validate-config", help="validate a workflow config (and overlays on it) against the schema",
+                       description="Merge the files in order as Snakemake does (config.yaml, then each "
+                       "--configfile overlay: nested keys update, lists replace) and validate the result.")
+    s.add_argument("file", type=Path, nargs="+", help="config.yaml, then overlays, e.g. config.yaml configs/slides.yaml")
+    s.add_argument("--print", action="store_true", help="print the merged config the run will use, defaults filled in")
     s.set_defaults(func=cmd_validate)
     return p
 

@@ -124,6 +124,29 @@ def load_config(path: str | os.PathLike) -> dict:
     return validate_config(config, path)
 
 
+def merge_configs(base: dict, overlay: dict) -> dict:
+    """``overlay`` on ``base`` the way Snakemake merges ``--configfile`` files: mappings update key by key,
+    anything else (lists included) is replaced."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = merge_configs(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_merged_config(paths: "list[str | os.PathLike]") -> dict:
+    """Read each YAML file (checked to exist and parse), merge them in order, validate the result."""
+    merged: dict = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise WsimilError(f"config file not found: {path}")
+        try:
+            merged = merge_configs(merged, yaml.safe_load(path.read_text()) or {})
+        except yaml.YAMLError as exc:
+            raise WsimilError(f"cannot parse config {path}: {exc}") from exc
+    return validate_config(merged, " + ".join(map(str, paths)))
+
+
 def write_config(config: dict, path: str | os.PathLike) -> None:
     """Write a validated config as YAML (atomically), keys in schema order, loadable by :func:`load_config`."""
     from wsimil.io import write_text_atomic
