@@ -12,6 +12,8 @@ from wsimil.datasets.sheet import read_sheet, relocate, resolve
 from wsimil.datasets.sources import SOURCES, plan_source, sheet_for
 from wsimil.experiments import cell_overrides, features_root, features_subdir, ood_sheet, patch_tag, plan_cells
 from wsimil.io import SLIDE_ID_PATTERN, copy_atomic, write_text_atomic
+from wsimil.models.base import list_methods
+from snakemake.exceptions import WorkflowError
 from wsimil.poison import select_poisoned_slides
 from wsimil.reporting.experiments import all_outputs, experiment_outputs, heatmap_slide_ids, needs, summary_outputs
 

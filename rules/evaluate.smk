@@ -1,31 +1,37 @@
-# Slide, patch and lesion metrics of every run of a cell: one job per cell (scoring is cheap, start-up is
-# not). A rule per cell, because cells differ in their methods and so in their outputs.
+# Slide, patch and lesion metrics of every run: one rule, `evaluate`, one job per cell and method (all its
+# seeds: the features and annotations are read once), addressable by name like every stage.
 
-for _cell in CELLS:
 
-    rule:
-        name:
-            f"evaluate_{re.sub(r'[^A-Za-z0-9_]', '_', _cell)}"
-        input:
-            runs=[f"{run_dir(_cell, m, s)}/predictions.csv" for m, s in cell_runs(_cell)],
-            features=expand("{dir}/{slide}.h5", dir=features_dir(_cell), slide=cell_slides(_cell)),
-            sheet=cell_sheet(_cell),
-        output:
-            metrics_files([_cell]),
-        params:
-            runs=" ".join(run_dir(_cell, m, s) for m, s in cell_runs(_cell)),
-            features=get_input_dir,
-            threshold=config["evaluation"]["threshold"],
-            positive=config["evaluation"]["patch_positive_fraction"],
-        log:
-            f"{LOGS}/evaluate/{_cell}.log",
-        group:
-            "evaluate"
-        resources:
-            mem_mb=mem_mb(4000),
-            runtime=30,
-        conda:
-            "../envs/wsimil.yaml"
-        shell:
-            "wsimil evaluate {params.runs} --features {params.features} --sheet {input.sheet:q}"
-            " --threshold {params.threshold} --patch-positive-fraction {params.positive} 2> {log}"
+def _evaluate_inputs(wildcards):
+    _check_method(wildcards)
+    return {
+        "runs": [f"{run_dir(wildcards.cell, wildcards.method, s)}/predictions.csv" for s in SEEDS],
+        **_cell_inputs(wildcards),
+    }
+
+
+rule evaluate:
+    input:
+        unpack(_evaluate_inputs),
+    output:
+        [f"{OUT}/runs/{{cell}}/{{method}}/seed{s}/metrics.json" for s in SEEDS],
+    wildcard_constraints:
+        cell=_alternatives(CELLS),
+        method=_alternatives(list_methods()),
+    params:
+        runs=lambda w: " ".join(shlex.quote(run_dir(w.cell, w.method, s)) for s in SEEDS),
+        features=get_input_dir,
+        threshold=config["evaluation"]["threshold"],
+        positive=config["evaluation"]["patch_positive_fraction"],
+    log:
+        f"{LOGS}/evaluate/{{cell}}/{{method}}.log",
+    group:
+        "evaluate"
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=30,
+    conda:
+        "../envs/wsimil.yaml"
+    shell:
+        "wsimil evaluate {params.runs} --features {params.features} --sheet {input.sheet:q}"
+        " --threshold {params.threshold} --patch-positive-fraction {params.positive} 2> {log}"

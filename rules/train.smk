@@ -1,85 +1,107 @@
-# Training: one job per cell and group of `training.methods_per_job` methods, each job training every seed of
-# its methods (docs/architecture.md, "Job granularity"): the features are read once and the ~3 s start-up of
-# a PyTorch process is paid once per job, not once per method and seed.
+# Training: one rule, `train`, one job per cell and method training every seed (docs/architecture.md, "Job
+# granularity"): the features are read once and the ~3 s start-up of a PyTorch process is paid once per method,
+# not once per seed. One named rule per stage, so a profile or the command line can address it
+# (`--set-resources train:mem_mb=16000`, `--allowed-rules train`); the SLURM profile packs its jobs in groups.
+# A cell whose training would repeat another's (models_from: the synthetic ood cell) is scored, rule `score`.
 
-for _cell in CELLS:
-    if models_from(_cell):
-        continue  # scored with another cell's models (below)
-    for _methods in groups_of(list(CELLS[_cell].methods), config["training"]["methods_per_job"]):
-
-        rule:
-            name:
-                f"train_{re.sub(r'[^A-Za-z0-9_]', '_', _cell)}_{'_'.join(_methods)}"
-            input:
-                features=expand("{dir}/{slide}.h5", dir=features_dir(_cell), slide=cell_slides(_cell)),
-                sheet=cell_sheet(_cell),
-            output:
-                [f"{run_dir(_cell, m, s)}/{f}" for m in _methods for s in SEEDS for f in RUN_FILES],
-            params:
-                features=get_input_dir,
-                out=lambda w, c=_cell: run_dir(c, "{method}", "{seed}"),  # the CLI fills in method and seed
-                methods=" ".join(_methods),
-                seeds=" ".join(map(str, SEEDS)),
-                overrides=json.dumps({m: cell_overrides(config, CELLS[_cell], m) for m in _methods}, sort_keys=True),
-                device=config["training"]["device"],
-                precision=config["training"]["precision"],
-                cell=_cell,
-            threads: config["training"]["threads"]
-            log:
-                f"{LOGS}/train/{_cell}/{'_'.join(_methods)}.log",
-            benchmark:
-                f"{BENCH}/train/{_cell}/{'_'.join(_methods)}.tsv"
-            group:
-                "train"
-            resources:
-                mem_mb=mem_mb(8000),
-                runtime=240,
-                gpu=gpus("training"),
-                gres=gres("training"),
-            conda:
-                conda_env("training")
-            shell:
-                "wsimil train --features {params.features} --slides {input.sheet:q} --method {params.methods}"
-                " --seed {params.seeds} --out {params.out:q} --overrides-per-method {params.overrides:q}"
-                " --experiment {params.cell} --device {params.device} --precision {params.precision}"
-                " --threads {threads} --no-progress 2> {log}"
+TRAINED_CELLS = [c for c in CELLS if not models_from(c)]
+SCORED_CELLS = [c for c in CELLS if models_from(c)]
 
 
-# A cell whose training would repeat another's (models_from: the synthetic ood cell) scores its slides with
-# that cell's models: same seeds, same training slides, same models, so nothing is trained twice.
-for _cell in [c for c in CELLS if models_from(c)]:
-    _source = models_from(_cell)
-    for _methods in groups_of(list(CELLS[_cell].methods), config["training"]["methods_per_job"]):
+def _alternatives(names):
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or "^$"
 
-        rule:
-            name:
-                f"score_{re.sub(r'[^A-Za-z0-9_]', '_', _cell)}_{'_'.join(_methods)}"
-            input:
-                features=expand("{dir}/{slide}.h5", dir=features_dir(_cell), slide=cell_slides(_cell)),
-                sheet=cell_sheet(_cell),
-                runs=[f"{run_dir(_source, m, s)}/{f}" for m in _methods for s in SEEDS for f in RUN_FILES],
-            output:
-                [f"{run_dir(_cell, m, s)}/{f}" for m in _methods for s in SEEDS for f in RUN_FILES],
-            params:
-                features=get_input_dir,
-                runs=" ".join(shlex.quote(run_dir(_source, m, s)) for m in _methods for s in SEEDS),
-                outs=" ".join(shlex.quote(run_dir(_cell, m, s)) for m in _methods for s in SEEDS),
-                cell=_cell,
-            threads: config["training"]["threads"]
-            log:
-                f"{LOGS}/train/{_cell}/{'_'.join(_methods)}.log",
-            benchmark:
-                f"{BENCH}/train/{_cell}/{'_'.join(_methods)}.tsv"
-            group:
-                "train"
-            resources:
-                mem_mb=mem_mb(8000),
-                runtime=60,
-            conda:
-                conda_env()
-            shell:
-                "wsimil score --run {params.runs} --features {params.features} --slides {input.sheet:q}"
-                " --out {params.outs} --experiment {params.cell} --threads {threads} 2> {log}"
+
+def _cell_inputs(wildcards):
+    return {
+        "features": expand("{dir}/{slide}.h5", dir=features_dir(wildcards.cell), slide=cell_slides(wildcards.cell)),
+        "sheet": cell_sheet(wildcards.cell),
+    }
+
+
+def _check_method(wildcards):
+    if wildcards.method not in CELLS[wildcards.cell].methods:
+        raise WorkflowError(f"cell {wildcards.cell} does not train {wildcards.method}")
+    return wildcards.method
+
+
+def _train_overrides(wildcards):
+    return json.dumps({_check_method(wildcards): cell_overrides(config, CELLS[wildcards.cell], wildcards.method)},
+                      sort_keys=True)
+
+
+def _run_outputs():
+    return [f"{OUT}/runs/{{cell}}/{{method}}/seed{s}/{f}" for s in SEEDS for f in RUN_FILES]
+
+
+rule train:
+    input:
+        unpack(_cell_inputs),
+    output:
+        _run_outputs(),
+    wildcard_constraints:
+        cell=_alternatives(TRAINED_CELLS),
+        method=_alternatives(list_methods()),
+    params:
+        features=get_input_dir,
+        out=lambda w: f"{OUT}/runs/{w.cell}/{w.method}/seed{{seed}}",  # the CLI fills in the seed
+        seeds=" ".join(map(str, SEEDS)),
+        overrides=_train_overrides,
+        device=config["training"]["device"],
+        precision=config["training"]["precision"],
+    threads: config["training"]["threads"]
+    log:
+        f"{LOGS}/train/{{cell}}/{{method}}.log",
+    benchmark:
+        f"{BENCH}/train/{{cell}}/{{method}}.tsv"
+    group:
+        "train"
+    resources:
+        mem_mb=mem_mb(8000),
+        runtime=240,
+        gpu=gpus("training"),
+        gres=gres("training"),
+    conda:
+        conda_env("training")
+    shell:
+        "wsimil train --features {params.features} --slides {input.sheet:q} --method {wildcards.method}"
+        " --seed {params.seeds} --out {params.out:q} --overrides-per-method {params.overrides:q}"
+        " --experiment {wildcards.cell} --device {params.device} --precision {params.precision}"
+        " --threads {threads} --no-progress 2> {log}"
+
+
+def _source_runs(wildcards):
+    return [f"{run_dir(models_from(wildcards.cell), wildcards.method, s)}/{f}" for s in SEEDS for f in RUN_FILES]
+
+
+rule score:
+    input:
+        unpack(_cell_inputs),
+        runs=_source_runs,
+    output:
+        _run_outputs(),
+    wildcard_constraints:
+        cell=_alternatives(SCORED_CELLS),
+        method=_alternatives(list_methods()),
+    params:
+        features=get_input_dir,
+        runs=lambda w: " ".join(shlex.quote(run_dir(models_from(w.cell), _check_method(w), s)) for s in SEEDS),
+        outs=lambda w: " ".join(shlex.quote(run_dir(w.cell, w.method, s)) for s in SEEDS),
+    threads: config["training"]["threads"]
+    log:
+        f"{LOGS}/train/{{cell}}/{{method}}.log",
+    benchmark:
+        f"{BENCH}/train/{{cell}}/{{method}}.tsv"
+    group:
+        "train"
+    resources:
+        mem_mb=mem_mb(8000),
+        runtime=60,
+    conda:
+        conda_env()
+    shell:
+        "wsimil score --run {params.runs} --features {params.features} --slides {input.sheet:q}"
+        " --out {params.outs} --experiment {wildcards.cell} --threads {threads} 2> {log}"
 
 
 rule ood_sheet:

@@ -39,9 +39,9 @@ def first(jobs: dict, prefix: str) -> dict[str, str]:
 
 def test_cpu_run_asks_for_no_gpu(tmp_path):
     jobs = planned(tmp_path, 'features={"device": "cpu"}', 'training={"device": "cpu"}')
-    for prefix in ("extract_", "poison_s", "train_"):
+    for prefix in ("extract_", "poison_s", "train"):
         assert first(jobs, prefix)["gpu"] == "0" and first(jobs, prefix)["gres"] == "", prefix
-    extract, train, evaluate = first(jobs, "extract_"), first(jobs, "train_"), first(jobs, "evaluate_")
+    extract, train, evaluate = first(jobs, "extract_"), first(jobs, "train"), first(jobs, "evaluate")
     assert (extract["mem_mb"], extract["runtime"]) == ("8000", "120")
     assert (train["mem_mb"], train["runtime"]) == ("8000", "240")
     assert (evaluate["mem_mb"], evaluate["runtime"]) == ("4000", "30")
@@ -51,13 +51,13 @@ def test_cpu_run_asks_for_no_gpu(tmp_path):
 def test_gpu_requested_per_stage_as_gpus_or_gres(tmp_path):
     jobs = planned(tmp_path, 'features={"device": "cuda"}', 'training={"device": "cpu"}')
     assert first(jobs, "extract_")["gpu"] == "1" and first(jobs, "poison_s")["gpu"] == "1"
-    assert first(jobs, "train_")["gpu"] == "0"  # training stays on the CPU: no GPU asked
-    assert "gpu" not in first(jobs, "evaluate_") and "gpu" not in first(jobs, "patch_")
+    assert first(jobs, "train")["gpu"] == "0"  # training stays on the CPU: no GPU asked
+    assert "gpu" not in first(jobs, "evaluate") and "gpu" not in first(jobs, "patch_")
 
     gres = tmp_path / "gres"
     gres.mkdir()
     jobs = planned(gres, 'training={"device": "auto"}', 'cluster={"gpu_request": "gres"}')
-    assert first(jobs, "train_")["gpu"] == "0" and first(jobs, "train_")["gres"] == "gpu:1"
+    assert first(jobs, "train")["gpu"] == "0" and first(jobs, "train")["gres"] == "gpu:1"
     # ci.yaml extracts on the cpu: no GPU in either form
     assert first(jobs, "extract_")["gpu"] == "0" and first(jobs, "extract_")["gres"] == ""
 
@@ -82,3 +82,19 @@ def test_slurm_profile_names_existing_rules_and_groups(tmp_path):
     assert grouped <= set(profile["group-components"]), grouped - set(profile["group-components"])
     assert profile["set-resource-scopes"]["group_slot"] == "local"
     assert profile["default-resources"]["group_slot"] == 1 and profile["resources"]["group_slot"] == 1
+
+
+def test_stage_rules_are_addressable_by_name(tmp_path):
+    """`train` and `evaluate` are one named rule each: --set-resources reaches every training job (and so can a
+    profile's set-resources)."""
+    jobs = planned(tmp_path, 'training={"device": "cpu"}')
+    assert "train" in jobs and "evaluate" in jobs and not any(n.startswith(("train_", "evaluate_")) for n in jobs)
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--verbose", "--snakefile", str(ROOT / "Snakefile"), "--directory",
+           str(tmp_path), "--configfile", str(ROOT / "configs" / "ci.yaml"), "--set-resources", "train:mem_mb=16000"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path)})
+    out = proc.stdout + proc.stderr
+    train = re.findall(r"^\s*rule train:\n(?:.*\n)*?\s*resources: (.*)$", out, re.M)
+    assert proc.returncode == 0 and train, out[-2000:]
+    assert all("mem_mb=16000" in r for r in train)

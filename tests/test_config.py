@@ -97,7 +97,7 @@ def test_results_folder_guard(tmp_path):
     check_results_folder(base, tmp_path)  # no record yet: nothing to protect
     write_config(base, tmp_path / "config.yaml")
     check_results_folder(base, tmp_path)  # the same configuration resumes
-    faster = {**base, "training": {**base["training"], "threads": 4, "methods_per_job": 1}}
+    faster = {**base, "training": {**base["training"], "threads": 4}}
     check_results_folder(faster, tmp_path)  # execution-only keys do not count
     other = {**base, "training": {**base["training"], "seeds": [0]}}
     with pytest.raises(WsimilError, match=r"holds the results of another configuration .*training\.seeds.*results_dir"):

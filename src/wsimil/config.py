@@ -180,7 +180,7 @@ def default_config() -> dict:
 # (and resume) another's results folder.
 EXECUTION_KEYS = frozenset({
     "synthetic.slides_per_job", "patching.slides_per_job", "features.slides_per_job", "features.num_workers",
-    "features.batch_size", "training.methods_per_job", "training.threads", "download.parallel",
+    "features.batch_size", "training.threads", "download.parallel",
     "results_dir", "replace_results",
 })
 
