@@ -18,6 +18,21 @@ from wsimil.poison import select_poisoned_slides
 from wsimil.reporting.experiments import all_outputs, experiment_outputs, heatmap_slide_ids, needs, summary_outputs
 
 validate_config(config, "config")
+PLUGIN_ARGS = " ".join(f"--plugin {shlex.quote(r)}" for r in config["plugins"])  # for the jobs' `wsimil` calls
+
+
+def _check_plugin_methods():
+    """A method from another package is built and run on a tiny batch now: a broken one stops the workflow
+    before any job, with its origin named (wsimil.models.base.check_method)."""
+    from wsimil.models.base import check_method, get_method
+
+    for name in dict.fromkeys(config["training"]["methods"] + (config["dose_response"]["methods"] or [])
+                              + config["minet_curves"]["methods"]):
+        if get_method(name).origin != "built-in":
+            check_method(name)
+
+
+_check_plugin_methods()
 
 DATASET = config["dataset"]["name"]
 OUT = config["results_dir"] or f"results/{DATASET}"

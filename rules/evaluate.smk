@@ -33,5 +33,5 @@ rule evaluate:
     conda:
         "../envs/wsimil.yaml"
     shell:
-        "wsimil evaluate {params.runs} --features {params.features} --sheet {input.sheet:q}"
+        "wsimil " + PLUGIN_ARGS + " evaluate {params.runs} --features {params.features} --sheet {input.sheet:q}"
         " --threshold {params.threshold} --patch-positive-fraction {params.positive} 2> {log}"

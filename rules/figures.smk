@@ -44,7 +44,7 @@ for _exp in [e for e in EXPERIMENTS if e != "focusmil_sensitivity"]:  # rules/st
         conda:
             "../envs/wsimil.yaml"
         shell:
-            "wsimil report --config {input.config} --experiment {params.experiment} --out {params.out}"
+            "wsimil " + PLUGIN_ARGS + " report --config {input.config} --experiment {params.experiment} --out {params.out}"
             " {params.sheet} --heatmap-slides {params.heatmaps} --captions {params.captions:q} 2> {log}"
 
     rule:
@@ -72,7 +72,7 @@ rule report_summary:
     conda:
         "../envs/wsimil.yaml"
     shell:
-        "wsimil summary --config {input.config} --out {params.out} --captions {params.captions:q} 2> {log}"
+        "wsimil " + PLUGIN_ARGS + " summary --config {input.config} --out {params.out} --captions {params.captions:q} 2> {log}"
 
 
 rule run_table:
@@ -91,7 +91,7 @@ rule run_table:
     conda:
         "../envs/wsimil.yaml"
     shell:
-        "wsimil run-table --run {input:q} --out {params.stem:q} 2> {log}"
+        "wsimil " + PLUGIN_ARGS + " run-table --run {input:q} --out {params.stem:q} 2> {log}"
 
 
 rule summary:

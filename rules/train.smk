@@ -64,7 +64,7 @@ rule train:
     conda:
         conda_env("training")
     shell:
-        "wsimil train --features {params.features} --slides {input.sheet:q} --method {wildcards.method}"
+        "wsimil " + PLUGIN_ARGS + " train --features {params.features} --slides {input.sheet:q} --method {wildcards.method}"
         " --seed {params.seeds} --out {params.out:q} --overrides-per-method {params.overrides:q}"
         " --experiment {wildcards.cell} --device {params.device} --precision {params.precision}"
         " --threads {threads} --no-progress 2> {log}"
@@ -100,7 +100,7 @@ rule score:
     conda:
         conda_env()
     shell:
-        "wsimil score --run {params.runs} --features {params.features} --slides {input.sheet:q}"
+        "wsimil " + PLUGIN_ARGS + " score --run {params.runs} --features {params.features} --slides {input.sheet:q}"
         " --out {params.outs} --experiment {wildcards.cell} --threads {threads} 2> {log}"
 
 

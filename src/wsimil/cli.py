@@ -384,6 +384,7 @@ def cmd_methods(args: argparse.Namespace) -> None:
         d = spec.defaults
         print(f"{name}  [{spec.family}]  {spec.description}")
         print(f"    source: {spec.source}")
+        print(f"    from:   {spec.origin}")
         train_keys = {k: v for k, v in d.items() if k != "model"}
         print("    training: " + ", ".join(f"{k}={v}" for k, v in train_keys.items()))
         print("    model:    " + ", ".join(f"{k}={v}" for k, v in d["model"].items()))
@@ -475,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wsimil", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--version", action="version", version=f"wsimil {__version__}")
+    p.add_argument("--plugin", action="append", default=[], metavar="PACKAGE.MODULE:ATTRIBUTE",
+                   help="import a module that registers methods (code on the Python path, not installed) before the "
+                   "command runs; repeatable (installed plugins need none: entry points wsimil.methods)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("synth", help="generate the synthetic mini-Camelyon (slides, annotations, slides.csv)")
@@ -666,6 +670,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # matplotlib's PDF font subsetting is chatty
     try:
+        if args.plugin:
+            from wsimil.models.base import resolve_method
+
+            for ref in args.plugin:
+                resolve_method(ref)
         args.func(args)
         sys.stdout.flush()
     except WsimilError as exc:

@@ -87,9 +87,57 @@ def _describe(err) -> str:
     return f"config key '{key}': {msg}"
 
 
+_METHOD_LISTS = (("training", "methods"), ("minet_curves", "methods"), ("dose_response", "methods"))
+
+
+def _with_plugin_methods(config: dict, schema: dict) -> dict:
+    """Methods from other packages: resolve ``package.module:attribute`` entries of the method lists into the
+    names they register, and let every enum of method names accept the installed plugins' methods. Touches
+    nothing (and imports no model) when the config names built-in methods only."""
+    builtin = schema["properties"]["training"]["properties"]["methods"]["items"]["enum"]
+    named = [m for a, b in _METHOD_LISTS for m in ((config.get(a) or {}).get(b) or []) if isinstance(m, str)]
+    named += list(((config.get("training") or {}).get("overrides") or {}))
+    plugins = config.get("plugins") or []
+    if all(m in builtin for m in named) and not plugins:
+        return schema
+    from wsimil.models.base import list_methods, resolve_method
+
+    if not isinstance(plugins, list) or not all(isinstance(r, str) for r in plugins):
+        raise WsimilError(f"config key 'plugins': a list of package.module:attribute strings, got {plugins!r}")
+    for ref in plugins:  # a run's record: the modules its methods came from, imported again in every job
+        resolve_method(ref)
+    for a, b in _METHOD_LISTS:
+        section = config.get(a)
+        if isinstance(section, dict) and isinstance(section.get(b), list):
+            resolved = []
+            for m in section[b]:
+                if isinstance(m, str) and ":" in m:
+                    resolved += resolve_method(m)
+                    plugins.append(m) if m not in plugins else None
+                else:
+                    resolved.append(m)
+            section[b] = list(dict.fromkeys(resolved))
+    if plugins:
+        config["plugins"] = plugins
+    names = list_methods()
+
+    def widen(node):
+        if isinstance(node, dict):
+            if node.get("enum") == builtin:
+                node["enum"] = names
+            for v in node.values():
+                widen(v)
+        elif isinstance(node, list):
+            for v in node:
+                widen(v)
+
+    widen(schema)
+    return schema
+
+
 def validate_config(config: dict, source: str | os.PathLike | None = None) -> dict:
     """Validate ``config`` in place (filling defaults, twice so nested defaults are validated too) and return it."""
-    schema = load_schema()
+    schema = _with_plugin_methods(config, load_schema())
     where = f" ({source})" if source else ""
     for _ in range(2):
         errors = sorted(_DefaultFiller(schema).iter_errors(config), key=lambda e: list(e.absolute_path))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -102,6 +103,7 @@ class MethodSpec:
     defaults: dict[str, Any]  # TRAIN_KEYS + "model": {constructor kwargs}
     description: str
     source: str
+    origin: str = "built-in"  # or "plugin <entry point> (<package>)", "module <pkg.mod>"
 
     def hparams(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """The defaults with ``overrides`` applied; keys ``model.<kwarg>`` set constructor arguments."""
@@ -132,26 +134,112 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {}
 
 
+ENTRY_POINT_GROUP = "wsimil.methods"
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_origin: list[str] = []  # the plugin being loaded (register_method records it)
+
+
 def register_method(
     name: str, *, family: str, defaults: dict[str, Any], description: str, source: str
 ) -> Callable[[Callable[..., MILModel]], Callable[..., MILModel]]:
-    """Register a model builder under ``name`` with its published training defaults."""
+    """Register a model builder under ``name`` with its published training defaults.
 
+    The public way to add a method, built in or from another package (``docs/methods.md``, "Your own
+    method"): ``builder(in_dim=D, **defaults["model"])`` must return a :class:`MILModel`; ``defaults`` hold every
+    key of ``TRAIN_KEYS`` and ``model`` (the constructor's keyword arguments)."""
+    origin = _origin[-1] if _origin else "built-in"
+    if not _NAME.match(str(name)):
+        raise WsimilError(f"{origin}: method name {name!r} must be lower case letters, digits and _ (a folder name)")
     missing = set(TRAIN_KEYS) - set(defaults) - {"model"}
     if missing:
-        raise ValueError(f"method {name}: defaults lack {sorted(missing)}")
+        raise WsimilError(f"{origin}: method {name}: defaults lack {sorted(missing)}")
     unknown = set(defaults) - set(TRAIN_KEYS) - set(OPTIONAL_TRAIN_DEFAULTS) - {"model"}
     if unknown:
-        raise ValueError(f"method {name}: unknown default keys {sorted(unknown)}")
+        raise WsimilError(f"{origin}: method {name}: unknown default keys {sorted(unknown)}")
+    if family not in ("max-pooling", "attention", "other"):
+        raise WsimilError(f"{origin}: method {name}: family must be max-pooling, attention or other, got {family!r}")
     defaults = {**copy.deepcopy(OPTIONAL_TRAIN_DEFAULTS), **defaults}
 
     def deco(builder: Callable[..., MILModel]) -> Callable[..., MILModel]:
         if name in METHODS:
-            raise ValueError(f"method {name!r} registered twice")
-        METHODS[name] = MethodSpec(name, family, builder, {"model": {}, **defaults}, description, source)
+            raise WsimilError(f"{origin}: method {name!r} is registered twice (first by {METHODS[name].origin})")
+        METHODS[name] = MethodSpec(name, family, builder, {"model": {}, **defaults}, description, source, origin)
         return builder
 
     return deco
+
+
+def _register_from(origin: str, load: Callable[[], Any]) -> list[str]:
+    """Run ``load`` (an import) with ``origin`` recorded; the names it registered. Every failure is a
+    :class:`WsimilError` naming ``origin``."""
+    before = set(METHODS)
+    _origin.append(origin)
+    try:
+        obj = load()
+    except WsimilError:
+        raise
+    except Exception as exc:  # a plugin's own import error, of any type
+        raise WsimilError(f"{origin} failed to import: {type(exc).__name__}: {exc}") from exc
+    finally:
+        _origin.pop()
+    new = sorted(set(METHODS) - before)
+    if not new:  # the attribute may name a builder registered at an earlier import
+        new = sorted(n for n, s in METHODS.items() if s.builder is obj)
+    if not new:
+        raise WsimilError(f"{origin} registered no method (call wsimil.register_method in the module it imports)")
+    return new
+
+
+def resolve_method(ref: str) -> list[str]:
+    """``package.module:attribute`` (code on the Python path) -> the method names that module registers (the
+    attribute: the registered builder, or any object of the module); a plain name is returned as is."""
+    import importlib
+
+    if ":" not in ref:
+        return [ref]
+    module, _, attr = ref.partition(":")
+    if not module or not attr:
+        raise WsimilError(f"method reference {ref!r}: expected package.module:attribute")
+    _load_all()
+
+    def load():
+        return getattr(importlib.import_module(module), attr)
+
+    return _register_from(f"module {module} ({ref})", load)
+
+
+def check_method(name: str, in_dim: int = 6) -> None:
+    """Build ``name`` and run it on a packed two-bag batch: bag logits (B,), instance scores (N,), a finite
+    scalar loss. A :class:`WsimilError` naming the method's origin otherwise (a plugin's mistake is caught
+    before any job)."""
+    spec = get_method(name)
+    where = f"method {name!r} ({spec.origin})"
+    try:
+        model = spec.build(in_dim)
+    except Exception as exc:
+        raise WsimilError(f"{where}: building it with its defaults failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, MILModel):
+        raise WsimilError(f"{where}: the builder returned a {type(model).__name__}, not a wsimil MILModel")
+    gen = torch.Generator().manual_seed(0)
+    batch = MILBatch(torch.randn(5, in_dim, generator=gen), torch.tensor([0, 0, 0, 1, 1]), 2, torch.tensor([0.0, 1.0]))
+    model.train()
+    try:
+        out = model(batch)
+    except Exception as exc:
+        raise WsimilError(f"{where}: a forward pass on a packed batch of 2 bags failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(out, MILOutput):
+        raise WsimilError(f"{where}: forward returned a {type(out).__name__}, not a MILOutput")
+    if tuple(out.bag_logits.shape) != (2,):
+        raise WsimilError(f"{where}: bag logits have shape {tuple(out.bag_logits.shape)}, expected (B,) = (2,)")
+    if tuple(out.instance_scores.shape) != (5,):
+        raise WsimilError(f"{where}: instance scores have shape {tuple(out.instance_scores.shape)}, expected (N,) = (5,)")
+    try:
+        losses = model.loss(out, batch)
+    except Exception as exc:
+        raise WsimilError(f"{where}: loss() on a packed batch of 2 bags failed: {type(exc).__name__}: {exc}") from exc
+    loss = losses.get("loss") if isinstance(losses, dict) else None
+    if loss is None or loss.dim() != 0 or not torch.isfinite(loss):
+        raise WsimilError(f"{where}: loss() must return a dict whose 'loss' is a finite scalar tensor, got {losses!r}")
 
 
 def get_method(name: str) -> MethodSpec:
@@ -170,6 +258,20 @@ def list_methods() -> list[str]:
     return sorted(METHODS)
 
 
+_plugins_loaded = False
+
+
 def _load_all() -> None:
+    """The built-in methods, then every installed plugin's (entry points in the group ``wsimil.methods``)."""
+    global _plugins_loaded
     # Importing the family modules runs their @register_method decorators.
     from wsimil.models import abmil, causalmil, clam, dsmil, dtfd, focusmil, maxpool, transmil  # noqa: F401
+
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        package = getattr(ep.dist, "name", None) or "?"
+        _register_from(f"plugin {ep.name} ({ep.value}, package {package})", ep.load)

@@ -49,7 +49,7 @@ DEFAULT = "default"
 FACTORS: dict[str, tuple[str, tuple[Any, ...]]] = {
     "beta": ("model.beta", (0.0, 1e-4, 1e-3, 1e-1, 1.0)),
     "kl": ("model.kl", ("sum_dims", "selected")),
-    "logvar_init": ("model.logvar_init", (-4.0, -8.0)),
+    "logvar_init": ("model.logvar_init", (None, -4.0, -8.0)),  # None: PyTorch's init (sigma ~ 1 at the start)
     "latent": ("model.latent", (32,)),
     "lr": ("lr", (1e-3,)),
     "steps": ("steps", (4,)),  # a multiple of max_steps
@@ -69,6 +69,8 @@ class Setting:
 
 
 def _fmt(level: Any) -> str:
+    if level is None:
+        return "pytorch"
     return format(level, "g") if isinstance(level, float) else str(level)
 
 

@@ -1,0 +1,63 @@
+"""Numbers the README and docs quote from the configs: each is checked against the config it comes from, so a
+changed config with an unchanged doc fails here."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from wsimil.config import load_config, load_merged_config
+from wsimil.models.base import list_methods
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+CONFIG = load_config(ROOT / "config.yaml")
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_readme_counts_of_the_embedded_default():
+    text = _flat(README)
+    tr = CONFIG["training"]
+    assert f"with {len(tr['methods'])} methods and {len(tr['seeds'])} seeds" in text
+    assert f"{tr['max_steps']} optimiser steps" in text
+    s = CONFIG["synthetic"]["slides"]
+    n = {k: sum(v.values()) for k, v in s.items()}
+    assert f"{n['train']} training, {n['val']} validation and {n['test']} test slides ({s['test']['tumour']} tumour)" in text
+    assert f"the {n['test']} test slides again" in text
+
+
+def test_readme_names_every_registered_method_once_in_its_table():
+    table = README[README.index("| family | methods |"):]
+    table = table[: table.index("\n\n")]
+    named = set(re.findall(r"`([a-z0-9_]+)`", table))
+    assert named == set(list_methods()), sorted(named ^ set(list_methods()))
+    assert f"all {len(list_methods())} methods" in _flat(README)
+
+
+def test_experiments_doc_quotes_the_step_budget():
+    text = _flat((ROOT / "docs" / "experiments.md").read_text())
+    tr = CONFIG["training"]
+    m = re.search(r"`training.max_steps: (\d+)` optimiser steps \((\d+) epochs of the (\d+) training slides at one "
+                  r"bag per step, (\d+) epochs at eight\)", text)
+    assert m, "docs/experiments.md no longer states the step budget"
+    steps, e1, n, e8 = map(int, m.groups())
+    n_train = sum(CONFIG["synthetic"]["slides"]["train"].values())
+    assert steps == tr["max_steps"] and n == n_train
+    assert e1 == -(-steps // n_train) and e8 == -(-steps // -(-n_train // 8))
+
+
+def test_methods_doc_quotes_the_sensitivity_study_as_configured():
+    text = _flat((ROOT / "docs" / "methods.md").read_text())
+    study = CONFIG["focusmil_sensitivity"]
+    assert f"the embedded default runs {len(study['seeds'])} seeds and {study['factors']['steps'][0]}x the steps" in text
+    full = load_merged_config([ROOT / "config.yaml", ROOT / "configs" / "full.yaml"])["focusmil_sensitivity"]
+    assert f"`configs/full.yaml` {len(full['seeds'])} seeds and the built-in grid" in text
+
+
+@pytest.mark.parametrize("overlay", ["full.yaml", "camelyon16.yaml", "slides.yaml"])
+def test_overlays_that_say_all_16_methods_train_them(overlay):
+    cfg = load_merged_config([ROOT / "config.yaml", ROOT / "configs" / overlay])
+    assert sorted(cfg["training"]["methods"]) == list_methods()

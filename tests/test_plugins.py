@@ -1,0 +1,157 @@
+"""A MIL method from another package runs through wsimil: installed (entry point `wsimil.methods`), or as
+`package.module:attribute` on the Python path; a broken plugin is refused with its name and its problem.
+
+Every check runs in a subprocess: registering a method is process-wide, and the other tests see the built-ins.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from wsimil.features.store import write_features
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "wsimil-example-plugin"
+
+
+def run(args, pythonpath=(), check=True, cwd=None, **kw):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, pythonpath))}
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """The example plugin pip-installed into a folder of its own (a site directory on PYTHONPATH): its entry
+    point is found like any installed package's, and the test venv is left as it was."""
+    site = tmp_path_factory.mktemp("site")
+    args = ["-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(EXAMPLE)]
+    proc = run(args + ["--no-build-isolation"], check=False)
+    if proc.returncode != 0:  # the venv's setuptools is too old to build it in place: let pip fetch one
+        run(args)
+    return site
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, split in enumerate(["train"] * 8 + ["val"] * 4 + ["test"] * 4):
+        sid, label = f"s{i:02d}", i % 2
+        x = rng.normal(size=(12, 6)).astype(np.float32)
+        x[:2] += 4 * label
+        write_features(root / "features" / f"{sid}.h5", x, np.zeros((12, 2), np.int64))
+        rows.append({"slide_id": sid, "label": label, "split": split, "center": "0", "path": "", "annotation": ""})
+    pd.DataFrame(rows).to_csv(root / "slides.csv", index=False)
+    return root
+
+
+def test_an_installed_plugin_is_listed_with_its_origin_and_trains(installed, tiny):
+    out = run(["-m", "wsimil", "methods"], [installed]).stdout
+    assert "example_mixpool  [other]" in out
+    assert "from:   plugin example_mixpool (wsimil_example_plugin, package wsimil-example-plugin)" in out
+    run(["-m", "wsimil", "train", "--features", str(tiny / "features"), "--slides", str(tiny / "slides.csv"),
+         "--method", "example_mixpool", "--seed", "0", "--out", str(tiny / "run"), "--set", "epochs=3"], [installed])
+    pred = pd.read_csv(tiny / "run" / "predictions.csv")
+    assert len(pred) == 16 and pred["score"].between(0, 1).all()
+    assert json.loads((tiny / "run" / "run.json").read_text())["method"] == "example_mixpool"
+    # the schema accepts its name, and the public API is importable from wsimil itself
+    code = ("from wsimil.config import validate_config; import wsimil; "
+            "c = validate_config({'training': {'methods': ['maxpool', 'example_mixpool']}}); "
+            "print(c['training']['methods'], wsimil.get_method('example_mixpool').family)")
+    assert run(["-c", code], [installed]).stdout.strip() == "['maxpool', 'example_mixpool'] other"
+
+
+def test_a_module_attribute_method_from_a_folder_trains(tmp_path, tiny):
+    src = tmp_path / "mymil"
+    src.mkdir()
+    text = (EXAMPLE / "src" / "wsimil_example_plugin" / "__init__.py").read_text()
+    (src / "pooling.py").write_text(text.replace('"example_mixpool"', '"my_mixpool"'))
+    code = ("from wsimil.config import validate_config; "
+            "c = validate_config({'training': {'methods': ['maxpool', 'pooling:MixPool']}}); "
+            "print(c['training']['methods'], c['plugins'])")
+    assert run(["-c", code], [src]).stdout.strip() == "['maxpool', 'my_mixpool'] ['pooling:MixPool']"
+    run(["-m", "wsimil", "--plugin", "pooling:MixPool", "train", "--features", str(tiny / "features"), "--slides",
+         str(tiny / "slides.csv"), "--method", "my_mixpool", "--seed", "0", "--out", str(tmp_path / "run"),
+         "--set", "epochs=2"], [src])
+    assert (tmp_path / "run" / "model.pt").is_file()
+
+
+BROKEN = {
+    "import": ("X", "import no_such_package_anywhere\n", "failed to import: ModuleNotFoundError"),
+    "defaults": ("MaxPool", "from wsimil.models.maxpool import InstancePoolingMIL as MaxPool\nfrom wsimil import register_method\n"
+              "register_method('maxpool', family='max-pooling', defaults={}, description='', source='')(MaxPool)\n",
+              "defaults lack"),
+    "shape": ("Wrong", textwrap.dedent('''
+        import torch
+        from torch import nn
+        from wsimil import MILModel, MILOutput, register_method
+        from wsimil.models.ops import segment_max
+
+        class Wrong(MILModel):
+            def __init__(self, *, in_dim):
+                super().__init__()
+                self.f = nn.Linear(in_dim, 1)
+
+            def forward(self, batch):
+                s = self.f(batch.x)  # (N, 1): the bag logits come out (B, 1)
+                return MILOutput(bag_logits=segment_max(s.squeeze(-1), batch.bag_index, batch.n_bags)[:, None],
+                                 instance_scores=s.squeeze(-1))
+
+        register_method("wrong_shape", family="other", description="", source="",
+                        defaults=dict(optimizer="adam", lr=1e-4, weight_decay=0.0, momentum=0.0, nesterov=False,
+                                      betas=(0.9, 0.999), lr_decay=0.0, epochs=1, bags_per_batch=1, grad_clip=None,
+                                      scheduler=None, selection="val_auc", model={}))(Wrong)
+        '''), "bag logits have shape (2, 1), expected (B,) = (2,)"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN))
+def test_a_broken_plugin_is_refused_naming_it(tmp_path, kind):
+    attr, body, message = BROKEN[kind]
+    (tmp_path / f"broken_{kind}.py").write_text(body)
+    code = (f"from wsimil.config import validate_config; from wsimil.models.base import check_method; "
+            f"c = validate_config({{'training': {{'methods': ['broken_{kind}:{attr}']}}}}); "
+            f"[check_method(m) for m in c['training']['methods']]")
+    proc = run(["-c", code], [tmp_path], check=False)
+    assert proc.returncode != 0 and message in proc.stderr and f"module broken_{kind}" in proc.stderr, proc.stderr[-1500:]
+
+
+def test_a_method_registered_twice_names_both(tmp_path):
+    (tmp_path / "dup.py").write_text(textwrap.dedent('''
+        from wsimil.models.maxpool import InstancePoolingMIL as MaxPool
+        from wsimil.models.base import get_method, register_method
+        spec = get_method("maxpool")
+        register_method("maxpool", family="max-pooling", defaults={k: v for k, v in spec.defaults.items()},
+                        description="", source="")(MaxPool)
+        '''))
+    proc = run(["-c", "from wsimil.models.base import resolve_method; resolve_method('dup:MaxPool')"], [tmp_path],
+               check=False)
+    assert proc.returncode != 0 and "module dup (dup:MaxPool): method 'maxpool' is registered twice (first by built-in)" in proc.stderr, proc.stderr[-1500:]
+
+
+@pytest.mark.workflow
+def test_the_example_plugin_runs_the_workflow_on_ci(installed, tmp_path):
+    """The installed example through Snakemake on configs/ci.yaml (one seed, the standard and unit-test
+    experiments): it is checked before any job, trained, evaluated and reported like a built-in method."""
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    overlay = tmp_path / "plugin.yaml"
+    overlay.write_text("training:\n  methods: [maxpool, example_mixpool]\n  seeds: [0]\n"
+                       "experiments: [standard, milunit]\n")
+    run(["-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "2",
+         "--configfile", str(ROOT / "configs" / "ci.yaml"), str(overlay)], [installed])
+    table = pd.read_csv(tmp_path / "results" / "ci" / "tables" / "standard.csv")
+    assert list(table["method"]) == ["maxpool", "example_mixpool"] and table["slide_auc_mean"].between(0, 1).all()
+    unit = pd.read_csv(tmp_path / "results" / "ci" / "tables" / "milunit.csv")
+    assert "example_mixpool" in set(unit["method"])
