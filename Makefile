@@ -44,8 +44,11 @@ slurm-tools:
 	-@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "$${WSIMIL_SLURM_TEST:-1}" != 0 ]; then \
 	  $(BIN)/python tests/slurm_cluster.py install || echo "SLURM not installed: tests/test_slurm.py will be skipped" >&2; fi
 
+# Two pytest workers, one test file each at a time (a file's module-scoped workflow run stays in one worker).
+TEST_WORKERS ?= 2
+
 test: install $(CMU_SVS) slurm-tools
-	WSIMIL_CMU_SMALL_REGION=$(abspath $(CMU_SVS)) python -m pytest
+	WSIMIL_CMU_SMALL_REGION=$(abspath $(CMU_SVS)) python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf results .snakemake

@@ -375,3 +375,66 @@ def heatmap_inputs(experiment):
     if f"figures/heatmaps_{experiment}.png" not in experiment_outputs(config, experiment, HAS_SLIDES):
         return []
     return slide_inputs(HEATMAP_SLIDES) + [f for s in HEATMAP_SLIDES for f in as_input(annotation_path(s))]
+
+
+# Training, scoring and evaluation (rules/train.smk, evaluate.smk): one named rule each, wildcards cell and method.
+
+TRAINED_CELLS = [c for c in CELLS if not models_from(c)]
+SCORED_CELLS = [c for c in CELLS if models_from(c)]
+
+
+def _alternatives(names):
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or "^$"
+
+
+def _cell_inputs(wildcards):
+    return {
+        "features": expand("{dir}/{slide}.h5", dir=features_dir(wildcards.cell), slide=cell_slides(wildcards.cell)),
+        "sheet": cell_sheet(wildcards.cell),
+    }
+
+
+def _check_method(wildcards):
+    if wildcards.method not in CELLS[wildcards.cell].methods:
+        raise WorkflowError(f"cell {wildcards.cell} does not train {wildcards.method}")
+    return wildcards.method
+
+
+def _train_overrides(wildcards):
+    return json.dumps({_check_method(wildcards): cell_overrides(config, CELLS[wildcards.cell], wildcards.method)},
+                      sort_keys=True)
+
+
+def _run_outputs():
+    return [f"{OUT}/runs/{{cell}}/{{method}}/seed{s}/{f}" for s in SEEDS for f in RUN_FILES]
+
+
+def _source_runs(wildcards):
+    return [f"{run_dir(models_from(wildcards.cell), wildcards.method, s)}/{f}" for s in SEEDS for f in RUN_FILES]
+
+
+def _evaluate_inputs(wildcards):
+    _check_method(wildcards)
+    return {
+        "runs": [f"{run_dir(wildcards.cell, wildcards.method, s)}/predictions.csv" for s in SEEDS],
+        **_cell_inputs(wildcards),
+    }
+
+
+# The FocusMIL sensitivity study (rules/studies.smk).
+
+def sensitivity_inputs(wildcards):
+    """A problem's sheet and its training and validation feature files (none for the generated toy)."""
+    if wildcards.problem == "milunit":
+        ids = [b for b in milunit_ids() if not b.startswith("test_")]
+        return {"sheet": f"{MILUNIT}/slides.csv", "features": [f"{MILUNIT}/features/{b}.h5" for b in ids]}
+    if wildcards.problem == "standard":
+        ids = [s for s, _, _ in _train_val(MAIN_SHEET)]
+        return {"sheet": SHEET_PATH, "features": [f"{OUT}/{features_subdir(config, 'clean')}/{s}.h5" for s in ids]}
+    return {}
+
+
+def sensitivity_args(wildcards, input):
+    if wildcards.problem == "toy":
+        return ""
+    return f"--slides {input.sheet} --features {Path(input.features[0]).parent}"

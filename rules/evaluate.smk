@@ -2,14 +2,6 @@
 # seeds: the features and annotations are read once), addressable by name like every stage.
 
 
-def _evaluate_inputs(wildcards):
-    _check_method(wildcards)
-    return {
-        "runs": [f"{run_dir(wildcards.cell, wildcards.method, s)}/predictions.csv" for s in SEEDS],
-        **_cell_inputs(wildcards),
-    }
-
-
 rule evaluate:
     input:
         unpack(_evaluate_inputs),
@@ -19,6 +11,7 @@ rule evaluate:
         cell=_alternatives(CELLS),
         method=_alternatives(list_methods()),
     params:
+        plugins=PLUGIN_ARGS,
         runs=lambda w: " ".join(shlex.quote(run_dir(w.cell, w.method, s)) for s in SEEDS),
         features=get_input_dir,
         threshold=config["evaluation"]["threshold"],
@@ -33,5 +26,5 @@ rule evaluate:
     conda:
         "../envs/wsimil.yaml"
     shell:
-        "wsimil " + PLUGIN_ARGS + " evaluate {params.runs} --features {params.features} --sheet {input.sheet:q}"
+        "wsimil {params.plugins} evaluate {params.runs} --features {params.features} --sheet {input.sheet:q}"
         " --threshold {params.threshold} --patch-positive-fraction {params.positive} 2> {log}"

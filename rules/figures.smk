@@ -34,6 +34,7 @@ for _exp in [e for e in EXPERIMENTS if e != "focusmil_sensitivity"]:  # rules/st
         output:
             _reported(experiment_outputs(config, _exp, HAS_SLIDES), _exp),
         params:
+            plugins=PLUGIN_ARGS,
             experiment=_exp,
             out=get_results_dir,
             sheet=f"--sheet {SHEET_PATH}" if HAS_SLIDES else "",
@@ -44,7 +45,7 @@ for _exp in [e for e in EXPERIMENTS if e != "focusmil_sensitivity"]:  # rules/st
         conda:
             "../envs/wsimil.yaml"
         shell:
-            "wsimil " + PLUGIN_ARGS + " report --config {input.config} --experiment {params.experiment} --out {params.out}"
+            "wsimil {params.plugins} report --config {input.config} --experiment {params.experiment} --out {params.out}"
             " {params.sheet} --heatmap-slides {params.heatmaps} --captions {params.captions:q} 2> {log}"
 
     rule:
@@ -65,6 +66,7 @@ rule report_summary:
     output:
         _reported(summary_outputs(), "SUMMARY"),
     params:
+        plugins=PLUGIN_ARGS,
         out=get_results_dir,
         captions=CAPTIONS_DIR,
     log:
@@ -72,7 +74,7 @@ rule report_summary:
     conda:
         "../envs/wsimil.yaml"
     shell:
-        "wsimil " + PLUGIN_ARGS + " summary --config {input.config} --out {params.out} --captions {params.captions:q} 2> {log}"
+        "wsimil {params.plugins} summary --config {input.config} --out {params.out} --captions {params.captions:q} 2> {log}"
 
 
 rule run_table:
@@ -85,13 +87,14 @@ rule run_table:
         f"{OUT}/tables/runs.tex",
         report(f"{OUT}/tables/runs.html", caption="../report/captions/runs.rst", category=report_category("run records")),
     params:
+        plugins=PLUGIN_ARGS,
         stem=lambda w, output: output[1].removesuffix(".csv"),
     log:
         f"{LOGS}/report/runs.log",
     conda:
         "../envs/wsimil.yaml"
     shell:
-        "wsimil " + PLUGIN_ARGS + " run-table --run {input:q} --out {params.stem:q} 2> {log}"
+        "wsimil {params.plugins} run-table --run {input:q} --out {params.stem:q} 2> {log}"
 
 
 rule summary:

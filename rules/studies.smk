@@ -6,23 +6,6 @@ SENS = config["focusmil_sensitivity"]
 SENS_DIR = f"{OUT}/studies/focusmil_sensitivity"
 
 
-def sensitivity_inputs(wildcards):
-    """A problem's sheet and its training and validation feature files (none for the generated toy)."""
-    if wildcards.problem == "milunit":
-        ids = [b for b in milunit_ids() if not b.startswith("test_")]
-        return {"sheet": f"{MILUNIT}/slides.csv", "features": [f"{MILUNIT}/features/{b}.h5" for b in ids]}
-    if wildcards.problem == "standard":
-        ids = [s for s, _, _ in _train_val(MAIN_SHEET)]
-        return {"sheet": SHEET_PATH, "features": [f"{OUT}/{features_subdir(config, 'clean')}/{s}.h5" for s in ids]}
-    return {}
-
-
-def sensitivity_args(wildcards, input):
-    if wildcards.problem == "toy":
-        return ""
-    return f"--slides {input.sheet} --features {Path(input.features[0]).parent}"
-
-
 rule focusmil_sensitivity_run:
     input:
         unpack(sensitivity_inputs),
@@ -57,8 +40,8 @@ rule report_focusmil_sensitivity:
     output:
         _reported(experiment_outputs(config, "focusmil_sensitivity", HAS_SLIDES), "focusmil_sensitivity"),
     params:
-        table=f"{OUT}/tables/focusmil_sensitivity",
-        figure=f"{OUT}/figures/focusmil_sensitivity.png",
+        table=lambda w, output: next(f for f in output if f.endswith(".csv")).removesuffix(".csv"),
+        figure=lambda w, output: next(f for f in output if f.endswith("focusmil_sensitivity.png")),
         captions=CAPTIONS_DIR,
     log:
         f"{LOGS}/report/focusmil_sensitivity.log",

@@ -4,36 +4,6 @@
 # (`--set-resources train:mem_mb=16000`, `--allowed-rules train`); the SLURM profile packs its jobs in groups.
 # A cell whose training would repeat another's (models_from: the synthetic ood cell) is scored, rule `score`.
 
-TRAINED_CELLS = [c for c in CELLS if not models_from(c)]
-SCORED_CELLS = [c for c in CELLS if models_from(c)]
-
-
-def _alternatives(names):
-    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or "^$"
-
-
-def _cell_inputs(wildcards):
-    return {
-        "features": expand("{dir}/{slide}.h5", dir=features_dir(wildcards.cell), slide=cell_slides(wildcards.cell)),
-        "sheet": cell_sheet(wildcards.cell),
-    }
-
-
-def _check_method(wildcards):
-    if wildcards.method not in CELLS[wildcards.cell].methods:
-        raise WorkflowError(f"cell {wildcards.cell} does not train {wildcards.method}")
-    return wildcards.method
-
-
-def _train_overrides(wildcards):
-    return json.dumps({_check_method(wildcards): cell_overrides(config, CELLS[wildcards.cell], wildcards.method)},
-                      sort_keys=True)
-
-
-def _run_outputs():
-    return [f"{OUT}/runs/{{cell}}/{{method}}/seed{s}/{f}" for s in SEEDS for f in RUN_FILES]
-
-
 rule train:
     input:
         unpack(_cell_inputs),
@@ -43,6 +13,7 @@ rule train:
         cell=_alternatives(TRAINED_CELLS),
         method=_alternatives(list_methods()),
     params:
+        plugins=PLUGIN_ARGS,
         features=get_input_dir,
         out=lambda w: f"{OUT}/runs/{w.cell}/{w.method}/seed{{seed}}",  # the CLI fills in the seed
         seeds=" ".join(map(str, SEEDS)),
@@ -64,14 +35,10 @@ rule train:
     conda:
         conda_env("training")
     shell:
-        "wsimil " + PLUGIN_ARGS + " train --features {params.features} --slides {input.sheet:q} --method {wildcards.method}"
+        "wsimil {params.plugins} train --features {params.features} --slides {input.sheet:q} --method {wildcards.method}"
         " --seed {params.seeds} --out {params.out:q} --overrides-per-method {params.overrides:q}"
         " --experiment {wildcards.cell} --device {params.device} --precision {params.precision}"
         " --threads {threads} --no-progress 2> {log}"
-
-
-def _source_runs(wildcards):
-    return [f"{run_dir(models_from(wildcards.cell), wildcards.method, s)}/{f}" for s in SEEDS for f in RUN_FILES]
 
 
 rule score:
@@ -84,6 +51,7 @@ rule score:
         cell=_alternatives(SCORED_CELLS),
         method=_alternatives(list_methods()),
     params:
+        plugins=PLUGIN_ARGS,
         features=get_input_dir,
         runs=lambda w: " ".join(shlex.quote(run_dir(models_from(w.cell), _check_method(w), s)) for s in SEEDS),
         outs=lambda w: " ".join(shlex.quote(run_dir(w.cell, w.method, s)) for s in SEEDS),
@@ -100,7 +68,7 @@ rule score:
     conda:
         conda_env()
     shell:
-        "wsimil " + PLUGIN_ARGS + " score --run {params.runs} --features {params.features} --slides {input.sheet:q}"
+        "wsimil {params.plugins} score --run {params.runs} --features {params.features} --slides {input.sheet:q}"
         " --out {params.outs} --experiment {wildcards.cell} --threads {threads} 2> {log}"
 
 

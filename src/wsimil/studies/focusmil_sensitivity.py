@@ -187,8 +187,10 @@ def select(summary: pd.DataFrame, default: str = DEFAULT, margin: float = TIE_MA
     else:
         pick = tied.sort_values("gap", kind="stable").iloc[0]  # stable: grid order breaks equal gaps
         chosen = str(pick["setting"])
-        why = (f"{chosen} has the smallest train-validation gap ({pick['gap']:.3f}) of the {len(tied)} settings "
-               f"within {margin:g} of the best mean validation AUC ({best:.3f}); the default is not among them")
+        which = (f"the only setting within {margin:g} of the best mean validation AUC ({best:.3f})" if len(tied) == 1 else
+                 f"of the {len(tied)} settings within {margin:g} of the best mean validation AUC ({best:.3f}), the one "
+                 f"with the smallest train-validation gap ({pick['gap']:.3f})")
+        why = f"{chosen} is {which}; the default is not among them"
     row = ok.set_index("setting").loc[chosen]
     learns = None if "val_auc_toy" not in ok else bool(row["val_auc_toy"] >= LEARNS_TOY)
     return Selection(chosen, tuple(tied["setting"]), why, learns)
@@ -227,9 +229,13 @@ def study_table(summary: pd.DataFrame, selection: Selection) -> pd.DataFrame:
     problems = [c.removeprefix("val_auc_") for c in summary.columns if c.startswith("val_auc_")]
     cols = ["setting"] + [c for p in problems for c in (f"val_auc_{p}", f"gap_{p}")] + ["score", "gap", "seeds"]
     out = summary[cols].copy()
+    num = [c for c in cols if c != "setting"]
+    out[num] = out[num].astype(float)
+    out["seeds"] = out["seeds"].astype(int)
     out["selection"] = ["chosen" if s == selection.chosen else "tied" if s in selection.tied else ""
                         for s in out["setting"]]
-    return out.rename(columns={"score": "val_auc_mean", "gap": "gap_mean"})
+    names = {f"val_auc_{p}": f"{p} val AUC" for p in problems} | {f"gap_{p}": f"{p} gap" for p in problems}
+    return out.rename(columns={"score": "mean val AUC", "gap": "mean gap", **names})
 
 
 def write_study(rows: pd.DataFrame, stem_table, stem_figure, captions=None) -> list:
@@ -246,7 +252,7 @@ def write_study(rows: pd.DataFrame, stem_table, stem_figure, captions=None) -> l
     toy = ("" if sel.learns_toy is None else
            " The chosen setting learns the separable toy (validation AUC >= 0.95)." if sel.learns_toy else
            " No chosen setting learns the separable toy (validation AUC < 0.95): tests/test_training.py keeps its xfail.")
-    learners = table.loc[table.get("val_auc_toy", pd.Series(dtype=float)) >= LEARNS_TOY, "setting"].tolist()
+    learners = table.loc[table.get("toy val AUC", pd.Series(dtype=float)) >= LEARNS_TOY, "setting"].tolist()
     caption = (f"FocusMIL's unpublished choices, one factor at a time around wsimil's defaults: validation AUC and "
                f"train-validation gap (training AUC minus validation AUC, same model) per problem, means over "
                f"{int(summary['seeds'].min())} seeds; no test slide is read. Rule (fixed before the runs): the highest "
@@ -276,17 +282,17 @@ def plot_study(table: pd.DataFrame, out_png) -> list:
 
     from wsimil.reporting.figures import _figure, _save
 
-    problems = [c.removeprefix("val_auc_") for c in table.columns if c.startswith("val_auc_") and c != "val_auc_mean"]
+    problems = [c.removesuffix(" val AUC") for c in table.columns if c.endswith(" val AUC") and c != "mean val AUC"]
     fig = _figure(3.0 * len(problems) + 1.2, 0.28 * len(table) + 1.4)
     axes = fig.subplots(1, len(problems), sharey=True, squeeze=False)[0]
     y = np.arange(len(table))[::-1]
     for ax, p in zip(axes, problems):
-        ax.barh(y, table[f"gap_{p}"], color="#bbbbbb", height=0.6, label="train - val gap")
-        ax.plot(table[f"val_auc_{p}"], y, "o", color="#1f4e9c", ms=4, label="val AUC")
-        ax.axvline(float(table.loc[table["setting"] == DEFAULT, f"val_auc_{p}"].iloc[0]), color="#1f4e9c", lw=0.8,
+        ax.barh(y, table[f"{p} gap"], color="#bbbbbb", height=0.6, label="train - val gap")
+        ax.plot(table[f"{p} val AUC"], y, "o", color="#1f4e9c", ms=4, label="val AUC")
+        ax.axvline(float(table.loc[table["setting"] == DEFAULT, f"{p} val AUC"].iloc[0]), color="#1f4e9c", lw=0.8,
                    ls="--")
         ax.axvline(0, color="black", lw=0.5)
-        ax.set_xlim(min(-0.05, float(table[f"gap_{p}"].min()) - 0.05), 1.02)
+        ax.set_xlim(min(-0.05, float(table[f"{p} gap"].min()) - 0.05), 1.02)
         ax.set_title(p, fontsize=9)
         ax.set_xlabel("AUC / gap", fontsize=8)
         ax.tick_params(labelsize=7)
