@@ -35,7 +35,9 @@ def installed(tmp_path_factory):
     """The example plugin pip-installed into a folder of its own (a site directory on PYTHONPATH): its entry
     point is found like any installed package's, and the test venv is left as it was."""
     site = tmp_path_factory.mktemp("site")
-    args = ["-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(EXAMPLE)]
+    source = tmp_path_factory.mktemp("plugin") / "wsimil-example-plugin"
+    shutil.copytree(EXAMPLE, source)  # pip builds in the source tree: keep the repository's clean
+    args = ["-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(source)]
     proc = run(args + ["--no-build-isolation"], check=False)
     if proc.returncode != 0:  # the venv's setuptools is too old to build it in place: let pip fetch one
         run(args)
