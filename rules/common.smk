@@ -332,6 +332,8 @@ def get_final_output():
     """Every experiment's tables and figures, the summary, and every run directory in full."""
     runs = [f for c in CELLS for f in train_outputs(c)]
     extra = [f"{OUT}/tables/runs.md"] + ([f"{OUT}/tables/slides.md"] if SOURCE != "features" else [])
+    if "standard" in CELLS and SOURCE != "features":  # QuPath tiles of the test slides, the heatmaps' seed
+        extra += [f"{OUT}/geojson/standard/{m}/seed{SEEDS[0]}" for m in CELLS["standard"].methods]
     return [f"{OUT}/{f}" for f in all_outputs(config, HAS_SLIDES)] + extra + runs + metrics_files(CELLS)
 
 

@@ -307,6 +307,13 @@ def cmd_focusmil_sensitivity_report(args: argparse.Namespace) -> None:
         log.info("wrote %s", path)
 
 
+def cmd_geojson(args: argparse.Namespace) -> None:
+    from wsimil.reporting.geojson import write_run_geojson
+
+    paths = write_run_geojson(args.run, args.features, args.out, args.slide_id)
+    log.info("%s: %d GeoJSON files (QuPath: File > Import objects)", args.out, len(paths))
+
+
 def cmd_ood_sheet(args: argparse.Namespace) -> None:
     from wsimil.datasets.sheet import read_sheet
     from wsimil.experiments import ood_sheet
@@ -601,6 +608,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--figure", type=Path, required=True, help="figure PNG (a PDF beside it)")
     s.add_argument("--captions", type=Path, help="folder of <figure>.rst captions (the workflow's report/captions)")
     s.set_defaults(func=cmd_focusmil_sensitivity_report)
+
+    s = sub.add_parser("geojson", help="a run's instance scores as QuPath-readable GeoJSON tiles, one file per slide")
+    s.add_argument("--run", type=Path, required=True, help="a finished run directory (instance_scores.h5, run.json)")
+    s.add_argument("--features", type=Path, required=True, help="the feature folder it was scored on (coords, "
+                   "patch size at level 0, tumour fraction)")
+    s.add_argument("--out", type=Path, required=True, help="folder for <slide_id>.geojson")
+    s.add_argument("--slide-id", nargs="+", help="only these slides (default: every slide the run scored)")
+    s.set_defaults(func=cmd_geojson)
 
     s = sub.add_parser("ood-sheet", help="the out-of-distribution sample sheet: train on some centres, test on the others")
     s.add_argument("--sheet", type=Path, required=True, help="slides.csv")
