@@ -15,7 +15,7 @@ from wsimil.io import SLIDE_ID_PATTERN, copy_atomic, write_text_atomic
 from wsimil.models.base import list_methods
 from snakemake.exceptions import WorkflowError
 from wsimil.poison import select_poisoned_slides
-from wsimil.reporting.experiments import all_outputs, experiment_outputs, heatmap_slide_ids, needs, summary_outputs
+from wsimil.reporting.experiments import all_outputs, card_outputs, experiment_outputs, heatmap_slide_ids, needs, summary_outputs
 
 validate_config(config, "config")
 PLUGIN_ARGS = " ".join(f"--plugin {shlex.quote(r)}" for r in config["plugins"])  # for the jobs' `wsimil` calls
@@ -332,6 +332,7 @@ def get_final_output():
     """Every experiment's tables and figures, the summary, and every run directory in full."""
     runs = [f for c in CELLS for f in train_outputs(c)]
     extra = [f"{OUT}/tables/runs.md"] + ([f"{OUT}/tables/slides.md"] if SOURCE != "features" else [])
+    extra += [f"{OUT}/{f}" for f in card_outputs(config)]
     if "standard" in CELLS and SOURCE != "features":  # QuPath tiles of the test slides, the heatmaps' seed
         extra += [f"{OUT}/geojson/standard/{m}/seed{SEEDS[0]}" for m in CELLS["standard"].methods]
     return [f"{OUT}/{f}" for f in all_outputs(config, HAS_SLIDES)] + extra + runs + metrics_files(CELLS)
@@ -344,7 +345,7 @@ HEATMAP_SLIDES = heatmap_slide_ids(MAIN_SHEET)  # two tumour and one normal test
 
 
 CAPTIONS_DIR = str(Path(workflow.basedir) / "report" / "captions")  # figure captions of the experiments' pages
-REPORT_ORDER = ["SUMMARY"] + list(EXPERIMENTS) + ["run records"]
+REPORT_ORDER = ["SUMMARY"] + list(EXPERIMENTS) + ["cards", "run records"]
 
 
 def report_category(name):
@@ -359,7 +360,13 @@ def _reported(files, category):
     out = []
     for f in files:
         stem, ext = Path(f).stem, Path(f).suffix
-        if f.startswith("pages/"):
+        if f.startswith("cards/"):
+            if ext == ".html":  # the card rendered, its figure embedded
+                out.append(report(f"{OUT}/{f}", caption="../report/captions/card.rst",
+                                  category=report_category(category)))
+            else:
+                out.append(f"{OUT}/{f}")
+        elif f.startswith("pages/"):
             out.append(report(f"{OUT}/{f}", caption="../report/captions/page.rst", category=report_category(category),
                               subcategory="1 page: everything with its caption"))
         elif f.startswith("tables/") and ext == ".html":

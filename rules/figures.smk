@@ -110,3 +110,26 @@ rule tables:
 rule figures:
     input:
         [f"{OUT}/{f}" for f in all_outputs(config, HAS_SLIDES) if f.startswith("figures/")],
+
+
+rule report_cards:
+    """A robustness card per method (wsimil.reporting.cards): `snakemake --cores N cards`."""
+    input:
+        config=rules.run_config.output.config,
+        metrics=metrics_files([c for c in ("standard", "poison", "ood", "milunit") if c in CELLS]),
+    output:
+        _reported(card_outputs(config), "cards"),
+    params:
+        plugins=PLUGIN_ARGS,
+        out=get_results_dir,
+    log:
+        f"{LOGS}/report/cards.log",
+    conda:
+        "../envs/wsimil.yaml"
+    shell:
+        "wsimil {params.plugins} cards --config {input.config} --out {params.out} 2> {log}"
+
+
+rule cards:
+    input:
+        rules.report_cards.output,

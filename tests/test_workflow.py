@@ -304,3 +304,22 @@ def test_an_overlay_never_replaces_another_configurations_results(ci_run):
     dry = snakemake(work, "--configfile", str(ROOT / "configs" / "ci.yaml"), str(one), "-n", "--cores", "2").stdout
     assert "results/one/" in dry and "results/ci/" not in dry
     assert sums() == before
+
+
+def test_robustness_cards_carry_the_tables_numbers(ci_run):
+    """cards/<method>: the clean and poisoned slide AUCs and their intervals are the tables' (the same
+    seed-averaged scores and bootstrap), the change is their paired difference, every method has a card."""
+    _, out = ci_run
+    std = pd.read_csv(out / "tables" / "standard.csv").set_index("method")
+    pois = pd.read_csv(out / "tables" / "poison.csv").set_index("method")
+    for m in std.index:
+        card = pd.read_csv(out / "cards" / f"{m}.csv").set_index("quantity")
+        for q, table in (("clean slide AUC", std), ("poisoned slide AUC", pois)):
+            got = card.loc[q, ["value", "ci_low", "ci_high"]].astype(float).to_numpy()
+            want = table.loc[m, ["slide_auc_seedavg", "slide_auc_ci_low", "slide_auc_ci_high"]].astype(float).to_numpy()
+            np.testing.assert_allclose(got, want, atol=1e-12, err_msg=f"{m}: {q}")
+        change = card.loc["change under the poison"]
+        assert change["value"] == pytest.approx(card.loc["poisoned slide AUC", "value"] - card.loc["clean slide AUC", "value"])
+        assert change["reading"] in ("unaffected", "affected", "inconclusive")
+        assert "Beside the other methods" in (out / "cards" / f"{m}.md").read_text()
+        assert (out / "cards" / f"{m}.png").stat().st_size > 5000

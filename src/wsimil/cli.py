@@ -307,6 +307,14 @@ def cmd_focusmil_sensitivity_report(args: argparse.Namespace) -> None:
         log.info("wrote %s", path)
 
 
+def cmd_cards(args: argparse.Namespace) -> None:
+    from wsimil.config import load_config
+    from wsimil.reporting.cards import write_cards
+
+    for path in write_cards(load_config(args.config), args.out):
+        log.info("wrote %s", path)
+
+
 def cmd_geojson(args: argparse.Namespace) -> None:
     from wsimil.reporting.geojson import write_run_geojson
 
@@ -608,6 +616,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--figure", type=Path, required=True, help="figure PNG (a PDF beside it)")
     s.add_argument("--captions", type=Path, help="folder of <figure>.rst captions (the workflow's report/captions)")
     s.set_defaults(func=cmd_focusmil_sensitivity_report)
+
+    s = sub.add_parser("cards", help="a robustness card per method (cards/<method>.md, .csv, .png) from evaluated runs")
+    s.add_argument("--config", type=Path, required=True, help="the workflow config (results/<dataset>/config.yaml)")
+    s.add_argument("--out", type=Path, required=True, help="results/<dataset> (runs/ inside; cards/ written)")
+    s.set_defaults(func=cmd_cards)
 
     s = sub.add_parser("geojson", help="a run's instance scores as QuPath-readable GeoJSON tiles, one file per slide")
     s.add_argument("--run", type=Path, required=True, help="a finished run directory (instance_scores.h5, run.json)")

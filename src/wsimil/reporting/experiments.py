@@ -89,6 +89,14 @@ def heatmap_slide_ids(sheet: pd.DataFrame, tumour: int = 2, normal: int = 1) -> 
             + list(test.loc[test["label"] == 0, "slide_id"][:normal]))
 
 
+def card_outputs(config: Mapping[str, Any]) -> list[str]:
+    """``cards/<method>.{md,csv,html,png,pdf}`` of every method of the standard cell, and ``cards/cards.csv``."""
+    if "standard" not in config["experiments"]:
+        return []
+    return ["cards/cards.csv"] + [f"cards/{m}.{e}" for m in config["training"]["methods"]
+                                  for e in ("md", "csv", "html", "png", "pdf")]
+
+
 def summary_outputs() -> list[str]:
     return (["SUMMARY.md"] + _tables("claims", "convergence", "paper_vs_reproduced") + _figures("slide_auc")
             + ["report_metadata.yaml", "pages/SUMMARY.html"])

@@ -1,0 +1,195 @@
+"""A robustness card per method: the battery of the papers for one aggregator, beside every other method's values.
+
+``cards/<method>.md`` (+ ``.csv``, ``.png``): the clean test slide AUC, the poisoned AUC and the paired change,
+the change at the unseen hospital, the MIL unit test (validation -> test AUC and its reading), the patch AUC
+and the FROC, for the standard cell's methods. The intervals are SUMMARY's (:mod:`wsimil.reporting.evidence`: seed-averaged scores, a stratified
+bootstrap over slides, paired where the slides are the same or the same tissue); a change is read by the
+equivalence rule with SUMMARY's margin (``unaffected`` when the whole interval lies within +-margin, ``affected``
+when it lies beyond it, ``inconclusive`` otherwise). Patch AUC and FROC are means over seeds with the seeds'
+range (a per-method patch interval is not computed here).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from wsimil.evaluation.intervals import Interval, contrast_interval
+from wsimil.experiments import plan_cells
+from wsimil.io import WsimilError, write_text_atomic
+
+ROWS = ("clean slide AUC", "poisoned slide AUC", "change under the poison", "change at the unseen hospital",
+        "MIL unit test: validation AUC", "MIL unit test: test AUC", "patch AUC (any tumour)", "FROC")
+READING = {"supported": "unaffected", "contradicted": "affected", "inconclusive": "inconclusive"}
+
+
+def _iv_row(quantity: str, iv: Interval | None, reading: str = "") -> dict[str, Any]:
+    if iv is None:
+        return {"quantity": quantity, "value": math.nan, "ci_low": math.nan, "ci_high": math.nan, "reading": "not run"}
+    return {"quantity": quantity, "value": iv.estimate, "ci_low": iv.low, "ci_high": iv.high, "reading": reading}
+
+
+def _paired_change(a: pd.DataFrame, b: pd.DataFrame, method: str) -> Interval:
+    """AUC on ``b`` minus AUC on ``a`` (same slides, rows aligned), resampled together."""
+    y = a["label"].to_numpy()
+    return contrast_interval([(y, a[[method]].to_numpy()), (b["label"].to_numpy(), b[[method]].to_numpy())],
+                             [np.array([-1.0]), np.array([1.0])], n_boot=_ev().N_BOOT, seed=_ev().BOOT_SEED,
+                             pair_keys=["test", "test"])
+
+
+def _ev():
+    from wsimil.reporting import evidence
+
+    return evidence
+
+
+def _seed_metric(results: Path, cell: str, method: str, seeds, key: str) -> tuple[float, float, float]:
+    """Mean, min and max over seeds of a run metric (NaN where no seed has it)."""
+    vals = []
+    for s in seeds:
+        m = json.loads((results / "runs" / cell / method / f"seed{s}" / "metrics.json").read_text())
+        v = m.get(key)
+        vals.append(math.nan if v is None else float(v))
+    v = np.asarray(vals)
+    if not np.isfinite(v).any():
+        return math.nan, math.nan, math.nan
+    f = v[np.isfinite(v)]
+    return float(f.mean()), float(f.min()), float(f.max())
+
+
+def card_table(config: Mapping[str, Any], results: str | os.PathLike) -> pd.DataFrame:
+    """Long table: method x quantity -> value, ci_low, ci_high (or spread), reading."""
+    ev = _ev()
+    results = Path(results)
+    seeds = list(config["training"]["seeds"])
+    cells = {c.name: c for c in plan_cells(config)}
+    if "standard" not in cells:
+        raise WsimilError("robustness cards need the standard experiment")
+    std = cells["standard"]
+    clean = ev.cell_scores(results, std, seeds)
+    pois = ev.cell_scores(results, cells["poison"], seeds) if "poison" in cells else None
+    ood = ev.cell_scores(results, cells["ood"], seeds) if "ood" in cells else None
+    if ood is not None:
+        tissue = ev.tissue_map(config)
+        keys = [tissue.get(s, s) for s in ood.index]
+        if sorted(keys) == list(clean.index) and len(set(keys)) == len(keys):
+            ood = ood.set_axis(keys).loc[clean.index]
+        else:
+            ood = None  # different slides: no paired change per method (SUMMARY's ood claim says how it pairs)
+    unit = ev.milunit_readings(results, cells["milunit"], seeds).set_index("method") if "milunit" in cells else None
+    rows = []
+    for m in std.methods:
+        one = lambda w: contrast_interval([(w["label"].to_numpy(), w[[m]].to_numpy())], [np.ones(1)],  # noqa: E731
+                                          n_boot=ev.N_BOOT, seed=ev.BOOT_SEED)
+        r = [_iv_row(ROWS[0], one(clean))]
+        has_pois = pois is not None and m in pois.columns
+        r.append(_iv_row(ROWS[1], one(pois) if has_pois else None))
+        if has_pois:
+            ch = _paired_change(clean, pois, m)
+            r.append(_iv_row(ROWS[2], ch, READING[ev.equivalence_verdict(ch, ev.MARGIN)]))
+        else:
+            r.append(_iv_row(ROWS[2], None))
+        if ood is not None and m in ood.columns:
+            ch = _paired_change(clean, ood, m)
+            r.append(_iv_row(ROWS[3], ch, READING[ev.equivalence_verdict(ch, ev.MARGIN)]))
+        else:
+            r.append(_iv_row(ROWS[3], None))
+        if unit is not None and m in unit.index:
+            u = unit.loc[m]
+            r.append({"quantity": ROWS[4], "value": u["val_auc"], "ci_low": u["val_ci_low"], "ci_high": u["val_ci_high"],
+                      "reading": ""})
+            r.append({"quantity": ROWS[5], "value": u["test_auc"], "ci_low": u["test_ci_low"],
+                      "ci_high": u["test_ci_high"], "reading": u["reading"]})
+        else:
+            r += [_iv_row(ROWS[4], None), _iv_row(ROWS[5], None)]
+        for q, key in ((ROWS[6], "patch_auc_tumour_slides_any"), (ROWS[7], "froc")):
+            mean, lo, hi = _seed_metric(results, "standard", m, seeds, key)
+            r.append({"quantity": q, "value": mean, "ci_low": lo, "ci_high": hi,
+                      "reading": "mean [min, max] over seeds" if math.isfinite(mean) else "not available"})
+        for row in r:
+            row["method"] = m
+        rows += r
+    return pd.DataFrame(rows)[["method", "quantity", "value", "ci_low", "ci_high", "reading"]]
+
+
+def _fmt(v: float, lo: float, hi: float, signed: bool = False) -> str:
+    if not math.isfinite(v):
+        return "–"
+    f = "+.3f" if signed else ".3f"
+    return f"{v:{f}} [{lo:{f}}, {hi:{f}}]".replace("-", "−")
+
+
+def _cells(t: pd.DataFrame) -> list[str]:
+    return [_fmt(v, lo, hi, q.startswith("change")) for q, v, lo, hi in zip(t["quantity"], t["value"], t["ci_low"], t["ci_high"])]
+
+
+def write_cards(config: Mapping[str, Any], results: str | os.PathLike) -> list[Path]:
+    """``cards/<method>.{md,csv,html,png,pdf}`` for every method of the standard cell, and ``cards/cards.csv``."""
+    from wsimil.io import atomic_path
+
+    results = Path(results)
+    table = card_table(config, results)
+    out_dir = results / "cards"
+    written = []
+    with atomic_path(out_dir / "cards.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    written.append(out_dir / "cards.csv")
+    methods = list(dict.fromkeys(table["method"]))
+    wide = table.assign(cell=_cells(table))
+    wide = wide.pivot(index="quantity", columns="method", values="cell").loc[list(ROWS), methods]
+    dataset = config["dataset"]["name"]
+    for m in methods:
+        mine = table[table["method"] == m]
+        with atomic_path(out_dir / f"{m}.csv") as tmp:
+            mine.to_csv(tmp, index=False)
+        own = pd.DataFrame({"quantity": mine["quantity"],
+                            "value [95% CI]": _cells(mine),
+                            "reading": mine["reading"]})
+        others = wide[[m] + [o for o in methods if o != m]].reset_index()
+        text = (f"# Robustness card: {m} ({dataset})\n\n"
+                f"The papers' battery for one method (wsimil.reporting.cards): intervals as in SUMMARY.md (seed-averaged "
+                f"scores, stratified bootstrap over slides, paired where the slides are the same), a change read "
+                f"'unaffected' when its whole interval lies within ±{_ev().MARGIN}, 'affected' when it lies beyond, "
+                f"'inconclusive' otherwise. Patch AUC and FROC: mean [min, max] over seeds.\n\n"
+                f"{own.to_markdown(index=False)}\n\n## Beside the other methods of this run\n\n"
+                f"{others.to_markdown(index=False)}\n")
+        write_text_atomic(out_dir / f"{m}.md", text)
+        figs = plot_card(table, m, out_dir / f"{m}.png")
+        from wsimil.reporting.html import document, figure_html, markdown_html
+
+        write_text_atomic(out_dir / f"{m}.html", document(f"{m}: robustness card", markdown_html(text).replace(
+            "<table>", '<table class="wsimil">') + figure_html(figs[0])))
+        written += [out_dir / f"{m}.csv", out_dir / f"{m}.md", out_dir / f"{m}.html", *figs]
+    return written
+
+
+def plot_card(table: pd.DataFrame, method: str, out_png) -> list[Path]:
+    """One row per quantity: every method's value and interval, ``method`` in colour, the others grey."""
+    from wsimil.reporting.figures import _figure, _save, method_colors
+
+    qs = [q for q in ROWS if table.loc[table["quantity"] == q, "value"].notna().any()]
+    fig = _figure(6.5, 0.42 * len(qs) + 0.9)
+    ax = fig.add_subplot()
+    colour = method_colors([method])[method]
+    for i, q in enumerate(qs):
+        y = len(qs) - 1 - i
+        d = table[table["quantity"] == q]
+        for _, r in d.iterrows():
+            if not math.isfinite(r["value"]):
+                continue
+            me = r["method"] == method
+            ax.errorbar(r["value"], y + (0.12 if me else 0), xerr=[[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]],
+                        fmt="o", ms=5 if me else 3, color=colour if me else "0.65", elinewidth=1.4 if me else 0.8,
+                        zorder=3 if me else 2)
+    ax.axvline(0, color="0.3", lw=0.6, ls=":")
+    ax.set_yticks(range(len(qs)), list(reversed(qs)), fontsize=7)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_title(f"{method} (colour) beside the other methods (grey)", fontsize=8, loc="left")
+    ax.grid(axis="x", color="0.92", lw=0.5)
+    return _save(fig, Path(out_png), 200)
