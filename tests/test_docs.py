@@ -61,3 +61,20 @@ def test_methods_doc_quotes_the_sensitivity_study_as_configured():
 def test_overlays_that_say_all_16_methods_train_them(overlay):
     cfg = load_merged_config([ROOT / "config.yaml", ROOT / "configs" / overlay])
     assert sorted(cfg["training"]["methods"]) == list_methods()
+
+
+def test_experiments_doc_quotes_the_default_budget():
+    from wsimil.studies.focusmil_sensitivity import settings
+
+    text = _flat((ROOT / "docs" / "experiments.md").read_text())
+    s = CONFIG["synthetic"]["slides"]
+    main = sum(sum(v.values()) for v in s.values())
+    study = CONFIG["focusmil_sensitivity"]
+    assert f"({main} slides of two hospitals, and the {sum(s['test'].values())} test slides again" in text
+    assert (f"{len(CONFIG['training']['seeds'])} seeds, {len(CONFIG['training']['methods'])} methods in the "
+            "standard/ood/poison/milunit experiments") in text
+    assert f"{len(CONFIG['dtfd_ablation']['pseudo_bags'])} pseudo-bag counts, {len(CONFIG['minet_curves']['betas'])} beta" in text
+    extra = [x for x in CONFIG["dose_response"]["strengths"] if x != CONFIG["poison"]["strength"]]
+    assert f"{len(extra)} extra poison strengths" in text
+    assert (f"{len(settings(study['factors']))} settings on {len(study['problems'])} problems with "
+            f"{len(study['seeds'])} seeds") in text
