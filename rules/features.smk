@@ -1,7 +1,40 @@
-# Clean features: one job per group of `features.slides_per_job` slides (default 1: a job per slide), the
-# network built once per job and batched over each slide's patches.
+# Clean features: one job per group of `features.slides_per_job` slides, the network built once per job and
+# batched over each slide's patches. At 1 (the default) a single named rule `extract` with a slide wildcard;
+# above 1 (the synthetic default, 20) one rule per group (Snakemake outputs cannot vary with a wildcard).
 
-if SOURCE != "features":
+if SOURCE != "features" and config["features"]["slides_per_job"] == 1:
+
+    rule extract:
+        """One job per slide, one named rule (`--set-resources extract:mem_mb=...`): the real-data default."""
+        input:
+            slides=lambda w: slide_inputs([w.slide]),
+            patches=f"{PATCHES}/{{slide}}.h5",
+        output:
+            f"{FEATURES}/clean/{{slide}}.h5",
+        wildcard_constraints:
+            slide=_alternatives(ALL_SLIDES),
+        params:
+            slides=lambda w: shlex.quote(slide_path(w.slide)),
+            features=as_json("features"),
+        threads: 1
+        log:
+            f"{LOGS}/extract/{{slide}}.log",
+        benchmark:
+            f"{BENCH}/extract/{{slide}}.tsv"
+        group:
+            "extract"
+        resources:
+            mem_mb=mem_mb(8000),
+            runtime=120,
+            gpu=gpus("features"),
+            gres=gres("features"),
+        conda:
+            conda_env("features")
+        shell:
+            "wsimil extract --slide {params.slides} --slide-id {wildcards.slide} --patches {input.patches:q}"
+            " --params {params.features:q} --threads {threads} --no-progress --out {output:q} 2> {log}"
+
+elif SOURCE != "features":
 
     for _group in groups_of(ALL_SLIDES, config["features"]["slides_per_job"]):
 

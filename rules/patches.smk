@@ -3,7 +3,41 @@
 # that cannot be read fails only its own job).
 
 
-if SOURCE != "features":
+if SOURCE != "features" and patch_slides_per_job() == 1:
+
+    rule patch:
+        """One job per slide, one named rule (`--set-resources patch:mem_mb=...`): a user's slides."""
+        input:
+            slides=lambda w: slide_inputs([w.slide]),
+            annotations=lambda w: as_input(annotation_path(w.slide)),
+        output:
+            patches=f"{PATCHES}/{{slide}}.h5",
+            qc=f"{PATCHES}/qc/{{slide}}.png",
+        wildcard_constraints:
+            slide=_alternatives(ALL_SLIDES),
+        params:
+            slides=lambda w: shlex.quote(slide_path(w.slide)),
+            patching=stage_params("patching"),
+            annotations=lambda w: shlex.quote(annotation_path(w.slide)),
+            labels=lambda w: str(int(_ROWS.loc[w.slide, "label"])),
+        threads: 1
+        log:
+            f"{LOGS}/patch/{{slide}}.log",
+        benchmark:
+            f"{BENCH}/patch/{{slide}}.tsv"
+        group:
+            "slides"
+        resources:
+            mem_mb=mem_mb(4000),
+            runtime=30,
+        conda:
+            "../envs/wsimil.yaml"
+        shell:
+            "wsimil patch --slide {params.slides} --slide-id {wildcards.slide} --annotation {params.annotations}"
+            " --label {params.labels} --params {params.patching:q} --out {output.patches:q}"
+            " --qc {output.qc:q} 2> {log}"
+
+elif SOURCE != "features":
 
     for _group in groups_of(ALL_SLIDES, patch_slides_per_job()):
 
@@ -38,6 +72,8 @@ if SOURCE != "features":
                 "wsimil patch --slide {params.slides} --slide-id {params.ids} --annotation {params.annotations}"
                 " --label {params.labels} --params {params.patching:q} --out {output.patches:q}"
                 " --qc {output.qc:q} 2> {log}"
+
+if SOURCE != "features":
 
     rule slide_table:
         """What patching found on every slide (resolution, level, tissue, patch count): tables/slides.*"""

@@ -30,7 +30,45 @@ if SOURCE != "features":
                 Path(log[0]).write_text(f"{len(output)} slides are not poison targets: clean features copied\n")
 
 
-    for _tag, _level in POISON_LEVELS.items():
+    if config["features"]["slides_per_job"] == 1 and POISON_LEVELS:
+
+        rule poison_extract:
+            """One job per poison level and target slide, one named rule (`--set-resources poison_extract:...`; `poison` is the experiment target)."""
+            input:
+                slides=lambda w: slide_inputs([w.slide]),
+                patches=f"{PATCHES}/{{slide}}.h5",
+                clean=f"{FEATURES}/clean/{{slide}}.h5",
+                sheet=SHEET_PATH,
+            output:
+                f"{FEATURES}/{{tag}}/{{slide}}.h5",
+            wildcard_constraints:
+                tag=_alternatives(POISON_LEVELS),
+                slide=_alternatives([s for s in SLIDES if s in POISON_TARGETS]),
+            params:
+                slides=lambda w: shlex.quote(slide_path(w.slide)),
+                features=as_json("features"),
+                poison=lambda w: json.dumps({**config["poison"], "strength": float(POISON_LEVELS[w.tag]["strength"]),
+                                             "fraction": float(POISON_LEVELS[w.tag]["fraction"])}, sort_keys=True),
+            threads: 1
+            log:
+                f"{LOGS}/poison/{{tag}}/{{slide}}.log",
+            benchmark:
+                f"{BENCH}/poison/{{tag}}/{{slide}}.tsv"
+            group:
+                "poison"
+            resources:
+                mem_mb=mem_mb(8000),
+                runtime=120,
+                gpu=gpus("features"),
+                gres=gres("features"),
+            conda:
+                conda_env("features")
+            shell:
+                "wsimil poison --slide {params.slides} --slide-id {wildcards.slide} --patches {input.patches:q}"
+                " --clean {input.clean:q} --sheet {input.sheet:q} --params {params.features:q}"
+                " --poison {params.poison:q} --threads {threads} --no-progress --out {output:q} 2> {log}"
+
+    for _tag, _level in POISON_LEVELS.items() if config["features"]["slides_per_job"] > 1 else ():
         for _group in groups_of([s for s in SLIDES if s in POISON_TARGETS], config["features"]["slides_per_job"]):
 
             rule:

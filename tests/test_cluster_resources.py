@@ -98,3 +98,22 @@ def test_stage_rules_are_addressable_by_name(tmp_path):
     train = re.findall(r"^\s*rule train:\n(?:.*\n)*?\s*resources: (.*)$", out, re.M)
     assert proc.returncode == 0 and train, out[-2000:]
     assert all("mem_mb=16000" in r for r in train)
+
+
+def test_per_slide_stages_are_named_rules_at_one_slide_per_job(tmp_path):
+    """With one slide per job (the real-data configs), patching, extraction and poison re-extraction are the
+    named rules patch, extract and poison_extract: --set-resources reaches them."""
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    overlay = tmp_path / "one.yaml"
+    overlay.write_text("features:\n  slides_per_job: 1\npatching:\n  slides_per_job: 1\n")
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--verbose", "--snakefile", str(ROOT / "Snakefile"), "--directory",
+           str(tmp_path), "--configfile", str(ROOT / "configs" / "ci.yaml"), str(overlay), "--set-resources",
+           "extract:mem_mb=12345", "poison_extract:mem_mb=23456", "patch:mem_mb=3456"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path)})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-2000:]
+    for rule, mem in (("extract", "12345"), ("poison_extract", "23456"), ("patch", "3456")):
+        res = re.findall(rf"^\s*rule {rule}:\n(?:.*\n)*?\s*resources: (.*)$", out, re.M)
+        assert res and all(f"mem_mb={mem}" in r for r in res), (rule, res[:2])
+    assert not re.search(r"^\s*rule (extract|patch)_\w+:", out, re.M)
