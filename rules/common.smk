@@ -10,6 +10,7 @@ from pathlib import Path
 from wsimil.config import check_results_folder, validate_config, write_run_record
 from wsimil.datasets.sheet import read_sheet, relocate, resolve
 from wsimil.datasets.sources import SOURCES, plan_source, sheet_for
+from wsimil.experiments import EXPERIMENTS as ALL_EXPERIMENTS
 from wsimil.experiments import cell_overrides, features_root, features_subdir, ood_sheet, patch_tag, plan_cells
 from wsimil.io import SLIDE_ID_PATTERN, copy_atomic, write_text_atomic
 from wsimil.models.base import list_methods
@@ -345,7 +346,9 @@ HEATMAP_SLIDES = heatmap_slide_ids(MAIN_SHEET)  # two tumour and one normal test
 
 
 CAPTIONS_DIR = str(Path(workflow.basedir) / "report" / "captions")  # figure captions of the experiments' pages
-REPORT_ORDER = ["SUMMARY"] + list(EXPERIMENTS) + ["cards", "run records"]
+# the config's experiments first (its order), then any other an always-defined rule reports (none requested)
+REPORT_ORDER = (["SUMMARY"] + list(EXPERIMENTS) + [e for e in ALL_EXPERIMENTS if e not in EXPERIMENTS]
+                + ["cards", "run records"])
 
 
 def report_category(name):

@@ -187,7 +187,7 @@ def test_rerun_has_nothing_to_do_and_resumes_a_deleted_run(ci_run):
 def _report_var(html: str, name: str):
     import re
 
-    m = re.search(rf"var {name} = (.*?);\n", html, flags=re.S)
+    m = re.search(rf'<script id="{name}">\s*var {name} = (.*?);\s*</script>', html, flags=re.S)
     assert m, f"no `var {name}` in the report"
     return json.loads(m.group(1))
 
