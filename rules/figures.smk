@@ -121,7 +121,7 @@ rule report_cards:
         _reported(card_outputs(config), "cards"),
     params:
         plugins=PLUGIN_ARGS,
-        out=get_results_dir,
+        out=lambda w, output: str(Path(output[0]).parent.parent),  # results/<dataset>: cards/cards.csv is first
     log:
         f"{LOGS}/report/cards.log",
     conda:
