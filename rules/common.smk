@@ -37,7 +37,6 @@ _check_plugin_methods()
 
 DATASET = config["dataset"]["name"]
 OUT = config["results_dir"] or f"results/{DATASET}"
-check_results_folder(config, OUT)  # an overlay never silently replaces another configuration's results
 LOGS = f"{OUT}/logs"
 BENCH = f"{OUT}/benchmarks"
 # Parameters that change a result are part of its path (a changed resolution or extractor never
@@ -450,3 +449,8 @@ def sensitivity_args(wildcards, input):
     if wildcards.problem == "toy":
         return ""
     return f"--slides {input.sheet} --features {Path(input.features[0]).parent}"
+
+
+# Last, after every check of the config itself: an overlay never silently replaces another configuration's
+# results (wsimil.config.check_results_folder).
+check_results_folder(config, OUT)

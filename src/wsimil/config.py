@@ -225,8 +225,10 @@ def default_config() -> dict:
 
 
 # Keys that change how a run is executed, never what it computes: a config differing only in them may reuse
-# (and resume) another's results folder.
+# (and resume) another's results folder. dataset.exclude changes what is computed, but leaving out a slide that
+# cannot be read and running again is the documented recovery (docs/data.md), and SUMMARY.md lists it.
 EXECUTION_KEYS = frozenset({
+    "dataset.exclude",
     "synthetic.slides_per_job", "patching.slides_per_job", "features.slides_per_job", "features.num_workers",
     "features.batch_size", "training.threads", "download.parallel",
     "results_dir", "replace_results",
