@@ -71,7 +71,7 @@ def _command(work: Path, *args: str) -> list[str]:
 
 
 def _snakemake(work: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(_command(work, *args), capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(_command(work, *args), capture_output=True, text=True, env=env, timeout=1200)
     assert proc.returncode == 0, f"{' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
 
@@ -121,7 +121,7 @@ def test_workflow_through_sbatch_equals_a_local_run(tmp_path):
             known = subprocess.run(["scontrol", "show", "job", "-o"], env=env, capture_output=True, text=True).stdout
         finally:
             cluster.stop()
-        out, _ = local_run.communicate(timeout=600)
+        out, _ = local_run.communicate(timeout=1200)
         assert local_run.returncode == 0, out[-5000:]
     finally:
         if local_run.poll() is None:
