@@ -24,7 +24,7 @@ EXAMPLE = ROOT / "examples" / "wsimil-example-plugin"
 
 def run(args, pythonpath=(), check=True, cwd=None, **kw):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, pythonpath))}
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600, **kw)
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=1500, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     return proc
