@@ -117,6 +117,7 @@ rule report_cards:
     input:
         config=rules.run_config.output.config,
         metrics=metrics_files([c for c in ("standard", "poison", "ood", "milunit") if c in CELLS]),
+        sheet=SHEET_PATH,  # the annotations of the FROC's resamples
     output:
         _reported(card_outputs(config), "cards"),
     params:

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,11 +79,18 @@ class SlurmCluster:
         self.pids: dict[str, Path] = {}
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
         self._lock = None
+        # slurmd makes a Unix socket per job step in its spool folder, <spool>/localhost_<job>.<step>, and a
+        # socket path has at most 108 bytes: under pytest's tmp_path a two-digit job id already failed to
+        # launch ("launch failed requeued held"), so the spool folder is a short one in /tmp
+        self.spool: Path | None = None
 
     # -- set-up ------------------------------------------------------------------------------------------
     def _write_config(self) -> None:
-        for d in ("state", "spool", "log", "run"):
+        for d in ("state", "log", "run"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
+        self.spool = Path(tempfile.mkdtemp(prefix="wsimil-slurmd-", dir="/tmp"))
+        if len(f"{self.spool}/localhost_{10**9}.{2**32 - 5}") > 107:
+            raise RuntimeError(f"{self.spool}: too long for slurmd's job-step sockets (108 bytes with the job id)")
         self.conf.parent.mkdir(parents=True, exist_ok=True)
         for f in (self.conf, self.conf.parent / "gres.conf"):
             if f.exists():
@@ -105,7 +113,7 @@ SelectTypeParameters=CR_Core_Memory
 GresTypes=gpu
 ReturnToService=2
 StateSaveLocation={r}/state
-SlurmdSpoolDir={r}/spool
+SlurmdSpoolDir={self.spool}
 SlurmctldPidFile={r}/run/slurmctld.pid
 SlurmdPidFile={r}/run/slurmd.pid
 SlurmctldLogFile={r}/log/slurmctld.log
@@ -204,6 +212,9 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
                 f.unlink(missing_ok=True)
         self.pids = {}
         self._saved = {}
+        if self.spool is not None:
+            shutil.rmtree(self.spool, ignore_errors=True)
+            self.spool = None
         self._release()
 
     def __enter__(self) -> "SlurmCluster":

@@ -17,6 +17,8 @@ from wsimil.evaluation.froc import (
     lesions_from_xml,
     major_axis_length,
     match_detections,
+    resampled_froc,
+    slide_matches,
 )
 from wsimil.io import WsimilError
 from wsimil.slides.annotations import write_asap_xml
@@ -265,3 +267,44 @@ def test_froc_agrees_with_the_challenge_arithmetic(seed):
         pytest.skip("no lesion drawn")
     res = froc(dets, lesions, n_slides=n_slides)
     assert res["froc"] == pytest.approx(_official_style_froc(lesion_probs, fp_probs, n_lesions))
+
+
+# ----------------------------------------------------------------------------------------- resampling
+
+
+def _random_slides(rng, n_slides=7):
+    detections, lesions = {}, {}
+    for k in range(n_slides):
+        s = f"s{k}"
+        lesions[s] = [Lesion(box(x, 0, x + 400, 400), False, 500.0) for x in range(0, 400 * rng.integers(0, 3) * 2, 800)]
+        n = int(rng.integers(0, 12))
+        xy = rng.uniform(0, 2400, size=(n, 2))
+        detections[s] = np.column_stack([xy, rng.choice([0.1, 0.4, 0.7, rng.uniform()], size=n)])  # ties included
+    return detections, lesions
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_resampled_froc_is_the_froc_of_the_drawn_slides(seed):
+    """A resample's FROC equals froc() on the slides it draws, each repeat a copy (ties and misses included);
+    the row of ones is the FROC of the slides as they are."""
+    rng = np.random.default_rng(seed)
+    detections, lesions = _random_slides(rng)
+    lesions["s0"] = [Lesion(box(0, 0, 400, 400), False, 500.0)]  # at least one non-ITC lesion
+    slides = sorted(detections)
+    matches = slide_matches(detections, lesions, slides)
+    counts = np.vstack([np.ones(len(slides), int), rng.multinomial(len(slides), np.full(len(slides), 1 / len(slides)), size=6)])
+    got = resampled_froc(matches, counts, chunk=4)
+    for b, row in enumerate(counts):
+        det = {f"{s}#{i}": detections[s] for s, c in zip(slides, row) for i in range(c)}
+        les = {f"{s}#{i}": lesions[s] for s, c in zip(slides, row) for i in range(c)}
+        want = froc(det, les, n_slides=int(row.sum()))["froc"]
+        if math.isnan(want):
+            assert math.isnan(got[b])
+        else:
+            assert got[b] == pytest.approx(want, abs=1e-12), (b, row)
+    assert got[0] == pytest.approx(froc(detections, lesions)["froc"], abs=1e-12)
+
+
+def test_resampled_froc_refuses_counts_of_another_slide_set():
+    with pytest.raises(ValueError, match="counts has 3 slides, matches 2"):
+        resampled_froc([(np.array([0.5]), np.zeros(0)), (np.zeros(0), np.array([0.2]))], np.ones((1, 3)))

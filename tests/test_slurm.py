@@ -70,10 +70,29 @@ def _command(work: Path, *args: str) -> list[str]:
             "--configfile", str(ROOT / "configs" / "ci.yaml"), str(work / "overlay.yaml"), *args]
 
 
-def _snakemake(work: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(_command(work, *args), capture_output=True, text=True, env=env, timeout=1200)
-    assert proc.returncode == 0, f"{' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return proc
+def _snakemake(work: Path, env: dict, *args: str, cluster: SlurmCluster, timeout: float = 1200) -> str:
+    """Run Snakemake through the cluster; its output. A job SLURM could not launch (held after a failed
+    launch: Snakemake would wait on it for ever) fails the test at once with slurmd's log."""
+    log_path = work / "snakemake.out"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(_command(work, *args), stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+        deadline = time.monotonic() + timeout
+        try:
+            while proc.poll() is None:
+                held = subprocess.run(["squeue", "-h", "-o", "%i %r"], env=env, capture_output=True, text=True).stdout
+                if "launch failed" in held or "held" in held:
+                    slurmd = (cluster.root / "log" / "slurmd.log").read_text()[-3000:]
+                    raise AssertionError(f"SLURM could not launch a job:\n{held}\nslurmd.log:\n{slurmd}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the SLURM run took over {timeout:.0f} s:\n{log_path.read_text()[-5000:]}")
+                time.sleep(3)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    out = log_path.read_text()
+    assert proc.returncode == 0, f"{' '.join(args)}:\n{out[-8000:]}"
+    return out
 
 
 def _workdir(path: Path) -> Path:
@@ -103,7 +122,9 @@ def test_workflow_through_sbatch_equals_a_local_run(tmp_path):
 
     # the local run goes on beside the SLURM run (which mostly waits on the scheduler's status checks)
     local = _workdir(tmp_path / "local")
-    local_run = subprocess.Popen(_command(local, "--cores", "1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    # its output goes to a file: a pipe nobody reads until the SLURM run ends would stall it at 64 KB
+    local_log = open(tmp_path / "local.log", "w")
+    local_run = subprocess.Popen(_command(local, "--cores", "1"), stdout=local_log, stderr=subprocess.STDOUT,
                                  text=True, env=base_env)
     try:
         try:
@@ -113,20 +134,20 @@ def test_workflow_through_sbatch_equals_a_local_run(tmp_path):
         try:
             env = {**base_env, "SLURM_CONF": cluster.env["SLURM_CONF"], "PYTHONPATH": plugin}
             work = _workdir(tmp_path / "slurm")
-            proc = _snakemake(work, env, "--workflow-profile", str(ROOT / "profiles" / "slurm"),
-                              *profile_options(TEST_PROFILE))
+            log = _snakemake(work, env, "--workflow-profile", str(ROOT / "profiles" / "slurm"),
+                             *profile_options(TEST_PROFILE), cluster=cluster)
             t_slurm = time.monotonic() - t0
             squeue = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout
             # what the controller ran: every job id it knows (finished jobs stay for MinJobAge, 300 s)
             known = subprocess.run(["scontrol", "show", "job", "-o"], env=env, capture_output=True, text=True).stdout
         finally:
             cluster.stop()
-        out, _ = local_run.communicate(timeout=1200)
-        assert local_run.returncode == 0, out[-5000:]
+        local_run.wait(timeout=1200)
+        assert local_run.returncode == 0, (tmp_path / "local.log").read_text()[-5000:]
     finally:
         if local_run.poll() is None:
             local_run.kill()
-    log = proc.stdout + proc.stderr
+        local_log.close()
     submitted = set(re.findall(r"submitted with SLURM jobid (\d+)", log))
     ran = set(re.findall(r"JobId=(\d+) .*?JobState=COMPLETED", known))
     log_files = list((work / ".snakemake" / "slurm_logs").rglob("*.log"))

@@ -308,9 +308,14 @@ def test_an_overlay_never_replaces_another_configurations_results(ci_run):
     assert sums() == before
 
 
+def v_patch(card: pd.DataFrame) -> float:
+    return float(card.loc["patch AUC (any tumour)", "value"])
+
+
 def test_robustness_cards_carry_the_tables_numbers(ci_run):
     """cards/<method>: the clean and poisoned slide AUCs and their intervals are the tables' (the same
-    seed-averaged scores and bootstrap), the change is their paired difference, every method has a card."""
+    seed-averaged scores and bootstrap), the change is their paired difference, the patch AUC and FROC are the
+    table's seed means with a bootstrap interval and a paired difference to maxpool, every method has a card."""
     _, out = ci_run
     std = pd.read_csv(out / "tables" / "standard.csv").set_index("method")
     pois = pd.read_csv(out / "tables" / "poison.csv").set_index("method")
@@ -320,6 +325,18 @@ def test_robustness_cards_carry_the_tables_numbers(ci_run):
             got = card.loc[q, ["value", "ci_low", "ci_high"]].astype(float).to_numpy()
             want = table.loc[m, ["slide_auc_seedavg", "slide_auc_ci_low", "slide_auc_ci_high"]].astype(float).to_numpy()
             np.testing.assert_allclose(got, want, atol=1e-12, err_msg=f"{m}: {q}")
+        # patch AUC and FROC: the seeds' mean as in the table, with a bootstrap interval
+        for q, col in (("patch AUC (any tumour)", "patch_auc_tumour_slides_any_mean"), ("FROC", "froc_mean")):
+            v, lo, hi = card.loc[q, ["value", "ci_low", "ci_high"]].astype(float)
+            assert v == pytest.approx(std.loc[m, col], abs=1e-9), (m, q, v)
+            # ci.yaml's two test tumour slides: a resample may hold no lesion, and then no interval is given
+            assert (0 <= lo <= hi <= 1) or card.loc[q, "reading"].startswith("no interval: "), (m, q, v, lo, hi)
+        diff = card.loc["patch AUC − maxpool's"]
+        if m == "maxpool":
+            assert diff["reading"] == "the reference"
+        else:
+            assert diff["value"] == pytest.approx(v_patch(card) - v_patch(pd.read_csv(out / "cards" / "maxpool.csv").set_index("quantity")))
+            assert diff["reading"] in ("better", "worse", "inconclusive")
         change = card.loc["change under the poison"]
         assert change["value"] == pytest.approx(card.loc["poisoned slide AUC", "value"] - card.loc["clean slide AUC", "value"])
         assert change["reading"] in ("unaffected", "affected", "inconclusive")

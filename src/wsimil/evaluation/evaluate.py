@@ -441,33 +441,33 @@ def _froc_empty(reason: str) -> dict[str, Any]:
     return out
 
 
-def _froc_block(
+def froc_inputs(
     run_dir: Path,
     features_dir: Path,
     slide_ids: list[str],
     labels: dict[str, int],
     annotations: Mapping[str, str | os.PathLike | None] | None,
-) -> dict[str, Any]:
-    """The CAMELYON16 FROC of the instance-score heatmaps of the evaluated slides.
+) -> tuple[dict[str, np.ndarray], dict[str, list], list[str]] | str:
+    """The detections and lesions of the evaluated slides that the FROC can score, and the tumour slides left
+    out for want of an annotation; or the reason no FROC can be computed.
 
     A normal slide without annotation has no lesion; a tumour slide without annotation cannot be scored
-    and is left out (named in ``froc_note``).
+    and is left out. Returns ``(detections, lesions, unannotated)`` keyed by the usable slides (in
+    ``slide_ids`` order), or a string.
     """
     if annotations is None:
-        return _froc_empty("no annotations given (pass `--sheet slides.csv` to `wsimil evaluate`)")
+        return "no annotations given (pass `--sheet slides.csv` to `wsimil evaluate`)"
     ann = {s: (None if annotations.get(s) in (None, "") else Path(annotations[s])) for s in slide_ids}
     unannotated = [s for s in slide_ids if labels[s] == 1 and ann[s] is None]
     usable = [s for s in slide_ids if s not in unannotated]
     if not any(labels[s] == 1 for s in usable):
-        return _froc_empty(
-            f"no annotated tumour slide among the {len(slide_ids)} evaluated slides "
-            f"({len(unannotated)} tumour slides without annotation)"
-        )
+        return (f"no annotated tumour slide among the {len(slide_ids)} evaluated slides "
+                f"({len(unannotated)} tumour slides without annotation)")
     geometry = {}
     for s in usable:
         coords, size, mpp, why = read_patch_geometry(features_dir / f"{s}.h5")
         if why:
-            return _froc_empty(why)
+            return why
         geometry[s] = (coords, size, mpp)
     scores_path = run_dir / "instance_scores.h5"
     scores = read_instance_scores(scores_path, usable)
@@ -484,7 +484,23 @@ def _froc_block(
         except ValueError as exc:
             raise WsimilError(f"{scores_path}: slide {s}: {exc}") from exc
         lesions[s] = lesions_from_xml(ann[s], mpp)
-    res = froc(detections, lesions, n_slides=len(usable))
+    return detections, lesions, unannotated
+
+
+def _froc_block(
+    run_dir: Path,
+    features_dir: Path,
+    slide_ids: list[str],
+    labels: dict[str, int],
+    annotations: Mapping[str, str | os.PathLike | None] | None,
+) -> dict[str, Any]:
+    """The CAMELYON16 FROC of the instance-score heatmaps of the evaluated slides (:func:`froc_inputs`;
+    the tumour slides left out are named in ``froc_note``)."""
+    inputs = froc_inputs(run_dir, features_dir, slide_ids, labels, annotations)
+    if isinstance(inputs, str):
+        return _froc_empty(inputs)
+    detections, lesions, unannotated = inputs
+    res = froc(detections, lesions, n_slides=len(detections))
     out: dict[str, Any] = {
         "froc": res["froc"],
         "froc_skipped_reason": res["nan_reason"],

@@ -312,6 +312,77 @@ def froc(
     return out
 
 
+# ---------------------------------------------------------------------------------------------- resampling
+def slide_matches(
+    per_slide_detections: Mapping[str, np.ndarray], per_slide_lesions: Mapping[str, Sequence[Lesion]],
+    slides: Sequence[str],
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per slide of ``slides`` (in that order): ``(lesion_probs, fp_probs)`` of :func:`match_detections`."""
+    out = []
+    for s in slides:
+        try:
+            lp, fp, _ = match_detections(per_slide_detections.get(s, np.zeros((0, 3))), list(per_slide_lesions.get(s, [])))
+        except ValueError as exc:
+            raise ValueError(f"slide {s}: {exc}") from exc
+        out.append((lp, fp))
+    return out
+
+
+def resampled_froc(
+    matches: Sequence[tuple[np.ndarray, np.ndarray]], counts: np.ndarray, rates: Sequence[float] = FROC_RATES,
+    chunk: int = 64,
+) -> np.ndarray:
+    """The FROC of resamples of the slides: slide ``s`` enters resample ``b`` ``counts[b, s]`` times.
+
+    ``matches``: per slide ``(lesion_probs, fp_probs)`` (:func:`slide_matches`); ``counts`` (n_boot, n_slides).
+    A drawn slide brings all its lesions and false positives, so a resample's FROC is :func:`froc` on the
+    slides it holds, repeats included (row of ones -> the FROC of the slides as they are). Returns (n_boot,),
+    NaN where a resample holds no non-ITC lesion.
+    """
+    counts = np.atleast_2d(np.asarray(counts, dtype=np.float64))
+    if counts.shape[1] != len(matches):
+        raise ValueError(f"counts has {counts.shape[1]} slides, matches {len(matches)}")
+    slide_of, prob, is_hit = [], [], []
+    n_lesions = np.zeros(len(matches))
+    for k, (lp, fp) in enumerate(matches):
+        lp, fp = np.asarray(lp, dtype=np.float64), np.asarray(fp, dtype=np.float64)
+        n_lesions[k] = len(lp)
+        hit = lp[np.isfinite(lp)]
+        slide_of += [np.full(len(hit) + len(fp), k)]
+        prob += [hit, fp]
+        is_hit += [np.ones(len(hit), bool), np.zeros(len(fp), bool)]
+    slide_of = np.concatenate(slide_of) if slide_of else np.zeros(0, int)
+    prob, is_hit = (np.concatenate(prob), np.concatenate(is_hit)) if prob else (np.zeros(0), np.zeros(0, bool))
+    order = np.argsort(-prob, kind="stable")
+    slide_of, prob, is_hit = slide_of[order], prob[order], is_hit[order]
+    # the curve's points are the thresholds where the score changes: the last entry of every run of ties
+    last = np.r_[prob[1:] != prob[:-1], True] if len(prob) else np.zeros(0, bool)
+    rates = np.asarray(rates, dtype=np.float64)
+    out = np.full(len(counts), np.nan)
+    for start in range(0, len(counts), chunk):
+        c = counts[start:start + chunk]
+        w = c[:, slide_of]  # (b, entries): each entry weighted by its slide's draws
+        tp = np.cumsum(w * is_hit, axis=1)[:, last]
+        fp = np.cumsum(w * ~is_hit, axis=1)[:, last]
+        n_les = c @ n_lesions
+        n_sl = c.sum(axis=1)
+        for i in range(len(c)):
+            if n_les[i] == 0:
+                continue
+            fps = np.r_[0.0, fp[i] / n_sl[i]]  # non-decreasing, as is sens, as the threshold falls
+            sens = np.r_[0.0, tp[i] / n_les[i]]
+            # np.interp on the curve with one point per FP rate, the highest sensitivity at that rate (as
+            # froc()): the last point of a run of equal rates is its highest
+            left = np.searchsorted(fps, rates, side="right") - 1
+            right = np.minimum(left + 1, len(fps) - 1)
+            right = np.searchsorted(fps, fps[right], side="right") - 1
+            x0, x1, y0, y1 = fps[left], fps[right], sens[left], sens[right]
+            span = np.where(x1 > x0, x1 - x0, 1.0)
+            at = np.where(x1 > x0, y0 + (rates - x0) / span * (y1 - y0), y0)
+            out[start + i] = float(np.mean(at))
+    return out
+
+
 __all__ = [
     "FROC_RATES",
     "Lesion",
@@ -321,4 +392,6 @@ __all__ = [
     "lesions_from_xml",
     "major_axis_length",
     "match_detections",
+    "resampled_froc",
+    "slide_matches",
 ]

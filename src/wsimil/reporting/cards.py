@@ -2,16 +2,21 @@
 
 ``cards/<method>.md`` (+ ``.csv``, ``.png``): the clean test slide AUC, the poisoned AUC and the paired change,
 the change at the unseen hospital, the MIL unit test (validation -> test AUC and its reading), the patch AUC
-and the FROC, for the standard cell's methods. The intervals are SUMMARY's (:mod:`wsimil.reporting.evidence`: seed-averaged scores, a stratified
-bootstrap over slides, paired where the slides are the same or the same tissue); a change is read by the
-equivalence rule with SUMMARY's margin (``unaffected`` when the whole interval lies within +-margin, ``affected``
-when it lies beyond it, ``inconclusive`` otherwise). Patch AUC and FROC are means over seeds with the seeds'
-range (a per-method patch interval is not computed here).
+and the FROC and their paired differences to max-pooling (``maxpool``, the papers' reference aggregator), for
+the standard cell's methods. The intervals are SUMMARY's (:mod:`wsimil.reporting.evidence`): slide AUCs from
+seed-averaged scores and a stratified bootstrap over slides, paired where the slides are the same or the same
+tissue; patch AUCs as SUMMARY's patch claim (the mean of the seeds' AUCs, the tumour slides resampled with all
+their patches); FROC the mean of the seeds' FROCs on stratified resamples of the test slides, each drawn slide
+with its lesions and false positives. The same resamples serve every method, so a difference is paired.
+
+Readings, by SUMMARY's rules and margin (``MARGIN``): a change is ``unaffected`` when its whole interval lies
+within +-margin, ``affected`` when it lies beyond, ``inconclusive`` otherwise (the equivalence rule); a patch
+AUC is ``above chance`` when its interval minus 0.5 clears +margin, ``below chance`` when it lies below -margin;
+a difference to max-pooling is ``better`` / ``worse`` / ``inconclusive`` by the directional rule.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -20,18 +25,24 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from wsimil.evaluation.intervals import Interval, contrast_interval
+from wsimil.evaluation.intervals import Interval, contrast_interval, verdict
 from wsimil.experiments import plan_cells
 from wsimil.io import WsimilError, write_text_atomic
+from wsimil.reporting import evidence as ev
 
+#: the method every card's patch AUC and FROC are compared with (paired): the papers' max-pooling baseline
+REFERENCE = "maxpool"
 ROWS = ("clean slide AUC", "poisoned slide AUC", "change under the poison", "change at the unseen hospital",
-        "MIL unit test: validation AUC", "MIL unit test: test AUC", "patch AUC (any tumour)", "FROC")
+        "MIL unit test: validation AUC", "MIL unit test: test AUC", "patch AUC (any tumour)",
+        f"patch AUC − {REFERENCE}'s", "FROC", f"FROC − {REFERENCE}'s")
 READING = {"supported": "unaffected", "contradicted": "affected", "inconclusive": "inconclusive"}
+CHANCE = {"supported": "above chance", "contradicted": "below chance", "inconclusive": "inconclusive"}
+VERSUS = {"supported": "better", "contradicted": "worse", "inconclusive": "inconclusive"}
 
 
-def _iv_row(quantity: str, iv: Interval | None, reading: str = "") -> dict[str, Any]:
+def _iv_row(quantity: str, iv: Interval | None, reading: str = "", why: str = "not run") -> dict[str, Any]:
     if iv is None:
-        return {"quantity": quantity, "value": math.nan, "ci_low": math.nan, "ci_high": math.nan, "reading": "not run"}
+        return {"quantity": quantity, "value": math.nan, "ci_low": math.nan, "ci_high": math.nan, "reading": why}
     return {"quantity": quantity, "value": iv.estimate, "ci_low": iv.low, "ci_high": iv.high, "reading": reading}
 
 
@@ -39,33 +50,50 @@ def _paired_change(a: pd.DataFrame, b: pd.DataFrame, method: str) -> Interval:
     """AUC on ``b`` minus AUC on ``a`` (same slides, rows aligned), resampled together."""
     y = a["label"].to_numpy()
     return contrast_interval([(y, a[[method]].to_numpy()), (b["label"].to_numpy(), b[[method]].to_numpy())],
-                             [np.array([-1.0]), np.array([1.0])], n_boot=_ev().N_BOOT, seed=_ev().BOOT_SEED,
+                             [np.array([-1.0]), np.array([1.0])], n_boot=ev.N_BOOT, seed=ev.BOOT_SEED,
                              pair_keys=["test", "test"])
 
 
-def _ev():
-    from wsimil.reporting import evidence
+def _draws_interval(point: float, draws: np.ndarray) -> Interval:
+    """The 95% percentile interval of bootstrap draws (NaN bounds when a resample had no value)."""
+    if not np.isfinite(draws).all():
+        return Interval(float(point), math.nan, math.nan, 0.95, len(draws))
+    lo, hi = np.quantile(draws, [0.025, 0.975])
+    return Interval(float(point), float(lo), float(hi), 0.95, len(draws))
 
-    return evidence
+
+def _undefined(draws: np.ndarray, what: str) -> str:
+    return f"no interval: {int((~np.isfinite(draws)).sum())} of {len(draws)} resamples had {what}"
 
 
-def _seed_metric(results: Path, cell: str, method: str, seeds, key: str) -> tuple[float, float, float]:
-    """Mean, min and max over seeds of a run metric (NaN where no seed has it)."""
-    vals = []
-    for s in seeds:
-        m = json.loads((results / "runs" / cell / method / f"seed{s}" / "metrics.json").read_text())
-        v = m.get(key)
-        vals.append(math.nan if v is None else float(v))
-    v = np.asarray(vals)
-    if not np.isfinite(v).any():
-        return math.nan, math.nan, math.nan
-    f = v[np.isfinite(v)]
-    return float(f.mean()), float(f.min()), float(f.max())
+def _localisation_rows(name: str, diff_name: str, draws: tuple | str, methods: list[str], m: str) -> list[dict[str, Any]]:
+    """The value row and the paired difference to ``REFERENCE`` of a patch AUC or a FROC (``draws`` from
+    :func:`wsimil.reporting.evidence.patch_auc_draws` / ``froc_draws``, or the reason it is missing)."""
+    if isinstance(draws, str):
+        return [_iv_row(name, None, why=f"not available: {draws}"), _iv_row(diff_name, None, why="not available")]
+    point, boot, _ = draws
+    lacking = "patches of one class only" if name.startswith("patch") else "no non-ITC lesion"
+    j = methods.index(m)
+    iv = _draws_interval(point[j], boot[:, j])
+    if not math.isfinite(iv.low):
+        value = _iv_row(name, iv, _undefined(boot[:, j], lacking))
+    elif name.startswith("patch"):
+        value = _iv_row(name, iv, CHANCE[verdict(Interval(iv.estimate - 0.5, iv.low - 0.5, iv.high - 0.5, iv.level,
+                                                          iv.n_boot), ev.MARGIN, 1)])
+    else:
+        value = _iv_row(name, iv)
+    if REFERENCE not in methods:
+        return [value, _iv_row(diff_name, None, why=f"not run: {REFERENCE} is not in the standard cell")]
+    if m == REFERENCE:
+        return [value, _iv_row(diff_name, None, why="the reference")]
+    r = methods.index(REFERENCE)
+    d = _draws_interval(point[j] - point[r], boot[:, j] - boot[:, r])
+    reading = VERSUS[verdict(d, ev.MARGIN, 1)] if math.isfinite(d.low) else _undefined(boot[:, j] - boot[:, r], lacking)
+    return [value, _iv_row(diff_name, d, reading)]
 
 
 def card_table(config: Mapping[str, Any], results: str | os.PathLike) -> pd.DataFrame:
-    """Long table: method x quantity -> value, ci_low, ci_high (or spread), reading."""
-    ev = _ev()
+    """Long table: method x quantity (``ROWS``) -> value, ci_low, ci_high (95%), reading."""
     results = Path(results)
     seeds = list(config["training"]["seeds"])
     cells = {c.name: c for c in plan_cells(config)}
@@ -83,8 +111,11 @@ def card_table(config: Mapping[str, Any], results: str | os.PathLike) -> pd.Data
         else:
             ood = None  # different slides: no paired change per method (SUMMARY's ood claim says how it pairs)
     unit = ev.milunit_readings(results, cells["milunit"], seeds).set_index("method") if "milunit" in cells else None
+    methods = list(std.methods)
+    patch = ev.patch_auc_draws(config, results, std, seeds, methods)
+    froc = ev.froc_draws(config, results, std, seeds, methods)
     rows = []
-    for m in std.methods:
+    for m in methods:
         one = lambda w: contrast_interval([(w["label"].to_numpy(), w[[m]].to_numpy())], [np.ones(1)],  # noqa: E731
                                           n_boot=ev.N_BOOT, seed=ev.BOOT_SEED)
         r = [_iv_row(ROWS[0], one(clean))]
@@ -108,10 +139,7 @@ def card_table(config: Mapping[str, Any], results: str | os.PathLike) -> pd.Data
                       "ci_high": u["test_ci_high"], "reading": u["reading"]})
         else:
             r += [_iv_row(ROWS[4], None), _iv_row(ROWS[5], None)]
-        for q, key in ((ROWS[6], "patch_auc_tumour_slides_any"), (ROWS[7], "froc")):
-            mean, lo, hi = _seed_metric(results, "standard", m, seeds, key)
-            r.append({"quantity": q, "value": mean, "ci_low": lo, "ci_high": hi,
-                      "reading": "mean [min, max] over seeds" if math.isfinite(mean) else "not available"})
+        r += _localisation_rows(*ROWS[6:8], patch, methods, m) + _localisation_rows(*ROWS[8:10], froc, methods, m)
         for row in r:
             row["method"] = m
         rows += r
@@ -122,11 +150,13 @@ def _fmt(v: float, lo: float, hi: float, signed: bool = False) -> str:
     if not math.isfinite(v):
         return "–"
     f = "+.3f" if signed else ".3f"
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{v:{f}} [no interval]".replace("-", "−")
     return f"{v:{f}} [{lo:{f}}, {hi:{f}}]".replace("-", "−")
 
 
 def _cells(t: pd.DataFrame) -> list[str]:
-    return [_fmt(v, lo, hi, q.startswith("change")) for q, v, lo, hi in zip(t["quantity"], t["value"], t["ci_low"], t["ci_high"])]
+    return [_fmt(v, lo, hi, q.startswith("change") or " − " in q) for q, v, lo, hi in zip(t["quantity"], t["value"], t["ci_low"], t["ci_high"])]
 
 
 def write_cards(config: Mapping[str, Any], results: str | os.PathLike) -> list[Path]:
@@ -155,8 +185,12 @@ def write_cards(config: Mapping[str, Any], results: str | os.PathLike) -> list[P
         text = (f"# Robustness card: {m} ({dataset})\n\n"
                 f"The papers' battery for one method (wsimil.reporting.cards): intervals as in SUMMARY.md (seed-averaged "
                 f"scores, stratified bootstrap over slides, paired where the slides are the same), a change read "
-                f"'unaffected' when its whole interval lies within ±{_ev().MARGIN}, 'affected' when it lies beyond, "
-                f"'inconclusive' otherwise. Patch AUC and FROC: mean [min, max] over seeds.\n\n"
+                f"'unaffected' when its whole interval lies within ±{ev.MARGIN}, 'affected' when it lies beyond, "
+                f"'inconclusive' otherwise. Patch AUC (the mean of the seeds' AUCs, the test tumour slides "
+                f"resampled with their patches): 'above' / 'below chance' when its interval clears 0.5 ± "
+                f"{ev.MARGIN}. FROC: the mean of the seeds' FROCs, the test slides resampled with their lesions. "
+                f"A difference to {REFERENCE} is paired (the same resamples): 'better' / 'worse' when its "
+                f"interval clears ±{ev.MARGIN}, 'inconclusive' otherwise.\n\n"
                 f"{own.to_markdown(index=False)}\n\n## Beside the other methods of this run\n\n"
                 f"{others.to_markdown(index=False)}\n")
         write_text_atomic(out_dir / f"{m}.md", text)

@@ -197,26 +197,26 @@ def ood_claim(config: Mapping[str, Any], results: Path, cells: Mapping[str, Cell
                  verdict(iv, MARGIN, 1), _rule(1))
 
 
-def patch_claim(config: Mapping[str, Any], results: Path, cell: Cell, seeds: Sequence[int]) -> Claim:
-    claim = "max-pooling localises tumour patches better than attention (FocusMIL)"
-    methods = list(cell.methods)
-    if not _has_both_families(methods):
-        return _unavailable("patch", claim, "the standard cell needs methods of both families")
+def patch_auc_draws(config: Mapping[str, Any], results: Path, cell: Cell, seeds: Sequence[int],
+                    methods: Sequence[str]) -> tuple[np.ndarray, np.ndarray, str] | str:
+    """Each method's patch AUC (any tumour) on the patches of the test tumour slides, the mean of its seeds',
+    on the slides as they are and on ``N_BOOT`` resamples of the tumour slides with all their patches (one
+    cluster bootstrap shared by every method and seed). Returns ``(point (M,), boot (N_BOOT, M), what)`` or the
+    reason it cannot be computed."""
     test = cell_scores(results, cell, seeds, methods=methods)
     features = Path(results) / features_subdir(config, cell.features)
     tumour = [s for s in test.index if test.loc[s, "label"] == 1]
     absent = [s for s in tumour if not (features / f"{s}.h5").is_file()]
     if absent:  # e.g. feature files deleted after training to save disk
-        return _unavailable("patch", claim, f"the feature files of {len(absent)} test tumour slides (patch labels) "
-                            f"are not in {features}")
+        return f"the feature files of {len(absent)} test tumour slides (patch labels) are not in {features}"
     fractions = {s: read_tumor_fraction(features / f"{s}.h5") for s in tumour}
     tumour = [s for s in tumour if fractions[s] is not None]
     if len(tumour) < 2:
-        return _unavailable("patch", claim, "fewer than two test tumour slides have patch labels (tumor_fraction)")
+        return "fewer than two test tumour slides have patch labels (tumor_fraction)"
     slide_of = np.concatenate([np.full(len(fractions[s]), k) for k, s in enumerate(tumour)])
     labels = (np.concatenate([fractions[s] for s in tumour]) >= ANY_TUMOUR).astype(int)  # as the *_any metrics
     if labels.all() or not labels.any():
-        return _unavailable("patch", claim, "the test tumour slides' patches are all of one class")
+        return "the test tumour slides' patches are all of one class"
     rng = np.random.default_rng(BOOT_SEED)
     counts = rng.multinomial(len(tumour), np.full(len(tumour), 1.0 / len(tumour)), size=N_BOOT)
     point, boot = np.zeros(len(methods)), np.zeros((N_BOOT, len(methods)))
@@ -229,19 +229,64 @@ def patch_claim(config: Mapping[str, Any], results: Path, cell: Cell, seeds: Seq
                 raise WsimilError(f"{path}: {len(score)} instance scores for {len(labels)} patches of the test "
                                   "tumour slides (instance scores must follow the feature files' patch order)")
             if not np.isfinite(score).all():
-                return _unavailable("patch", claim, f"{m} seed {sd} has non-finite instance scores")
+                return f"{m} seed {sd} has non-finite instance scores"
             mat = cluster_auc_matrix(labels, slide_of, score, len(tumour))
             point[j] += cluster_aucs(*mat, np.ones(len(tumour)))[0] / len(seeds)
             boot[:, j] += cluster_aucs(*mat, counts) / len(seeds)
+    return point, boot, f"the {len(labels)} patches of the {len(tumour)} test tumour slides, resampled by slide"
+
+
+def froc_draws(config: Mapping[str, Any], results: Path, cell: Cell, seeds: Sequence[int],
+               methods: Sequence[str]) -> tuple[np.ndarray, np.ndarray, str] | str:
+    """Each method's CAMELYON16 FROC on the test slides, the mean of its seeds', on the slides as they are and
+    on ``N_BOOT`` stratified resamples of the slides (each drawn slide with all its lesions and false
+    positives; the same resamples for every method and seed). Returns ``(point (M,), boot (N_BOOT, M), what)``
+    or the reason it cannot be computed."""
+    from wsimil.evaluation.evaluate import annotations_from_sheet, froc_inputs
+    from wsimil.evaluation.froc import resampled_froc, slide_matches
+
+    test = cell_scores(results, cell, seeds, methods=methods)
+    slides = list(test.index)
+    labels = {s: int(test.loc[s, "label"]) for s in slides}
+    sheet = Path(results) / "data" / "slides.csv"
+    annotations = annotations_from_sheet(sheet) if sheet.is_file() else None
+    features = Path(results) / features_subdir(config, cell.features)
+    counts = None
+    point, boot = np.zeros(len(methods)), np.zeros((N_BOOT, len(methods)))
+    for j, m in enumerate(methods):
+        for sd in seeds:
+            inputs = froc_inputs(run_dir(results, cell.name, m, sd), features, slides, labels, annotations)
+            if isinstance(inputs, str):
+                return inputs
+            detections, lesions, _ = inputs
+            usable = list(detections)
+            if counts is None:
+                y = np.array([labels[s] for s in usable])
+                counts = stratified_counts(y, N_BOOT, np.random.default_rng(BOOT_SEED))
+            matches = slide_matches(detections, lesions, usable)
+            point[j] += resampled_froc(matches, np.ones((1, len(usable))))[0] / len(seeds)
+            boot[:, j] += resampled_froc(matches, counts) / len(seeds)
+    n_pos = int(sum(labels[s] for s in usable))
+    return point, boot, f"the {len(usable)} test slides ({n_pos} tumour), stratified resamples of the slides"
+
+
+def patch_claim(config: Mapping[str, Any], results: Path, cell: Cell, seeds: Sequence[int]) -> Claim:
+    claim = "max-pooling localises tumour patches better than attention (FocusMIL)"
+    methods = list(cell.methods)
+    if not _has_both_families(methods):
+        return _unavailable("patch", claim, "the standard cell needs methods of both families")
+    draws = patch_auc_draws(config, results, cell, seeds, methods)
+    if isinstance(draws, str):
+        return _unavailable("patch", claim, draws)
+    point, boot, what = draws
     w = _family_weights(methods, {"max-pooling": 1.0, "attention": -1.0})
-    draws = boot @ w
-    if not np.isfinite(draws).all():
+    diff = boot @ w
+    if not np.isfinite(diff).all():
         return _unavailable("patch", claim, "a resample of the tumour slides had patches of one class only")
-    lo, hi = np.quantile(draws, [0.025, 0.975])
+    lo, hi = np.quantile(diff, [0.025, 0.975])
     iv = Interval(float(point @ w), float(lo), float(hi), 0.95, N_BOOT)
-    return Claim("patch", claim, f"max-pooling mean − attention mean of the patch AUC (any tumour) on the "
-                 f"{len(labels)} patches of the {len(tumour)} test tumour slides, resampled by slide", iv, MARGIN, 1,
-                 verdict(iv, MARGIN, 1), _rule(1))
+    return Claim("patch", claim, f"max-pooling mean − attention mean of the patch AUC (any tumour) on {what}", iv,
+                 MARGIN, 1, verdict(iv, MARGIN, 1), _rule(1))
 
 
 def minet_claim(results: Path, cell: Cell, seeds: Sequence[int]) -> Claim:
