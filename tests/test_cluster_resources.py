@@ -78,6 +78,9 @@ def test_slurm_profile_names_existing_rules_and_groups(tmp_path):
     for key in ("groups", "set-resources", "set-threads"):
         unknown = set(profile.get(key, {})) - rules
         assert not unknown, f"profiles/slurm {key} names rules that do not exist: {unknown}"
+    # every table, figure and card job rides in the reports group (alone, each would be a SLURM job of its own)
+    reporting = {r for r in rules if r.startswith("report_") or r in ("slide_table", "run_table", "geojson")}
+    assert reporting <= set(profile["groups"]), f"not in a profiles/slurm group: {reporting - set(profile['groups'])}"
     grouped = set(profile["groups"].values()) | {"extract", "poison", "train", "evaluate"}
     assert grouped <= set(profile["group-components"]), grouped - set(profile["group-components"])
     assert profile["set-resource-scopes"]["group_slot"] == "local"
