@@ -7,7 +7,7 @@ CORES ?= all
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install reproduce report test slurm-tools clean
+.PHONY: install reproduce report test slurm-tools browser-tools clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,10 +44,17 @@ slurm-tools:
 	-@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "$${WSIMIL_SLURM_TEST:-1}" != 0 ]; then \
 	  $(BIN)/python tests/slurm_cluster.py install || echo "SLURM not installed: tests/test_slurm.py will be skipped" >&2; fi
 
+# The browser check of the HTML report (tests/test_workflow.py::test_html_report) renders SUMMARY in headless
+# Chromium: as root with apt-get, Debian's `chromium` is installed here (~20 s); elsewhere that check is skipped.
+browser-tools:
+	-@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v chromium >/dev/null; then \
+	  { apt-get install -y -qq chromium || { apt-get update -qq && apt-get install -y -qq chromium; }; } >/dev/null 2>&1 \
+	  || echo "chromium not installed: the browser check will be skipped" >&2; fi
+
 # Two pytest workers, one test file each at a time (a file's module-scoped workflow run stays in one worker).
 TEST_WORKERS ?= 2
 
-test: install $(CMU_SVS) slurm-tools
+test: install $(CMU_SVS) slurm-tools browser-tools
 	WSIMIL_CMU_SMALL_REGION=$(abspath $(CMU_SVS)) python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 clean:
