@@ -4,8 +4,10 @@
         subprocess.run([...], env=cluster.env)  # SLURM_CONF points the clients at this controller
 
 slurm.conf and gres.conf are written to /etc/slurm (where job steps look; files already there are restored on
-exit); munged, slurmctld and slurmd are started with their pid files and stopped by those pids on exit. No cgroups, no accounting (squeue is the status command), one fake GPU (gres on /dev/null) so that
-GPU requests are scheduled. :func:`unavailable` says why a cluster cannot be started here, or None.
+exit); munged, slurmctld and slurmd are started with their pid files and stopped by those pids on exit. No
+cgroups, no accounting (squeue is the status command; finished jobs stay in scontrol's records for MinJobAge, an
+hour, so that a test can check what ran), one fake GPU (gres on /dev/null) so that GPU requests are scheduled.
+:func:`unavailable` says why a cluster cannot be started here, or None.
 """
 
 from __future__ import annotations
@@ -112,6 +114,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 GresTypes=gpu
 ReturnToService=2
+MinJobAge=3600
 StateSaveLocation={r}/state
 SlurmdSpoolDir={self.spool}
 SlurmctldPidFile={r}/run/slurmctld.pid

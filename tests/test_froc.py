@@ -308,3 +308,42 @@ def test_resampled_froc_is_the_froc_of_the_drawn_slides(seed):
 def test_resampled_froc_refuses_counts_of_another_slide_set():
     with pytest.raises(ValueError, match="counts has 3 slides, matches 2"):
         resampled_froc([(np.array([0.5]), np.zeros(0)), (np.zeros(0), np.array([0.2]))], np.ones((1, 3)))
+
+
+def test_froc_inputs_parse_each_annotation_once_with_a_cache(tmp_path, monkeypatch):
+    """Two runs on the same slides: with a shared cache the XML is parsed once and both get the same lesions;
+    the detections are each run's own."""
+    import h5py
+
+    from wsimil.evaluation import evaluate
+    from wsimil.features.store import write_features
+
+    xml = tmp_path / "tumor_001.xml"
+    write_asap_xml(xml, [np.array([[0, 0], [2000, 0], [2000, 2000], [0, 2000]])])
+    coords = np.array([[0, 0], [512, 0], [5120, 5120]])
+    for s in ("tumor_001", "normal_001"):
+        write_features(tmp_path / "f" / f"{s}.h5", np.ones((3, 4), np.float16), coords,
+                       attrs={"level0_size": 512, "mpp_level0": 0.5})
+    runs = []
+    for k, top in enumerate([0, 2]):
+        run = tmp_path / f"run{k}"
+        run.mkdir()
+        with h5py.File(run / "instance_scores.h5", "w") as f:
+            for s in ("tumor_001", "normal_001"):
+                v = np.zeros(3, np.float32)
+                v[top] = 1.0
+                f[s] = v
+        runs.append(run)
+    parsed = []
+    real = evaluate.lesions_from_xml
+    monkeypatch.setattr(evaluate, "lesions_from_xml", lambda p, mpp: parsed.append(p) or real(p, mpp))
+    slides, labels = ["tumor_001", "normal_001"], {"tumor_001": 1, "normal_001": 0}
+    ann = {"tumor_001": str(xml), "normal_001": ""}
+    cache: dict = {}
+    got = [evaluate.froc_inputs(r, tmp_path / "f", slides, labels, ann, cache) for r in runs]
+    assert parsed.count(xml) == 1 and len(parsed) == 2  # the tumour XML once, the normal slide (None) once
+    assert got[0][1]["tumor_001"] is got[1][1]["tumor_001"] and got[0][1]["normal_001"] == []
+    fresh = evaluate.froc_inputs(runs[0], tmp_path / "f", slides, labels, ann)
+    assert [les.geometry.equals(f.geometry) for les, f in zip(got[0][1]["tumor_001"], fresh[1]["tumor_001"])] == [True]
+    # each run's own detections: run0's top maximum on the lesion's patch, run1's far outside it
+    assert got[0][0]["tumor_001"][0].tolist() == [256, 256, 1] and got[1][0]["tumor_001"][0].tolist() == [5376, 5376, 1]

@@ -138,7 +138,8 @@ def test_workflow_through_sbatch_equals_a_local_run(tmp_path):
                              *profile_options(TEST_PROFILE), cluster=cluster)
             t_slurm = time.monotonic() - t0
             squeue = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout
-            # what the controller ran: every job id it knows (finished jobs stay for MinJobAge, 300 s)
+            # what the controller ran: every job id it knows (finished jobs stay for MinJobAge: an hour in
+            # this cluster; at the default 300 s the first jobs of a 400 s run were gone)
             known = subprocess.run(["scontrol", "show", "job", "-o"], env=env, capture_output=True, text=True).stdout
         finally:
             cluster.stop()

@@ -447,13 +447,15 @@ def froc_inputs(
     slide_ids: list[str],
     labels: dict[str, int],
     annotations: Mapping[str, str | os.PathLike | None] | None,
+    lesion_cache: dict[tuple[Path, float], list] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, list], list[str]] | str:
     """The detections and lesions of the evaluated slides that the FROC can score, and the tumour slides left
     out for want of an annotation; or the reason no FROC can be computed.
 
     A normal slide without annotation has no lesion; a tumour slide without annotation cannot be scored
     and is left out. Returns ``(detections, lesions, unannotated)`` keyed by the usable slides (in
-    ``slide_ids`` order), or a string.
+    ``slide_ids`` order), or a string. ``lesion_cache`` (keyed by annotation file and mpp) lets a caller that
+    scores many runs on the same slides parse each annotation once.
     """
     if annotations is None:
         return "no annotations given (pass `--sheet slides.csv` to `wsimil evaluate`)"
@@ -483,7 +485,13 @@ def froc_inputs(
             detections[s] = detections_from_heatmap(scores[s], coords, size)
         except ValueError as exc:
             raise WsimilError(f"{scores_path}: slide {s}: {exc}") from exc
-        lesions[s] = lesions_from_xml(ann[s], mpp)
+        if lesion_cache is None:
+            lesions[s] = lesions_from_xml(ann[s], mpp)
+        else:
+            key = (ann[s], float(mpp))
+            if key not in lesion_cache:
+                lesion_cache[key] = lesions_from_xml(ann[s], mpp)
+            lesions[s] = lesion_cache[key]
     return detections, lesions, unannotated
 
 

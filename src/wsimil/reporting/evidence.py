@@ -251,11 +251,12 @@ def froc_draws(config: Mapping[str, Any], results: Path, cell: Cell, seeds: Sequ
     sheet = Path(results) / "data" / "slides.csv"
     annotations = annotations_from_sheet(sheet) if sheet.is_file() else None
     features = Path(results) / features_subdir(config, cell.features)
-    counts = None
+    counts, lesion_cache = None, {}
     point, boot = np.zeros(len(methods)), np.zeros((N_BOOT, len(methods)))
     for j, m in enumerate(methods):
         for sd in seeds:
-            inputs = froc_inputs(run_dir(results, cell.name, m, sd), features, slides, labels, annotations)
+            inputs = froc_inputs(run_dir(results, cell.name, m, sd), features, slides, labels, annotations,
+                                 lesion_cache)
             if isinstance(inputs, str):
                 return inputs
             detections, lesions, _ = inputs
