@@ -79,10 +79,12 @@ def _snakemake(work: Path, env: dict, *args: str, cluster: SlurmCluster, timeout
         deadline = time.monotonic() + timeout
         try:
             while proc.poll() is None:
-                held = subprocess.run(["squeue", "-h", "-o", "%i %r"], env=env, capture_output=True, text=True).stdout
-                if "launch failed" in held or "held" in held:
+                queue = subprocess.run(["squeue", "-h", "-o", "%i|%r"], env=env, capture_output=True, text=True).stdout
+                # the reason of a job SLURM will not start by itself: "launch failed requeued held", JobHeldAdmin/User
+                held = [ln for ln in queue.splitlines() if "held" in ln.partition("|")[2].lower()]
+                if held:
                     slurmd = (cluster.root / "log" / "slurmd.log").read_text()[-3000:]
-                    raise AssertionError(f"SLURM could not launch a job:\n{held}\nslurmd.log:\n{slurmd}")
+                    raise AssertionError(f"SLURM could not launch a job:\n{chr(10).join(held)}\nslurmd.log:\n{slurmd}")
                 if time.monotonic() > deadline:
                     raise AssertionError(f"the SLURM run took over {timeout:.0f} s:\n{log_path.read_text()[-5000:]}")
                 time.sleep(3)
