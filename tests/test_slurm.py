@@ -84,7 +84,8 @@ def _snakemake(work: Path, env: dict, *args: str, cluster: SlurmCluster, timeout
                 held = [ln for ln in queue.splitlines() if "held" in ln.partition("|")[2].lower()]
                 if held:
                     slurmd = (cluster.root / "log" / "slurmd.log").read_text()[-3000:]
-                    raise AssertionError(f"SLURM could not launch a job:\n{chr(10).join(held)}\nslurmd.log:\n{slurmd}")
+                    jobs = "\n".join(held)
+                    raise AssertionError(f"SLURM could not launch a job:\n{jobs}\nslurmd.log:\n{slurmd}")
                 if time.monotonic() > deadline:
                     raise AssertionError(f"the SLURM run took over {timeout:.0f} s:\n{log_path.read_text()[-5000:]}")
                 time.sleep(3)

@@ -447,7 +447,7 @@ def froc_inputs(
     slide_ids: list[str],
     labels: dict[str, int],
     annotations: Mapping[str, str | os.PathLike | None] | None,
-    lesion_cache: dict[tuple[Path, float], list] | None = None,
+    lesion_cache: dict[tuple[Path | None, float], list] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, list], list[str]] | str:
     """The detections and lesions of the evaluated slides that the FROC can score, and the tumour slides left
     out for want of an annotation; or the reason no FROC can be computed.
@@ -474,6 +474,7 @@ def froc_inputs(
     scores_path = run_dir / "instance_scores.h5"
     scores = read_instance_scores(scores_path, usable)
     detections, lesions = {}, {}
+    cache = {} if lesion_cache is None else lesion_cache
     for s in usable:
         coords, size, mpp = geometry[s]
         if len(scores[s]) != len(coords):
@@ -485,13 +486,10 @@ def froc_inputs(
             detections[s] = detections_from_heatmap(scores[s], coords, size)
         except ValueError as exc:
             raise WsimilError(f"{scores_path}: slide {s}: {exc}") from exc
-        if lesion_cache is None:
-            lesions[s] = lesions_from_xml(ann[s], mpp)
-        else:
-            key = (ann[s], float(mpp))
-            if key not in lesion_cache:
-                lesion_cache[key] = lesions_from_xml(ann[s], mpp)
-            lesions[s] = lesion_cache[key]
+        key = (ann[s], float(mpp))
+        if key not in cache:
+            cache[key] = lesions_from_xml(ann[s], mpp)
+        lesions[s] = cache[key]
     return detections, lesions, unannotated
 
 
