@@ -334,6 +334,24 @@ def test_a_cut_slide_is_refused_naming_the_file(tmp_path, slide, keep):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut_001.tif"]
 
 
+def test_the_cli_refuses_a_cut_slide_without_a_traceback(tmp_path, slide):
+    """`wsimil patch` on a slide cut at 30 %: an error exit, the file named, and no traceback after the message (an
+    outside test once saw asyncio's "Task exception was never retrieved" follow it)."""
+    import subprocess
+    import sys
+
+    data = slide.read_bytes()
+    cut = tmp_path / "cut_030.tif"
+    cut.write_bytes(data[: int(len(data) * 0.3)])
+    proc = subprocess.run([sys.executable, "-m", "wsimil", "patch", "--params", "{}", "--slide", str(cut),
+                           "--slide-id", "cut_030", "--out", str(tmp_path / "cut_030.h5")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0, proc.stderr
+    assert "cut_030.tif" in proc.stderr and "truncated" in proc.stderr
+    assert "Traceback" not in proc.stderr and "never retrieved" not in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut_030.tif"]
+
+
 # -- config and schema --------------------------------------------------------------------------------------------
 def test_config_defaults_match_schema_and_unknown_keys_fail():
     import jsonschema
