@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -318,13 +320,18 @@ def test_unreadable_slide_and_missing_annotation(tmp_path, slide):
         patch_slide(slide, "../evil", None, PARAMS)
 
 
+def _cut(slide: Path, path: Path, keep: float) -> Path:
+    """``path``: the first ``keep`` of ``slide``'s bytes, as a download cut short leaves it."""
+    data = slide.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
 @pytest.mark.parametrize("keep", [0.5, 0.9])
 def test_a_cut_slide_is_refused_naming_the_file(tmp_path, slide, keep):
     """A download cut short: a slide file shorter than its own tile offsets is refused, whichever backend
     would open it, and nothing is written."""
-    data = slide.read_bytes()
-    cut = tmp_path / "cut_001.tif"
-    cut.write_bytes(data[: int(len(data) * keep)])
+    cut = _cut(slide, tmp_path / "cut_001.tif", keep)
     for backend in ("auto", "tiffslide"):
         with pytest.raises(WsimilError, match=r"cut_001\.tif"):
             with open_slide(cut, backend=backend) as s:
@@ -337,12 +344,7 @@ def test_a_cut_slide_is_refused_naming_the_file(tmp_path, slide, keep):
 def test_the_cli_refuses_a_cut_slide_without_a_traceback(tmp_path, slide):
     """`wsimil patch` on a slide cut at 30 %: an error exit, the file named, and no traceback after the message (an
     outside test once saw asyncio's "Task exception was never retrieved" follow it)."""
-    import subprocess
-    import sys
-
-    data = slide.read_bytes()
-    cut = tmp_path / "cut_030.tif"
-    cut.write_bytes(data[: int(len(data) * 0.3)])
+    cut = _cut(slide, tmp_path / "cut_030.tif", 0.3)
     proc = subprocess.run([sys.executable, "-m", "wsimil", "patch", "--params", "{}", "--slide", str(cut),
                            "--slide-id", "cut_030", "--out", str(tmp_path / "cut_030.h5")],
                           capture_output=True, text=True, timeout=120)

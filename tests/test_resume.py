@@ -81,6 +81,11 @@ def _interrupt(work: Path, sig: int, ready, whole_group: bool,
     return proc, killed
 
 
+def _mtimes(folder: Path, names=None) -> dict[str, int]:
+    """Modification times of the patch files in ``folder`` (those in ``names`` only, if given)."""
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob("*.h5") if names is None or p.name in names}
+
+
 def test_sigterm_then_sigkill_then_resume_gives_the_uninterrupted_results(tmp_path):
     ref = _workdir(tmp_path / "ref")
     _run(ref)
@@ -91,7 +96,7 @@ def test_sigterm_then_sigkill_then_resume_gives_the_uninterrupted_results(tmp_pa
     # 1. SIGTERM (what a scheduler or Ctrl-C sends) once some slides are patched
     proc, killed = _interrupt(work, signal.SIGTERM, lambda: len(list(patches.glob("*.h5"))) >= 3, whole_group=False)
     assert proc.returncode != 0
-    done = {p.name: p.stat().st_mtime_ns for p in patches.glob("*.h5")}
+    done = _mtimes(patches)
     assert 3 <= len(done) < 8
     if not killed:  # a graceful stop leaves no half-written file
         assert not list(out.rglob("*.tmp*")) and not list(out.rglob(".*.h5*"))
@@ -103,7 +108,7 @@ def test_sigterm_then_sigkill_then_resume_gives_the_uninterrupted_results(tmp_pa
     proc, _ = _interrupt(work, signal.SIGKILL, lambda: any(feats.glob("*.h5")), whole_group=True,
                          args=("--rerun-incomplete",) if killed else ())
     assert proc.returncode == -signal.SIGKILL
-    kept = {p.name: p.stat().st_mtime_ns for p in patches.glob("*.h5") if p.name in done}
+    kept = _mtimes(patches, done)
     if killed:  # a job still running at the kill was rightly redone (marked incomplete); the rest were not
         assert kept.keys() == done.keys()
         done = {name: t for name, t in done.items() if kept[name] == t}
@@ -112,7 +117,7 @@ def test_sigterm_then_sigkill_then_resume_gives_the_uninterrupted_results(tmp_pa
     # 3. the README's resume command after a crash
     _run(work, "--unlock")
     _run(work, "--rerun-incomplete")
-    assert {p.name: p.stat().st_mtime_ns for p in patches.glob("*.h5") if p.name in done} == done
+    assert _mtimes(patches, done) == done
     for rel in ("tables/standard.csv", "runs/standard/maxpool/seed0/predictions.csv",
                 "runs/standard/maxpool/seed0/history.csv"):
         assert (out / rel).read_bytes() == (ref / "results" / "resume" / rel).read_bytes(), rel
