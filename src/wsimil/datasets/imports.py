@@ -41,7 +41,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from wsimil.io import WsimilError, atomic_path, check_slide_id
+from wsimil.io import WsimilError, atomic_path, check_input_file, check_slide_id, check_within, excerpt
 from wsimil.slides.annotations import annotation_file
 
 log = logging.getLogger(__name__)
@@ -73,18 +73,18 @@ def source_path(src_dir: str | os.PathLike, slide_id: str, fmt: str) -> Path:
     src_dir = Path(src_dir)
     name = slide_id + EXTENSIONS[fmt]
     path = src_dir / name
-    if path.is_file():
-        return path
+    if os.path.lexists(path):
+        return check_within(check_input_file(path, f"slide {slide_id}: feature file"), src_dir, "feature file")
     if fmt == "csv" and src_dir.is_dir():
         hits = sorted(p for p in src_dir.glob(f"*/{name}") if p.is_file())
         if len(hits) == 1:
-            return hits[0]
+            return check_within(hits[0], src_dir, "feature file")
         if len(hits) > 1:
             raise WsimilError(f"{name} found in several sub-folders of {src_dir}: {[str(p) for p in hits[:5]]}")
     if not src_dir.is_dir():
         raise WsimilError(f"feature source folder not found: {src_dir} (expected {path} in it)")
     present = sorted(p.name for p in src_dir.iterdir())
-    shown = ", ".join(present[:5]) + (f", ... ({len(present)} in all)" if len(present) > 5 else "")
+    shown = ", ".join(excerpt(n) for n in present[:5]) + (f", ... ({len(present)} in all)" if len(present) > 5 else "")
     where = f" or {src_dir}/<class>/{name}" if fmt == "csv" else ""
     raise WsimilError(
         f"slide {slide_id}: feature file not found: expected {path}{where} (format {fmt}); "
@@ -127,9 +127,11 @@ def _plain(v: Any) -> Any:
 
 def read_h5_source(path: str | os.PathLike) -> SourceBag:
     """A CLAM/TRIDENT feature file: ``features`` (N, D) or (1, N, D), ``coords`` (N, 2), their attributes."""
+    from wsimil.h5gate import open_h5
+
     path = Path(path)
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path, "HDF5 feature file") as f:
             if "features" not in f:
                 raise WsimilError(f"{path}: no 'features' dataset (found {sorted(f.keys())})")
             if "coords" not in f:
@@ -138,6 +140,8 @@ def read_h5_source(path: str | os.PathLike) -> SourceBag:
                     "both — a file without coordinates can be imported as format pt or csv"
                 )
             dset = f["features"]
+            if not isinstance(dset, h5py.Dataset) or not isinstance(f["coords"], h5py.Dataset):
+                raise WsimilError(f"{path}: 'features' and 'coords' must be datasets, not groups")
             if dset.dtype.kind != "f":
                 raise WsimilError(f"{path}: 'features' must be floating point, got {dset.dtype}")
             feats = _as_bag_matrix(dset[()], path)
@@ -162,11 +166,43 @@ def read_h5_source(path: str | os.PathLike) -> SourceBag:
     return SourceBag(feats, coords.astype(np.int64), geometry, extra)
 
 
+def check_pt_archive(path: Path) -> None:
+    """Bound a ``torch.save`` file before PyTorch reads it: a zip archive (the format since PyTorch 1.6) whose
+    members declare at most ``limits.max_h5_elements`` x 8 bytes in all, no member that expands more than
+    ``limits.max_h5_compression`` times (above the floor), no member outside the archive's folder."""
+    import zipfile
+
+    from wsimil.limits import current
+
+    lim = current()
+    if not zipfile.is_zipfile(path):
+        raise WsimilError(f"{path}: not a zip archive: only the torch.save format of PyTorch >= 1.6 is read (load "
+                          "the file with your PyTorch and save it again with torch.save(tensor, path))")
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise WsimilError(f"{path}: a damaged zip archive ({type(exc).__name__})") from None
+    total = 0
+    for m in members:
+        if m.filename.startswith("/") or ".." in m.filename.split("/"):
+            raise WsimilError(f"{path}: archive member {excerpt(m.filename)} points outside the archive: refused")
+        total += m.file_size
+        if (m.file_size > lim.h5_compression_floor_bytes
+                and m.file_size > lim.max_h5_compression * max(m.compress_size, 1)):
+            raise WsimilError(f"{path}: archive member {excerpt(m.filename)} declares {m.file_size:,} bytes "
+                              f"compressed in {m.compress_size:,} (over {lim.max_h5_compression:g}x): refused")
+    if total > lim.max_h5_elements * 8:
+        raise WsimilError(f"{path}: the archive declares {total:,} bytes, over the limit of "
+                          f"{lim.max_h5_elements * 8:,} (limits.max_h5_elements x 8): refused before reading")
+
+
 def read_pt_source(path: str | os.PathLike) -> SourceBag:
     """A CLAM ``pt_files`` tensor (N, D), loaded with ``weights_only=True``: nothing else is unpickled."""
     import torch
 
     path = Path(path)
+    check_pt_archive(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for anything but tensors/containers, RuntimeError for bad zips
@@ -200,13 +236,17 @@ def read_csv_source(path: str | os.PathLike) -> SourceBag:
         df = pd.read_csv(path)
     except pd.errors.EmptyDataError:
         raise WsimilError(f"{path}: empty file (no header, no patches): empty bag") from None
-    except Exception as exc:  # pandas raises several parser error types
-        raise WsimilError(f"cannot read CSV feature file {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise WsimilError(f"cannot read CSV feature file {path}: not UTF-8 text (byte {exc.start})") from None
+    except pd.errors.ParserError as exc:  # the C tokenizer's messages say where, not what
+        raise WsimilError(f"cannot read CSV feature file {path}: {excerpt(str(exc).strip(), 120)}") from None
+    except Exception as exc:  # pandas raises several error types; their text may quote the file
+        raise WsimilError(f"cannot read CSV feature file {path}: {type(exc).__name__}") from None
     names = [str(c) for c in df.columns]
     unnamed = [c for c in names if c.startswith("Unnamed:")]
     if unnamed:
         raise WsimilError(
-            f"{path}: column(s) without a name {unnamed[:3]} (a saved row index?): every column must be a "
+            f"{path}: {len(unnamed)} column(s) without a name (a saved row index?): every column must be a "
             "feature, as DSMIL writes them (DataFrame.to_csv(index=False))"
         )
     numeric_names = []
@@ -217,7 +257,8 @@ def read_csv_source(path: str | os.PathLike) -> SourceBag:
             break
     if len(numeric_names) == len(names) and names != [str(i) for i in range(len(names))]:
         raise WsimilError(
-            f"{path}: the first row ({', '.join(names[:3])}, ...) looks like data, not a header: DSMIL CSVs "
+            f"{path}: the first row ({', '.join(excerpt(n, 12) for n in names[:3])}, ...) looks like data, not a "
+            "header: DSMIL CSVs "
             "start with a header row 0,1,...,D-1 (add one, or the first patch would be lost)"
         )
     if len(df) == 0:
@@ -233,7 +274,8 @@ def read_csv_source(path: str | os.PathLike) -> SourceBag:
             bad = np.flatnonzero((values.isna() & df[col].notna()).to_numpy())
         i = int(bad[0]) if len(bad) else 0
         raise WsimilError(
-            f"{path}: non-numeric value {df[col].iloc[i]!r} at row {i + 1} (line {i + 2}), column {col!r} "
+            f"{path}: non-numeric value {excerpt(df[col].iloc[i], 20)} at row {i + 1} (line {i + 2}), column "
+            f"{excerpt(col, 20)} "
             f"(column {j + 1}); every cell must be a number ({len(bad) or len(df)} bad cells in that column)"
         )
     return SourceBag(df.to_numpy(dtype=np.float64), None)
@@ -375,9 +417,7 @@ def import_slide(
         raise WsimilError(f"slide {slide_id}: label {label!r} must be 0 (normal) or 1 (tumour)")
     if patch_size_level0 is not None and int(patch_size_level0) < 1:
         raise WsimilError(f"patch_size_level0 must be >= 1, got {patch_size_level0}")
-    src = Path(src)
-    if not src.is_file():
-        raise WsimilError(f"slide {slide_id}: feature file not found: {src}")
+    src = check_input_file(src, f"slide {slide_id}: feature file")
     ann = annotation_file(annotation)
 
     bag = READERS[fmt](src)

@@ -63,7 +63,8 @@ from wsimil.evaluation.metrics import (
     slide_metrics,
     youden_threshold,
 )
-from wsimil.features.store import open_h5
+from wsimil.features.store import feature_path
+from wsimil.h5gate import open_h5
 from wsimil.io import WsimilError, write_json_atomic
 
 PREDICTION_COLUMNS = ("slide_id", "label", "split", "score")
@@ -263,7 +264,7 @@ def evaluate_run(
     # Patch level.
     slide_ids = ev["slide_id"].tolist()
     ev_labels = dict(zip(slide_ids, ev["label"].tolist()))
-    fractions = {s: read_tumor_fraction(features_dir / f"{s}.h5") for s in slide_ids}
+    fractions = {s: read_tumor_fraction(feature_path(features_dir, s)) for s in slide_ids}
     out.update(_patch_block(run_dir, slide_ids, ev_labels, fractions, positive_fraction))
     out.update(_froc_block(run_dir, features_dir, slide_ids, ev_labels, annotations))
 
@@ -467,7 +468,7 @@ def froc_inputs(
                 f"({len(unannotated)} tumour slides without annotation)")
     geometry = {}
     for s in usable:
-        coords, size, mpp, why = read_patch_geometry(features_dir / f"{s}.h5")
+        coords, size, mpp, why = read_patch_geometry(feature_path(features_dir, s))
         if why:
             return why
         geometry[s] = (coords, size, mpp)

@@ -40,7 +40,8 @@ def load_probe_data(features_dir: str | Path, sheet: str | Path | pd.DataFrame) 
     of the sheet's slides, from ``features_dir/<slide_id>.h5`` (CLAM/TRIDENT layout: ``features``,
     ``tumor_fraction``). A normal slide (label 0) without ``tumor_fraction`` is all normal; a tumour slide
     without one is an error (its patch labels are unknown)."""
-    import h5py
+    from wsimil.features.store import feature_path
+    from wsimil.h5gate import open_h5
 
     df = sheet if isinstance(sheet, pd.DataFrame) else pd.read_csv(sheet)
     missing = {"slide_id", "label", "split"} - set(df.columns)
@@ -48,10 +49,10 @@ def load_probe_data(features_dir: str | Path, sheet: str | Path | pd.DataFrame) 
         raise ValueError(f"{sheet if not isinstance(sheet, pd.DataFrame) else 'sheet'}: missing columns {sorted(missing)}")
     feats, tfs, sids, splits = [], [], [], []
     for row in df.itertuples():
-        path = Path(features_dir) / f"{row.slide_id}.h5"
+        path = feature_path(features_dir, row.slide_id)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no feature file for slide {row.slide_id}")
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             if "features" not in f:
                 raise ValueError(f"{path}: no 'features' dataset")
             x = np.asarray(f["features"][()], dtype=np.float32)

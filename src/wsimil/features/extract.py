@@ -25,6 +25,7 @@ import wsimil
 from wsimil import precision as precision_mod
 from wsimil.features.extractors import Extractor, resolve_device
 from wsimil.features.store import PatchSpec, read_patches, write_features
+from wsimil.h5gate import open_h5
 from wsimil.io import WsimilError, atomic_path, check_slide_id
 from wsimil.poison import PoisonSpec, apply_poison, patch_rng, poisoned_patch_mask
 from wsimil.slides.reader import Backend, open_slide
@@ -123,7 +124,7 @@ class PatchBatches(Dataset):
 
 def _clean_rows(path: Path, coords: np.ndarray, extractor: Extractor, dtype: str, precision: str) -> np.ndarray:
     """The features (N, D) of a clean feature file, checked to be of the same patches and network."""
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "clean feature file") as f:
         if "features" not in f or "coords" not in f:
             raise WsimilError(f"clean feature file {path}: no 'features' or 'coords' dataset")
         feats = np.asarray(f["features"][()], dtype=np.float32)

@@ -11,15 +11,15 @@ Patch file ``<dir>/<slide_id>.h5``: ``coords`` (N, 2) and ``tumor_fraction`` (N,
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import h5py
 import numpy as np
 
-from wsimil.io import WsimilError, atomic_path
+from wsimil.h5gate import open_h5
+from wsimil.io import WsimilError, atomic_path, check_slide_id, check_within
 
 
 @dataclass
@@ -51,6 +51,13 @@ class FeatureBag:
     attrs: dict[str, Any]
 
 
+def feature_path(features_dir: str | os.PathLike, slide_id: str) -> Path:
+    """``<features_dir>/<slide_id>.h5``; refused when a symbolic link takes it outside ``features_dir``
+    (unless ``limits.follow_symlinks``)."""
+    path = Path(features_dir) / f"{check_slide_id(slide_id)}.h5"
+    return check_within(path, features_dir, "feature file") if os.path.islink(path) or path.exists() else path
+
+
 def _attr(v: Any) -> Any:
     return v.decode() if isinstance(v, bytes) else (v.item() if isinstance(v, np.generic) else v)
 
@@ -68,11 +75,11 @@ def write_patches(path: str | os.PathLike, patches: PatchSet) -> None:
 def read_patches(path: str | os.PathLike) -> PatchSet:
     path = Path(path)
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path, "patch file") as f:
             coords = f["coords"][:]
             tf = f["tumor_fraction"][:] if "tumor_fraction" in f else None
             attrs = {k: _attr(v) for k, v in f.attrs.items()}
-    except (OSError, KeyError) as exc:
+    except KeyError as exc:
         raise WsimilError(f"cannot read patch file {path}: {exc}") from exc
     names = PatchSpec.__dataclass_fields__
     spec = PatchSpec(**{k: attrs[k] for k in names})
@@ -98,19 +105,6 @@ def write_features(
             f.create_dataset("tumor_fraction", data=np.asarray(tumor_fraction, dtype=np.float32))
         for k, v in (attrs or {}).items():
             f.attrs[k] = v
-
-
-@contextmanager
-def open_h5(path: str | os.PathLike, what: str = "feature file") -> Iterator[h5py.File]:
-    """Open an HDF5 file for reading; a missing or unreadable file is a :class:`WsimilError` naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise WsimilError(f"{what} not found: {path}")
-    try:
-        with h5py.File(path, "r") as f:
-            yield f
-    except OSError as exc:
-        raise WsimilError(f"cannot read {what} {path}: {exc}") from exc
 
 
 def check_same_dimension(dims: Mapping[str, int]) -> None:
@@ -145,10 +139,13 @@ def read_features_into(path: str | os.PathLike, out: np.ndarray) -> None:
     no temporary copy) and check that every value is finite."""
     path = Path(path)
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             dset = f["features"]
+            want = (1, *out.shape) if dset.ndim == 3 else out.shape
+            if dset.shape != want:
+                raise WsimilError(f"{path}: 'features' is {dset.shape}, expected {want} (the file changed?)")
             dset.read_direct(out, source_sel=np.s_[0] if dset.ndim == 3 else None)
-    except (OSError, TypeError, ValueError) as exc:
+    except (OSError, TypeError, ValueError, KeyError) as exc:
         raise WsimilError(f"cannot read feature file {path}: {exc}") from exc
     # a float64 sum is finite iff every value is (no overflow from float16/32 inputs) and allocates nothing
     if not np.isfinite(out.sum(dtype=np.float64)):

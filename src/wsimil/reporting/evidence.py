@@ -41,6 +41,7 @@ from wsimil.evaluation.evaluate import ANY_TUMOUR, read_instance_scores, read_pr
 from wsimil.evaluation.intervals import (Interval, cluster_auc_matrix, cluster_aucs, contrast_interval, seed_averaged,
                                          stratified_counts, verdict)
 from wsimil.experiments import Cell, experiment_cells, features_subdir, plan_cells
+from wsimil.features.store import feature_path
 from wsimil.io import WsimilError
 
 #: the margin (AUC) a paired interval must clear for a claim to be decided
@@ -206,10 +207,10 @@ def patch_auc_draws(config: Mapping[str, Any], results: Path, cell: Cell, seeds:
     test = cell_scores(results, cell, seeds, methods=methods)
     features = Path(results) / features_subdir(config, cell.features)
     tumour = [s for s in test.index if test.loc[s, "label"] == 1]
-    absent = [s for s in tumour if not (features / f"{s}.h5").is_file()]
+    absent = [s for s in tumour if not feature_path(features, s).is_file()]
     if absent:  # e.g. feature files deleted after training to save disk
         return f"the feature files of {len(absent)} test tumour slides (patch labels) are not in {features}"
-    fractions = {s: read_tumor_fraction(features / f"{s}.h5") for s in tumour}
+    fractions = {s: read_tumor_fraction(feature_path(features, s)) for s in tumour}
     tumour = [s for s in tumour if fractions[s] is not None]
     if len(tumour) < 2:
         return "fewer than two test tumour slides have patch labels (tumor_fraction)"

@@ -13,12 +13,13 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import h5py
 import numpy as np
 import pandas as pd
 
 from wsimil.evaluation.evaluate import read_instance_scores, read_predictions
 from wsimil.experiments import Cell, dose_cell, dose_levels, experiment_cells, features_subdir, plan_cells
+from wsimil.features.store import feature_path
+from wsimil.h5gate import open_h5
 from wsimil.io import WsimilError
 from wsimil.reporting.tables import collect_metrics_files, summary_table, write_table
 
@@ -353,7 +354,7 @@ def _heatmaps(results: Path, cell: Cell, sheet: pd.DataFrame, slide_ids: Sequenc
     feats_dir = results / features_subdir(config, cell.features)
     slides, scores, marked = [], {}, {}
     for sid in slide_ids:
-        with h5py.File(feats_dir / f"{sid}.h5", "r") as f:
+        with open_h5(feature_path(feats_dir, sid)) as f:
             coords = f["coords"][:]
             size = int(f.attrs["level0_size"])
             if "poisoned" in f:  # a poisoned feature set: outline the patches that carry the green noise
@@ -384,7 +385,7 @@ def _heatmaps(results: Path, cell: Cell, sheet: pd.DataFrame, slide_ids: Sequenc
 
 def _score_name(path: Path) -> str | None:
     """What a run's instance scores are (``instance_scores.h5`` attr ``score``; None for older runs)."""
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "instance scores file") as f:
         name = f.attrs.get("score")
     return None if name is None else str(name)
 
@@ -394,7 +395,7 @@ def _score_maps(path: Path, slide_ids: list[str]) -> dict[str, dict[str, np.ndar
     if not path.is_file():
         return {}
     out: dict[str, dict[str, np.ndarray]] = {}
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "score maps file") as f:
         for name in f:
             missing = [s for s in slide_ids if s not in f[name]]
             if missing:

@@ -17,6 +17,7 @@ from typing import Mapping
 
 import numpy as np
 
+from wsimil.h5gate import open_h5
 from wsimil.io import WsimilError, write_text_atomic
 
 
@@ -53,25 +54,24 @@ def write_run_geojson(run_dir: str | os.PathLike, features_dir: str | os.PathLik
     """``<out_dir>/<slide_id>.geojson`` for the slides of a finished run (default: all it scored): its instance
     scores (named as the run names them, ``instance_scores.h5`` attr ``score``), the other maps it wrote
     (``score_maps.h5``), and the tumour fraction of annotated slides (the feature file's ``tumor_fraction``)."""
-    import h5py
 
     from wsimil.evaluation.evaluate import read_instance_scores
-    from wsimil.features.store import read_features
+    from wsimil.features.store import feature_path, read_features
 
     run_dir, features_dir, out_dir = Path(run_dir), Path(features_dir), Path(out_dir)
-    with h5py.File(run_dir / "instance_scores.h5", "r") as f:
+    with open_h5(run_dir / "instance_scores.h5", "instance scores file") as f:
         score_name = str(f.attrs.get("score", "instance score"))
         ids = list(f) if slide_ids is None else list(slide_ids)
     inst = read_instance_scores(run_dir / "instance_scores.h5", ids)
     maps: dict[str, dict[str, np.ndarray]] = {}
     if (run_dir / "score_maps.h5").is_file():
-        with h5py.File(run_dir / "score_maps.h5", "r") as f:
+        with open_h5(run_dir / "score_maps.h5", "score maps file") as f:
             for key in f:
                 maps[key] = {s: np.asarray(f[key][s][()]).reshape(-1) for s in ids if s in f[key]}
     method = json.loads((run_dir / "run.json").read_text()).get("method", run_dir.parent.name)
     written = []
     for sid in ids:
-        bag = read_features(features_dir / f"{sid}.h5")
+        bag = read_features(feature_path(features_dir, sid))
         size = bag.attrs.get("level0_size")
         if size is None:
             raise WsimilError(f"{features_dir / (sid + '.h5')}: no level0_size attribute: the patch squares are unknown")

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 
 from wsimil.datasets.sheet import read_sheet
+from wsimil.h5gate import open_h5
 from wsimil.io import WsimilError
 
 COLUMNS = ["slide_id", "split", "label", "center", "mpp_level0", "read_level", "patch_level0_px", "n_patches",
@@ -27,7 +27,7 @@ def slide_table(sheet_path: str | os.PathLike, patch_dir: str | os.PathLike) -> 
     for r in sheet.itertuples():
         path = Path(patch_dir) / f"{r.slide_id}.h5"
         try:
-            with h5py.File(path, "r") as f:
+            with open_h5(path, "patch file") as f:
                 a = f.attrs
                 rows.append([r.slide_id, r.split, r.label, r.center, float(a["mpp_level0"]), int(a["level"]),
                              int(a["level0_size"]), int(f["coords"].shape[0]), float(a["tissue_fraction"]),

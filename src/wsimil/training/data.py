@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from wsimil.features.store import check_same_dimension, feature_shape, read_features_into
+from wsimil.features.store import check_same_dimension, feature_path, feature_shape, read_features_into
 from wsimil.io import WsimilError
 from wsimil.models.base import MILBatch
 
@@ -60,7 +60,7 @@ def load_bags(sheet: pd.DataFrame, features_dir: str | os.PathLike) -> BagSet:
     for i, (sid, label) in enumerate(zip(sheet["slide_id"], sheet["label"])):
         if label not in (0, 1):
             raise WsimilError(f"slide {sid}: label {label!r} is not 0 (normal) or 1 (tumour)")
-        path = features_dir / f"{sid}.h5"
+        path = feature_path(features_dir, sid)
         try:
             n, d, dtype = feature_shape(path)
         except WsimilError as exc:
@@ -83,7 +83,7 @@ def load_bags(sheet: pd.DataFrame, features_dir: str | os.PathLike) -> BagSet:
     kept = sheet.iloc[keep]
     for j, sid in enumerate(kept["slide_id"]):
         try:
-            read_features_into(features_dir / f"{sid}.h5", flat[bounds[j] : bounds[j + 1]])
+            read_features_into(feature_path(features_dir, sid), flat[bounds[j] : bounds[j + 1]])
         except WsimilError as exc:
             raise WsimilError(f"slide {sid}: {exc}") from None
     whole = torch.from_numpy(flat)
