@@ -1,6 +1,7 @@
 # What the rules share: the validated config, the sample sheet, path helpers and input functions.
 
 import json
+import os
 import re
 import shlex
 
@@ -13,12 +14,16 @@ from wsimil.datasets.sources import SOURCES, plan_source, sheet_for
 from wsimil.experiments import EXPERIMENTS as ALL_EXPERIMENTS
 from wsimil.experiments import cell_overrides, features_root, features_subdir, ood_sheet, patch_tag, plan_cells
 from wsimil.io import SLIDE_ID_PATTERN, copy_atomic, write_text_atomic
+from wsimil.limits import ENV as LIMITS_ENV, Limits
 from wsimil.models.base import list_methods
 from snakemake.exceptions import WorkflowError
 from wsimil.poison import select_poisoned_slides
 from wsimil.reporting.experiments import all_outputs, card_outputs, experiment_outputs, heatmap_slide_ids, needs, summary_outputs
 
 validate_config(config, "config")
+# every job's `wsimil` reads the bounds on files from outside from here (wsimil.limits); set in the job's own
+# process too, since a cluster job parses this file again
+os.environ[LIMITS_ENV] = Limits.from_mapping(config["limits"], "config key 'limits'").to_json()
 PLUGIN_ARGS = " ".join(f"--plugin {shlex.quote(r)}" for r in config["plugins"])  # for the jobs' `wsimil` calls
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator, validators
 
-from wsimil.io import WsimilError
+from wsimil.io import WsimilError, excerpt, schema_message
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 
@@ -76,9 +76,9 @@ _DefaultFiller = _with_defaults(Draft202012Validator)
 
 def _describe(err) -> str:
     key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
-    msg = err.message
+    msg = schema_message(err)
     if err.validator == "enum":
-        msg = f"{err.instance!r} is not allowed; allowed values: {', '.join(map(str, err.validator_value))}"
+        msg = f"{excerpt(err.instance)} is not allowed; allowed values: {', '.join(map(str, err.validator_value))}"
     elif err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
         msg = f"{msg}; allowed keys: {', '.join(allowed)}"
@@ -231,7 +231,7 @@ EXECUTION_KEYS = frozenset({
     "dataset.exclude",
     "synthetic.slides_per_job", "patching.slides_per_job", "features.slides_per_job", "features.num_workers",
     "features.batch_size", "training.threads", "download.parallel",
-    "results_dir", "replace_results",
+    "results_dir", "replace_results", "limits",
 })
 
 

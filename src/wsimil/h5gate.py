@@ -69,7 +69,7 @@ def _check_dataset(d: h5py.Dataset, where: str, path: Path, file_size: int, lim:
         raise WsimilError(f"{path}: dataset {where} is a virtual dataset (its data lives in other files): refused; "
                           "a feature file must hold its own data")
     if plist.get_external_count() > 0:
-        raise WsimilError(f"{path}: dataset {where} stores its raw data in an external file: refused; "
+        raise WsimilError(f"{path}: dataset {where} stores its raw data in external storage (another file): refused; "
                           "a feature file must hold its own data")
     shape = d.shape or ()
     if d.dtype.kind in "OV" and h5py.check_dtype(ref=d.dtype) is not None:

@@ -41,6 +41,20 @@ def excerpt(value: Any, limit: int = 40) -> str:
     return f"{ascii(text[:limit])}... ({len(text)} characters)"
 
 
+def schema_message(err: Any) -> str:
+    """A jsonschema error's message with the offending value quoted by :func:`excerpt` (jsonschema quotes it
+    whole: a 10,000-character id would be echoed in full)."""
+    inst = err.instance
+    if err.validator == "pattern":
+        return f"{excerpt(inst)} does not match the pattern {err.validator_value}"
+    if err.validator == "enum":
+        return f"{excerpt(inst)} is not one of {err.validator_value}"
+    msg = err.message
+    if isinstance(inst, (str, int, float)) and not isinstance(inst, bool):
+        msg = msg.replace(repr(inst), excerpt(inst))
+    return msg if len(msg) <= 300 else msg[:300] + "..."
+
+
 def file_kind(path: str | os.PathLike) -> str | None:
     """None for a regular file (after symbolic links); otherwise what ``path`` is, in words."""
     try:
@@ -74,6 +88,9 @@ def check_input_file(path: str | os.PathLike, what: str = "file", hint: str = ""
     raise WsimilError(f"{what} {path} is {kind}, not a regular file{hint}")
 
 
+_FOLLOWED: set[tuple[str, str]] = set()  # links already reported in this process
+
+
 def check_within(path: str | os.PathLike, folder: str | os.PathLike, what: str = "file") -> Path:
     """Refuse ``path`` (found in ``folder``) when symbolic links take it outside ``folder``, unless the limits
     allow it (``limits.follow_symlinks``; then a warning names both). Returns ``path``."""
@@ -86,6 +103,9 @@ def check_within(path: str | os.PathLike, folder: str | os.PathLike, what: str =
     from wsimil.limits import current
 
     if current().follow_symlinks:
+        if (real, base) in _FOLLOWED:
+            return path
+        _FOLLOWED.add((real, base))
         logging.getLogger(__name__).warning("%s %s is a symbolic link to %s, outside %s (followed: "
                                             "limits.follow_symlinks)", what, path, real, folder)
         return path

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from wsimil.io import WsimilError
+from wsimil.io import WsimilError, check_input_file, excerpt, schema_message
 
 COLUMNS = ["slide_id", "label", "split", "center", "path", "annotation"]
 SPLITS = ("train", "val", "test")
@@ -26,14 +26,16 @@ def _row_validator():
 def read_sheet(path: str | os.PathLike) -> pd.DataFrame:
     """Read a sample sheet and validate every row against ``schemas/sheet.schema.yaml``; every problem is
     reported with the file and the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise WsimilError(f"sample sheet not found: {path}")
+    path = check_input_file(path, "sample sheet")
     try:
         df = pd.read_csv(path, dtype={"slide_id": str, "split": str, "center": str, "path": str, "annotation": str},
                          keep_default_na=False)
-    except Exception as exc:  # pandas raises several parser error types
-        raise WsimilError(f"cannot read sample sheet {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise WsimilError(f"cannot read sample sheet {path}: not UTF-8 text (byte {exc.start})") from None
+    except pd.errors.ParserError as exc:  # the C tokenizer's messages say where, not what
+        raise WsimilError(f"cannot read sample sheet {path}: {excerpt(str(exc).strip(), 120)}") from None
+    except Exception as exc:  # other pandas errors may quote the file
+        raise WsimilError(f"cannot read sample sheet {path}: {type(exc).__name__}") from None
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise WsimilError(f"{path}: missing column(s) {missing}; a sample sheet has columns {COLUMNS}")
@@ -44,10 +46,10 @@ def read_sheet(path: str | os.PathLike) -> pd.DataFrame:
         row["label"] = int(label) if label.lstrip("-").isdigit() else label
         for err in sorted(validator.iter_errors(row), key=lambda e: list(e.path)):
             where = ".".join(map(str, err.path)) or "row"
-            problems.append(f"line {i + 2}: {where} {err.instance!r}: {err.message}")  # header is line 1
+            problems.append(f"line {i + 2}: {where}: {schema_message(err)}")  # header is line 1
     dup = df["slide_id"][df["slide_id"].duplicated()].tolist()
     if dup:
-        problems.append(f"duplicate slide ids: {sorted(set(dup))}")
+        problems.append(f"duplicate slide ids: {', '.join(excerpt(d) for d in sorted(set(dup))[:10])}")
     if problems:
         raise WsimilError(f"invalid sample sheet {path}:\n  " + "\n  ".join(problems[:20]))
     df["label"] = df["label"].astype(int)
