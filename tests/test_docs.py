@@ -78,3 +78,21 @@ def test_experiments_doc_quotes_the_default_budget():
     assert f"{len(extra)} extra poison strengths" in text
     assert (f"{len(settings(study['factors']))} settings on {len(study['problems'])} problems with "
             f"{len(study['seeds'])} seeds") in text
+
+
+def test_security_doc_quotes_the_limits_as_configured():
+    """docs/security.md's table of limits: every key of the schema's `limits:` with its default, which is also
+    wsimil.limits.Limits' default."""
+    from dataclasses import asdict
+
+    from wsimil.limits import Limits
+
+    text = (ROOT / "docs" / "security.md").read_text()
+    defaults = CONFIG["limits"]
+    assert defaults == asdict(Limits())
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+) \|", text, flags=re.M))
+    assert set(rows) == set(defaults), rows
+    for key, value in defaults.items():
+        shown = rows[key].strip()
+        want = str(value).lower() if isinstance(value, bool) else f"{value:,}"
+        assert shown.split(" (")[0] == want, (key, shown, want)
