@@ -13,7 +13,7 @@ from wsimil.datasets.sheet import read_sheet, relocate, resolve
 from wsimil.datasets.sources import SOURCES, plan_source, sheet_for
 from wsimil.experiments import EXPERIMENTS as ALL_EXPERIMENTS
 from wsimil.experiments import cell_overrides, features_root, features_subdir, ood_sheet, patch_tag, plan_cells
-from wsimil.io import SLIDE_ID_PATTERN, copy_atomic, write_text_atomic
+from wsimil.io import SLIDE_ID_PATTERN, copy_atomic, spreadsheet_safe_frame, write_text_atomic
 from wsimil.limits import ENV as LIMITS_ENV, Limits
 from wsimil.models.base import list_methods
 from snakemake.exceptions import WorkflowError

@@ -14,8 +14,9 @@ if SOURCE != "synthetic":
             sheet=SHEET_PATH,
             excluded=EXCLUDED_PATH,
         params:
-            sheet=SHEET.to_csv(index=False),
-            excluded=pd.DataFrame(sorted(LEFT_OUT.items()), columns=["slide_id", "reason"]).to_csv(index=False),
+            sheet=spreadsheet_safe_frame(SHEET).to_csv(index=False),
+            excluded=spreadsheet_safe_frame(pd.DataFrame(sorted(LEFT_OUT.items()), columns=["slide_id", "reason"])).to_csv(
+                index=False),
         log:
             f"{LOGS}/sample_sheet.log",
         run:

@@ -338,3 +338,22 @@ def test_pt_archives_are_bounded(tmp_path):
         out.writestr("ok/data/9", b"\0" * 80_000_000, compress_type=zipfile.ZIP_DEFLATED)
     with pytest.raises(WsimilError, match=r"80,000,000 bytes compressed"):
         read_pt_source(bomb)
+
+
+def test_limits_from_the_command_line_and_the_environment(tmp_path, capsys, monkeypatch):
+    path = _good(tmp_path / "f" / "s.h5")  # 16 x 8 values
+    ids = ["s"]
+    code = main(["--limits", '{"max_h5_elements": 100}', "import-features", "--format", "h5", "--src-dir",
+                 str(path.parent), "--sheet", str(_sheet(tmp_path / "sheet", ids)), "--slide-id", "s",
+                 "--out", str(tmp_path / "o" / "s.h5"), "--patch-size-level0", "128"])
+    err = capsys.readouterr().err
+    assert code == 2 and "over the limit of 100 (limits.max_h5_elements)" in err, err
+    code = main(["--limits", '{"max_h5_elementz": 1}', "methods"])
+    assert code == 2 and "unknown key(s) ['max_h5_elementz']" in capsys.readouterr().err
+    monkeypatch.setenv(ENV, '{"max_h5_elements": 100}')
+    set_limits(None)
+    with pytest.raises(WsimilError, match="over the limit of 100"):
+        read_features(path)
+    monkeypatch.setenv(ENV, "[1]")
+    with pytest.raises(WsimilError, match="must be a JSON object"):
+        read_features(path)

@@ -285,15 +285,14 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
 
 def cmd_focusmil_sensitivity(args: argparse.Namespace) -> None:
-    from wsimil.io import atomic_path
+    from wsimil.io import write_csv_atomic
     from wsimil.studies import focusmil_sensitivity as fs
 
     _set_threads(args.threads)
     bags = fs.load_problem(args.problem, args.features, args.slides)
     factors = json.loads(args.factors) if args.factors else None
     rows = fs.run_problem(bags, args.problem, args.seed, args.max_steps, factors, progress=not args.no_progress)
-    with atomic_path(args.out) as tmp:
-        rows.to_csv(tmp, index=False)
+    write_csv_atomic(rows, args.out)
     log.info("%s: %d FocusMIL runs on %s", args.out, len(rows), args.problem)
 
 
@@ -325,7 +324,7 @@ def cmd_geojson(args: argparse.Namespace) -> None:
 def cmd_ood_sheet(args: argparse.Namespace) -> None:
     from wsimil.datasets.sheet import read_sheet
     from wsimil.experiments import ood_sheet
-    from wsimil.io import write_text_atomic
+    from wsimil.io import write_csv_atomic
 
     sheet = read_sheet(args.sheet)
     if args.external:  # a synthetic dataset's held-out hospitals (slides_external.csv, beside slides.csv)
@@ -333,7 +332,7 @@ def cmd_ood_sheet(args: argparse.Namespace) -> None:
 
         sheet = pd.concat([sheet, read_sheet(args.external)], ignore_index=True)
     sheet = ood_sheet(sheet, args.train_centers or None)
-    write_text_atomic(args.out, sheet.to_csv(index=False))
+    write_csv_atomic(sheet, args.out)
     log.info("%s: %d slides (%s)", args.out, len(sheet), sheet.groupby("split").size().to_dict())
 
 
@@ -359,10 +358,10 @@ def cmd_download(args: argparse.Namespace) -> None:
 def cmd_dataset(args: argparse.Namespace) -> None:
     from wsimil.config import load_config
     from wsimil.datasets.sources import plan_source, sheet_for, write_manifest
-    from wsimil.io import write_text_atomic
+    from wsimil.io import write_csv_atomic, write_text_atomic
 
     plan = plan_source(load_config(args.config))
-    write_text_atomic(args.sheet, sheet_for(plan, args.sheet).to_csv(index=False))
+    write_csv_atomic(sheet_for(plan, args.sheet), args.sheet)
     if args.manifest:
         write_manifest(plan, args.manifest)
     if args.notes:
@@ -494,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin", action="append", default=[], metavar="PACKAGE.MODULE:ATTRIBUTE",
                    help="import a module that registers methods (code on the Python path, not installed) before the "
                    "command runs; repeatable (installed plugins need none: entry points wsimil.methods)")
+    p.add_argument("--limits", metavar="JSON",
+                   help="bounds on files from outside, as the config's `limits:` section in JSON (default: "
+                   "$WSIMIL_LIMITS, else the defaults; docs/security.md)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("synth", help="generate the synthetic mini-Camelyon (slides, annotations, slides.csv)")
@@ -698,6 +700,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # matplotlib's PDF font subsetting is chatty
     try:
+        if args.limits:
+            from wsimil.limits import set_limits
+
+            try:
+                value = json.loads(args.limits)
+            except json.JSONDecodeError:
+                raise WsimilError("--limits is not valid JSON") from None
+            if not isinstance(value, dict):
+                raise WsimilError("--limits must be a JSON object")
+            set_limits(value)
         if args.plugin:
             from wsimil.models.base import resolve_method
 
@@ -713,6 +725,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
         return 141
+    except KeyboardInterrupt:  # Ctrl-C: outputs are written atomically, so nothing half-written is left
+        print(f"wsimil {args.command}: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
+    finally:
+        if args.limits:  # for this command only (main() may be called again in the same process)
+            from wsimil.limits import set_limits
+
+            set_limits(None)
     return 0
 
 

@@ -147,16 +147,23 @@ def spreadsheet_safe(value: Any) -> Any:
         return "'" + value
 
 
+def spreadsheet_safe_frame(df: Any) -> Any:
+    """A copy of the DataFrame ``df`` with its text cells and column names made :func:`spreadsheet_safe`."""
+    import pandas as pd
+
+    safe = df.copy()
+    for col in safe.columns:
+        if safe[col].dtype == object or pd.api.types.is_string_dtype(safe[col]):
+            safe[col] = safe[col].map(spreadsheet_safe)
+    safe.columns = [spreadsheet_safe(c) for c in safe.columns]
+    return safe
+
+
 def write_csv_atomic(df: Any, path: str | os.PathLike, **kwargs: Any) -> None:
     """Write a pandas DataFrame as CSV atomically, its text cells spreadsheet-safe (:func:`spreadsheet_safe`)."""
     kwargs.setdefault("index", False)
-    safe = df.copy()
-    for col in safe.columns:
-        if safe[col].dtype == object or str(safe[col].dtype) in ("string", "str"):
-            safe[col] = safe[col].map(spreadsheet_safe)
-    safe.columns = [spreadsheet_safe(c) for c in safe.columns]
     with atomic_path(path) as tmp:
-        safe.to_csv(tmp, **kwargs)
+        spreadsheet_safe_frame(df).to_csv(tmp, **kwargs)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from wsimil.features.store import write_features
-from wsimil.io import atomic_path
+from wsimil.io import write_csv_atomic
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -70,6 +70,5 @@ def write(out_dir: str | os.PathLike, params: dict[str, Any] | None = None) -> P
     for sid, x in feats.items():
         write_features(out_dir / "features" / f"{sid}.h5", x, np.zeros((len(x), 2), np.int64),
                        attrs={"extractor": "milunit-single-concept", "slide_id": sid})
-    with atomic_path(out_dir / "slides.csv") as tmp:
-        sheet.to_csv(tmp, index=False)
+    write_csv_atomic(sheet, out_dir / "slides.csv")
     return out_dir / "slides.csv"

@@ -23,6 +23,20 @@ def _row_validator():
     return jsonschema.Draft202012Validator(schema)
 
 
+def _unquote_formulas(df: pd.DataFrame) -> pd.DataFrame:
+    """Undo :func:`wsimil.io.spreadsheet_safe` on a sheet wsimil wrote: a text cell ``'=...`` (``'+``, ``'-``,
+    ``'@``, tab, CR) reads as ``=...`` again, so centres and paths round-trip exactly."""
+    from wsimil.io import CSV_FORMULA_START
+
+    def unquote(v):
+        return v[1:] if isinstance(v, str) and v.startswith("'") and v[1:].startswith(CSV_FORMULA_START) else v
+
+    for col in df.columns:
+        if pd.api.types.is_string_dtype(df[col]) or df[col].dtype == object:
+            df[col] = df[col].map(unquote)
+    return df
+
+
 def read_sheet(path: str | os.PathLike) -> pd.DataFrame:
     """Read a sample sheet and validate every row against ``schemas/sheet.schema.yaml``; every problem is
     reported with the file and the line."""
@@ -36,6 +50,7 @@ def read_sheet(path: str | os.PathLike) -> pd.DataFrame:
         raise WsimilError(f"cannot read sample sheet {path}: {excerpt(str(exc).strip(), 120)}") from None
     except Exception as exc:  # other pandas errors may quote the file
         raise WsimilError(f"cannot read sample sheet {path}: {type(exc).__name__}") from None
+    df = _unquote_formulas(df)
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise WsimilError(f"{path}: missing column(s) {missing}; a sample sheet has columns {COLUMNS}")

@@ -390,11 +390,12 @@ def sheet_for(plan: Plan, sheet_path: str | os.PathLike) -> pd.DataFrame:
 
 def write_manifest(plan: Plan, path: str | os.PathLike) -> None:
     """The files of a plan as a CSV (path, url, md5, size): what the download rules fetch, for the record."""
-    from wsimil.io import write_text_atomic
+    from wsimil.io import spreadsheet_safe, write_text_atomic
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", "url", "md5", "size"])
     for rel, f in sorted(plan.files.items()):
-        w.writerow([str(plan.local(rel)), f.url, f.md5 or "", f.size if f.size is not None else ""])
+        w.writerow([spreadsheet_safe(v) for v in
+                    (str(plan.local(rel)), f.url, f.md5 or "", f.size if f.size is not None else "")])
     write_text_atomic(path, buf.getvalue())

@@ -161,14 +161,13 @@ def _cells(t: pd.DataFrame) -> list[str]:
 
 def write_cards(config: Mapping[str, Any], results: str | os.PathLike) -> list[Path]:
     """``cards/<method>.{md,csv,html,png,pdf}`` for every method of the standard cell, and ``cards/cards.csv``."""
-    from wsimil.io import atomic_path
+    from wsimil.io import write_csv_atomic
 
     results = Path(results)
     table = card_table(config, results)
     out_dir = results / "cards"
     written = []
-    with atomic_path(out_dir / "cards.csv") as tmp:
-        table.to_csv(tmp, index=False)
+    write_csv_atomic(table, out_dir / "cards.csv")
     written.append(out_dir / "cards.csv")
     methods = list(dict.fromkeys(table["method"]))
     wide = table.assign(cell=_cells(table))
@@ -176,8 +175,7 @@ def write_cards(config: Mapping[str, Any], results: str | os.PathLike) -> list[P
     dataset = config["dataset"]["name"]
     for m in methods:
         mine = table[table["method"] == m]
-        with atomic_path(out_dir / f"{m}.csv") as tmp:
-            mine.to_csv(tmp, index=False)
+        write_csv_atomic(mine, out_dir / f"{m}.csv")
         own = pd.DataFrame({"quantity": mine["quantity"],
                             "value [95% CI]": _cells(mine),
                             "reading": mine["reading"]})

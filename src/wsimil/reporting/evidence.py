@@ -74,7 +74,7 @@ class Claim:
     def row(self) -> dict[str, Any]:
         iv = self.interval
         return {"claim": self.key, "statement": self.claim, "contrast": self.contrast, "estimate": iv.estimate,
-                "ci_low": iv.low, "ci_high": iv.high, "margin": self.margin, "claimed_sign": "+" if self.direction > 0 else "-",
+                "ci_low": iv.low, "ci_high": iv.high, "margin": self.margin, "claimed_sign": "positive" if self.direction > 0 else "negative",
                 "verdict": self.verdict, "rule": self.rule}
 
 

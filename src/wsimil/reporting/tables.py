@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from wsimil.evaluation.evaluate import read_metrics
-from wsimil.io import WsimilError, atomic_path, write_text_atomic
+from wsimil.io import WsimilError, write_csv_atomic, write_text_atomic
 
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 
@@ -284,8 +284,7 @@ def write_table(df: pd.DataFrame, stem: str | os.PathLike, caption: str, digits:
     """
     stem = Path(stem)
     csv, md, tex = (stem.with_name(stem.name + ext) for ext in (".csv", ".md", ".tex"))
-    with atomic_path(csv) as tmp:
-        df.to_csv(tmp, index=False)
+    write_csv_atomic(df, csv)
     display = format_table(df, digits)
     if brief is not None:  # the columns a reader needs; every column stays in the CSV
         keep = [c for c in display.columns if c in set(brief) or metric_label(c) in set(brief)]

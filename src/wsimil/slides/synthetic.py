@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from wsimil.io import WsimilError, atomic_path, check_slide_id
+from wsimil.io import WsimilError, check_slide_id, write_csv_atomic
 
 SHEET_COLUMNS = ["slide_id", "label", "split", "center", "path", "annotation"]
 SPLITS = ("train", "val", "test")
@@ -273,8 +273,7 @@ def write_sheet(cfg: Mapping | None, out_dir: str | Path) -> Path:
     plan = plan_dataset(cfg)
     out = Path(out_dir) / "slides.csv"
     for path, part in ((out, plan[~plan["external"]]), (Path(out_dir) / EXTERNAL_SHEET, plan[plan["external"]])):
-        with atomic_path(path) as tmp:
-            part[SHEET_COLUMNS].to_csv(tmp, index=False)
+        write_csv_atomic(part[SHEET_COLUMNS], path)
     return out
 
 

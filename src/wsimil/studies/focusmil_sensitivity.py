@@ -243,7 +243,7 @@ def write_study(rows: pd.DataFrame, stem_table, stem_figure, captions=None) -> l
     page ``pages/focusmil_sensitivity.html`` beside ``tables/``."""
     from pathlib import Path
 
-    from wsimil.io import atomic_path
+    from wsimil.io import write_csv_atomic
     from wsimil.reporting.tables import write_table
 
     summary = summarise(rows)
@@ -262,8 +262,7 @@ def write_study(rows: pd.DataFrame, stem_table, stem_figure, captions=None) -> l
     stem_table = Path(stem_table)
     out = write_table(table, stem_table, caption)
     runs = stem_table.with_name(stem_table.name + "_runs.csv")
-    with atomic_path(runs) as tmp:
-        rows.to_csv(tmp, index=False)
+    write_csv_atomic(rows, runs)
     from wsimil.reporting.html import experiment_page
 
     figs = plot_study(table, stem_figure)

@@ -25,7 +25,7 @@ import torch
 
 import wsimil
 from wsimil.precision import describe_device
-from wsimil.io import WsimilError, write_json_atomic
+from wsimil.io import WsimilError, plain_mode, write_csv_atomic, write_json_atomic
 from wsimil.models.base import get_method
 from wsimil.training.data import BagSet, load_bags
 from wsimil.training.loop import TrainResult, predict, train
@@ -61,18 +61,19 @@ def write_run(run_dir: str | os.PathLike, bags: BagSet, result: TrainResult, met
     run_dir = Path(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
-    try:
+    try:  # also on Ctrl-C (KeyboardInterrupt): the finally removes the half-written folder
+        os.chmod(tmp, plain_mode(folder=True))  # mkdtemp makes 0700; the run folder gets a plain mkdir's mode
         pred = predict(result.model, bags, np.arange(len(bags.slide_ids)), device)
-        pd.DataFrame({
+        write_csv_atomic(pd.DataFrame({
             "slide_id": bags.slide_ids, "label": bags.labels, "split": bags.splits, "score": pred.probs,
-        }).to_csv(tmp / "predictions.csv", index=False, float_format="%.6g")
+        }), tmp / "predictions.csv", float_format="%.6g")
         if pred.group_scores is not None:  # DTFD: Tier-1 score of every pseudo-bag (the ablation's Tier-1 AUC)
-            pd.DataFrame([
+            write_csv_atomic(pd.DataFrame([
                 {"slide_id": sid, "label": lab, "split": sp, "pseudo_bag": k, "score": float(v)}
                 for sid, lab, sp, g in zip(bags.slide_ids, bags.labels, bags.splits, pred.group_scores)
                 for k, v in enumerate(g)
-            ], columns=["slide_id", "label", "split", "pseudo_bag", "score"]).to_csv(
-                tmp / "pseudo_bags.csv", index=False, float_format="%.6g")
+            ], columns=["slide_id", "label", "split", "pseudo_bag", "score"]), tmp / "pseudo_bags.csv",
+                float_format="%.6g")
         with h5py.File(tmp / "instance_scores.h5", "w") as f:
             for sid, scores in zip(bags.slide_ids, pred.instance_scores):
                 f.create_dataset(sid, data=scores.astype(np.float32))
@@ -82,7 +83,7 @@ def write_run(run_dir: str | os.PathLike, bags: BagSet, result: TrainResult, met
                 g = f.create_group(name)
                 for sid, scores in zip(bags.slide_ids, per_bag):
                     g.create_dataset(sid, data=scores.astype(np.float32))
-        pd.DataFrame(result.history).to_csv(tmp / "history.csv", index=False, float_format="%.6g")
+        write_csv_atomic(pd.DataFrame(result.history), tmp / "history.csv", float_format="%.6g")
         torch.save({
             "method": meta["method"], "in_dim": bags.dim, "hparams": _plain(result.hparams),
             "state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
