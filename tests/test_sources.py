@@ -219,7 +219,8 @@ def test_sheet_rows_are_validated_against_the_schema(tmp_path):
     with pytest.raises(WsimilError) as err:
         read_sheet(p)
     msg = str(err.value)
-    assert str(p) in msg and "line 2: label 2" in msg and "line 2: split 'tr'" in msg and "'../etc' does not match" in msg
+    assert str(p) in msg and "line 2: label: 2 is not one of [0, 1]" in msg, msg
+    assert "line 2: split: 'tr' is not one of" in msg and "line 2: slide_id: '../etc' does not match" in msg, msg
     assert "line 3" not in msg
 
 

@@ -35,10 +35,12 @@ def check_slide_id(slide_id: str, source: str | os.PathLike | None = None) -> st
 def excerpt(value: Any, limit: int = 40) -> str:
     """A short, escaped quotation of a value from a file or a user (never more than ``limit`` characters of it):
     control characters and non-ASCII letters are escaped (``repr``), a longer value is cut and its length said."""
-    text = value if isinstance(value, str) else str(value)
-    if len(text) <= limit:
-        return ascii(text)
-    return f"{ascii(text[:limit])}... ({len(text)} characters)"
+    if not isinstance(value, str):  # a number, a list: shown as is, cut to the limit
+        text = ascii(value)
+        return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+    if len(value) <= limit:
+        return ascii(value)
+    return f"{ascii(value[:limit])}... ({len(value)} characters)"
 
 
 def schema_message(err: Any) -> str:
