@@ -70,10 +70,17 @@ def _thumbnail(path: str | os.PathLike) -> tuple[np.ndarray, tuple[int, int]]:
     """An RGB thumbnail (longest side about :data:`THUMB_SIDE`) and the slide's level-0 (width, height)."""
     import cv2
 
+    from wsimil.slides.reader import MAX_WHOLE_LEVEL_PX
+    from wsimil.slides.tissue import read_downsampled
+
     with open_slide(path) as slide:
         w0, h0 = slide.dimensions
         level = slide.level_for_downsample(max(w0, h0) / THUMB_SIDE)
-        img = slide.read_level(level)
+        wl, hl = slide.level_dimensions[level]
+        if wl * hl <= MAX_WHOLE_LEVEL_PX:
+            img = slide.read_level(level)
+        else:  # no pyramid level near the thumbnail: read in tiles and average down, memory bounded
+            img = read_downsampled(slide, max(w0, h0) / THUMB_SIDE)[0]
     side = max(img.shape[:2])
     if side > 2 * THUMB_SIDE:  # a pyramid without a level near the thumbnail size
         f = THUMB_SIDE / side

@@ -21,6 +21,12 @@ area (0.066 mm^2 at 0.5 um/px, four 128 px patches at 1 um/px) is dropped and ho
 out. Note the unit is level-0 *pixels*, so the same number means a 4x larger area on a 20x slide than on a 40x
 one, as in CLAM.
 
+**Memory is bounded whatever the slide declares** (:func:`read_downsampled`): the segmentation image's
+longest side is at most :data:`SEG_MAX_SIDE` px (a slide larger than ``SEG_MAX_SIDE * seg_downsample`` px a side
+is segmented at a coarser downsample, logged; with CLAM's 64 this never happens below the 250,000 px limit of
+:mod:`wsimil.limits`), a level is read whole only when it fits in that image, and otherwise it is read in tiles of
+at most ``max(2048, f)^2`` level px (``f`` the averaging factor), composited in uint8/uint16.
+
 A slide where nothing survives raises :class:`~wsimil.io.WsimilError` naming the file. With
 ``fallback_otsu`` the fixed threshold is retried once with Otsu's (logged as a warning) before giving up; the
 Otsu retry is accepted only if the saturation histogram is clearly two-class (Otsu's separability
@@ -45,7 +51,8 @@ log = logging.getLogger(__name__)
 REF_PATCH_SIZE = 512  # CLAM's reference patch (level-0 px) for the a_t / a_h area units
 MIN_OTSU_SEPARABILITY = 0.8  # Otsu's eta = between-class / total variance; ~0.64 for unimodal noise
 MIN_OTSU_GAP = 4.0  # saturation units between Otsu's class means for the fallback to be trusted
-_TILE = 1024  # output px per tile when a fine level is read tile by tile and area-averaged down
+SEG_MAX_SIDE = 8192  # longest side of the segmentation image (8192^2 RGB = 192 MiB)
+_TILE_LEVEL_PX = 2048  # level px per side of one tile read (rounded down to a multiple of f, at least f)
 
 
 @dataclass(frozen=True)
@@ -128,22 +135,35 @@ class TissueMask:
 def read_downsampled(slide: Slide, downsample: float) -> tuple[np.ndarray, int, tuple[float, float]]:
     """The slide as one RGB image at about ``downsample``; returns (image, level read, (sx, sy) level-0 px per px).
 
-    Reads the level nearest ``downsample`` (log scale) whole, as CLAM does. When that level is more than
-    1.5x finer than asked (a slide without a deep pyramid), it is read in tiles and area-averaged down by an
-    integer factor, so memory stays bounded by the output.
+    Reads the level nearest ``downsample`` (log scale) whole, as CLAM does, when it is at most
+    :data:`SEG_MAX_SIDE` px a side. When that level is more than 1.5x finer than asked (a slide without a deep
+    pyramid), or too large to read whole, it is read in tiles of at most ``max(2048, f)`` level px a side and
+    area-averaged down by an integer factor ``f``. A slide so large that the image would exceed
+    :data:`SEG_MAX_SIDE` px a side is read at a coarser downsample (logged), so memory is bounded whatever the
+    slide declares.
     """
+    w0, h0 = slide.dimensions
+    asked = downsample
+    downsample = max(downsample, max(w0, h0) / SEG_MAX_SIDE)
+    capped = downsample > asked
     level = slide.level_for_downsample(downsample)
     ds = slide.level_downsamples[level]
-    w0, h0 = slide.dimensions
     wl, hl = slide.level_dimensions[level]
     f = int(round(downsample / ds))
+    whole = f <= 1 or downsample / ds < 1.5
     try:
-        if f <= 1 or downsample / ds < 1.5:
+        if whole and max(wl, hl) <= SEG_MAX_SIDE:
             img = slide.read_level(level)
+            if capped:
+                _log_capped(slide, asked, (w0 / wl + h0 / hl) / 2)
             return img, level, (w0 / wl, h0 / hl)
+        f_cap = -(-max(wl, hl) // SEG_MAX_SIDE)  # rounding f down, or a whole level too large, must not break the cap
+        if capped or f_cap > f:
+            f = max(f, f_cap)
+            _log_capped(slide, asked, f * ds)
         ow, oh = -(-wl // f), -(-hl // f)
         out = np.full((oh, ow, 3), 255, dtype=np.uint8)
-        step = _TILE * f  # level px per tile
+        step = max(1, _TILE_LEVEL_PX // f) * f  # level px per tile, a multiple of f
         for yl in range(0, hl, step):
             for xl in range(0, wl, step):
                 rw, rh = min(step, wl - xl), min(step, hl - yl)
@@ -160,7 +180,15 @@ def read_downsampled(slide: Slide, downsample: float) -> tuple[np.ndarray, int, 
     except WsimilError:
         raise
     except Exception as exc:  # corrupt tiles, truncated files: the backends raise their own types
-        raise WsimilError(f"cannot read pixels of slide {slide.path} at level {level}: {type(exc).__name__}: {exc}") from exc
+        # their text is not repeated: it may quote the file's bytes
+        raise WsimilError(f"cannot read the pixels of slide {slide.path} at level {level}: the backend failed with "
+                          f"{type(exc).__name__} (the file is damaged or not what it declares)") from None
+
+
+def _log_capped(slide: Slide, asked: float, got: float) -> None:
+    w0, h0 = slide.dimensions
+    log.warning("%s: %d x %d px is read at downsample %.1f, not %g, so the image's side stays within %d px",
+                slide.path, w0, h0, got, asked, SEG_MAX_SIDE)
 
 
 def otsu_separation(img: np.ndarray) -> tuple[float, float, float, float]:
