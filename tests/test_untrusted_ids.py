@@ -42,3 +42,15 @@ def test_excerpt():
     assert excerpt("a\nb\x1b[31m") == "'a\\nb\\x1b[31m'"
     assert excerpt("x" * 100, 10) == "'xxxxxxxxxx'... (100 characters)"
     assert excerpt("é") == "'\\xe9'"
+
+
+def test_unreadable_sheets_are_described_without_their_contents(tmp_path):
+    path = tmp_path / "slides.csv"
+    path.write_bytes(b"slide_id,label\nSECRET-LINE-\xff\xfe,1\n")
+    with pytest.raises(WsimilError) as e:
+        read_sheet(path)
+    assert "not UTF-8 text (byte" in str(e.value) and "SECRET" not in str(e.value), str(e.value)
+    path.write_bytes(b'slide_id,label,split,center,path,annotation\n"SECRET-UNCLOSED,1,train,a,b,\n')
+    with pytest.raises(WsimilError) as e:
+        read_sheet(path)
+    assert str(path) in str(e.value) and "SECRET" not in str(e.value), str(e.value)

@@ -43,6 +43,18 @@ def excerpt(value: Any, limit: int = 40) -> str:
     return f"{ascii(value[:limit])}... ({len(value)} characters)"
 
 
+def read_error(exc: BaseException) -> str:
+    """What went wrong reading a text file, in words that quote none of it: a decoding error gives the byte's
+    position, a CSV parser error its (structural) message cut short, anything else only its type."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {exc.start})"
+    if type(exc).__name__ in ("ParserError", "EmptyDataError"):  # pandas' C tokenizer says where, not what
+        return excerpt(str(exc).strip(), 120)
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return type(exc).__name__
+
+
 def schema_message(err: Any) -> str:
     """A jsonschema error's message with the offending value quoted by :func:`excerpt` (jsonschema quotes it
     whole: a 10,000-character id would be echoed in full)."""

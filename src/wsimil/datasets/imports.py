@@ -41,7 +41,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from wsimil.io import WsimilError, atomic_path, check_input_file, check_slide_id, check_within, excerpt
+from wsimil.io import WsimilError, atomic_path, check_input_file, check_slide_id, check_within, excerpt, read_error
 from wsimil.slides.annotations import annotation_file
 
 log = logging.getLogger(__name__)
@@ -236,12 +236,8 @@ def read_csv_source(path: str | os.PathLike) -> SourceBag:
         df = pd.read_csv(path)
     except pd.errors.EmptyDataError:
         raise WsimilError(f"{path}: empty file (no header, no patches): empty bag") from None
-    except UnicodeDecodeError as exc:
-        raise WsimilError(f"cannot read CSV feature file {path}: not UTF-8 text (byte {exc.start})") from None
-    except pd.errors.ParserError as exc:  # the C tokenizer's messages say where, not what
-        raise WsimilError(f"cannot read CSV feature file {path}: {excerpt(str(exc).strip(), 120)}") from None
     except Exception as exc:  # pandas raises several error types; their text may quote the file
-        raise WsimilError(f"cannot read CSV feature file {path}: {type(exc).__name__}") from None
+        raise WsimilError(f"cannot read CSV feature file {path}: {read_error(exc)}") from None
     names = [str(c) for c in df.columns]
     unnamed = [c for c in names if c.startswith("Unnamed:")]
     if unnamed:

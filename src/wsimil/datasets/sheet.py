@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from wsimil.io import WsimilError, check_input_file, excerpt, schema_message
+from wsimil.io import WsimilError, check_input_file, excerpt, read_error, schema_message
 
 COLUMNS = ["slide_id", "label", "split", "center", "path", "annotation"]
 SPLITS = ("train", "val", "test")
@@ -44,12 +44,8 @@ def read_sheet(path: str | os.PathLike) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, dtype={"slide_id": str, "split": str, "center": str, "path": str, "annotation": str},
                          keep_default_na=False)
-    except UnicodeDecodeError as exc:
-        raise WsimilError(f"cannot read sample sheet {path}: not UTF-8 text (byte {exc.start})") from None
-    except pd.errors.ParserError as exc:  # the C tokenizer's messages say where, not what
-        raise WsimilError(f"cannot read sample sheet {path}: {excerpt(str(exc).strip(), 120)}") from None
-    except Exception as exc:  # other pandas errors may quote the file
-        raise WsimilError(f"cannot read sample sheet {path}: {type(exc).__name__}") from None
+    except Exception as exc:  # pandas raises several error types; their text may quote the file
+        raise WsimilError(f"cannot read sample sheet {path}: {read_error(exc)}") from None
     df = _unquote_formulas(df)
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:

@@ -42,7 +42,7 @@ import pandas as pd
 
 from wsimil.datasets.download import FileSpec, download_file, parse_md5_manifest
 from wsimil.datasets.sheet import relocate
-from wsimil.io import WsimilError, check_slide_id
+from wsimil.io import WsimilError, check_slide_id, read_error
 
 CATALOGUE_COLUMNS = ["slide_id", "label", "source_split", "center", "patient", "source_class", "path", "annotation"]
 
@@ -123,7 +123,7 @@ def _camelyon16(root: Path, dl: dict, base: str, notes: list[str], left_out: dic
     try:
         ref = pd.read_csv(io.StringIO(text), header=header, dtype=str, keep_default_na=False)
     except Exception as exc:
-        raise WsimilError(f"cannot read {ref_path}: {exc}") from exc
+        raise WsimilError(f"cannot read {ref_path}: {read_error(exc)}") from None
     if header is None:
         ref = ref.iloc[:, :3]
         ref.columns = ["image", "type", "class"]
@@ -185,7 +185,7 @@ def _camelyon17(root: Path, dl: dict, base: str, notes: list[str], left_out: dic
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as exc:
-        raise WsimilError(f"cannot read {path}: {exc}") from exc
+        raise WsimilError(f"cannot read {path}: {read_error(exc)}") from None
     if len(df.columns) < 2:
         raise WsimilError(f"{path}: expected two columns (patient, stage), found {list(df.columns)}")
     names, stages = df.iloc[:, 0].str.strip(), df.iloc[:, 1].str.strip().str.lower()
@@ -235,7 +235,7 @@ def _tcga(root: Path, dl: dict, base: str, notes: list[str], left_out: dict[str,
         try:
             df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
         except Exception as exc:
-            raise WsimilError(f"cannot read GDC manifest {path}: {exc}") from exc
+            raise WsimilError(f"cannot read GDC manifest {path}: {read_error(exc)}") from None
         missing = {"id", "filename", "md5", "size"} - set(df.columns)
         if missing:
             raise WsimilError(f"{path}: not a GDC manifest (missing column(s) {sorted(missing)}; expected "

@@ -65,7 +65,7 @@ from wsimil.evaluation.metrics import (
 )
 from wsimil.features.store import feature_path
 from wsimil.h5gate import open_h5
-from wsimil.io import WsimilError, write_json_atomic
+from wsimil.io import WsimilError, read_error, write_json_atomic
 
 PREDICTION_COLUMNS = ("slide_id", "label", "split", "score")
 SPLITS = ("train", "val", "test")
@@ -88,7 +88,7 @@ def _read_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, dtype={"slide_id": str, "split": str})
     except (OSError, ValueError) as exc:
-        raise WsimilError(f"cannot read {path}: {exc}") from exc
+        raise WsimilError(f"cannot read {path}: {read_error(exc)}") from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise WsimilError(f"{path}: missing columns {missing} (expected {','.join(columns)})")
