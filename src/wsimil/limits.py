@@ -12,7 +12,7 @@ above any real whole-slide image or feature file and well below what would exhau
 - ``max_h5_compression``: declared / stored bytes of a compressed dataset (50; features compress < 3x), checked
   for datasets that declare more than ``h5_compression_floor_bytes`` (64 MiB), so an all-zero tumour
   fraction or a regular coordinate grid, which compress far better, are never refused;
-- ``follow_symlinks``: whether a file found in a source folder (a features folder, an import folder, a sheet's
+- ``follow_symlinks``: whether a file found by its name in a source folder (a features folder, an import
   folder) may be a symbolic link to somewhere outside that folder (false: refused, naming both).
 
 The workflow passes its config's ``limits:`` to every job through the environment variable ``WSIMIL_LIMITS``
