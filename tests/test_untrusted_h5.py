@@ -48,8 +48,8 @@ def _sheet(root: Path, ids: list[str]) -> Path:
     return path
 
 
-def _good(path: Path, seed: int = 0, **kw) -> Path:
-    x = np.random.default_rng(seed).normal(size=(N, D)).astype(np.float32)
+def _good(path: Path, seed: int = 0, d: int = D, **kw) -> Path:
+    x = np.random.default_rng(seed).normal(size=(N, d)).astype(np.float32)
     write_features(path, x, _coords(), attrs={"level0_size": 128, **kw})
     return path
 
@@ -141,9 +141,11 @@ def test_import_and_train_refuse_external_storage_and_leak_nothing(tmp_path, cap
 
 
 def _maxrss_of(cmd: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, int]:
-    """Run ``cmd`` in a child of a fresh Python; return its result and the child's peak resident memory (bytes)."""
+    """Run ``cmd`` in a child of a fresh Python under a 5 GB address-space limit (``ulimit -v``: importing torch
+    needs ~4 GB of it); return its result and the child's peak resident memory (bytes)."""
     probe = ("import resource, subprocess, sys, json;"
-             "r = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
+             "lim = lambda: resource.setrlimit(resource.RLIMIT_AS, (5 << 30, 5 << 30));"
+             "r = subprocess.run(sys.argv[1:], capture_output=True, text=True, preexec_fn=lim);"
              "print(json.dumps([r.returncode, r.stdout, r.stderr,"
              " resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))")
     r = subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True, text=True, env=env, timeout=300)
@@ -159,7 +161,7 @@ def test_soft_link_to_a_huge_declared_dataset_is_refused_in_bounded_memory(tmp_p
     src = tmp_path / "src"
     ids = [f"s{i:02d}" for i in range(6)]
     for i, s in enumerate(ids[1:]):
-        _good(src / f"{s}.h5", seed=i)
+        _good(src / f"{s}.h5", seed=i, d=1024)  # the same dimension: only the declared rows are hostile
     with h5py.File(src / "s00.h5", "w") as f:
         f.create_dataset("hidden", shape=(2_000_000, 1024), dtype="f4")  # never written: no storage
         f["features"] = h5py.SoftLink("/hidden")
