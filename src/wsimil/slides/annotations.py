@@ -19,7 +19,7 @@ from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 from shapely.validation import make_valid
 
-from wsimil.io import WsimilError, atomic_path
+from wsimil.io import WsimilError, atomic_path, check_input_file, excerpt
 
 TUMOUR_GROUPS = ("_0", "_1", "Tumor", "tumor", "metastases")
 EXCLUDED_GROUPS = ("_2", "Exclusion", "exclusion")
@@ -29,10 +29,7 @@ def annotation_file(path: str | os.PathLike | None) -> Path | None:
     """A slide's annotation path, or None when the sheet gives none ("", "nan"); a named file must exist."""
     if path is None or str(path).strip() in ("", "nan", "None"):
         return None
-    p = Path(path)
-    if not p.is_file():
-        raise WsimilError(f"annotation file not found: {p}")
-    return p
+    return check_input_file(path, "annotation file")
 
 
 def write_asap_xml(
@@ -66,8 +63,9 @@ def read_asap_xml(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
         root = SafeET.parse(path).getroot()
     except FileNotFoundError:
         raise WsimilError(f"annotation file not found: {path}") from None
-    except Exception as exc:  # ParseError, defusedxml's EntitiesForbidden, ...
-        raise WsimilError(f"cannot parse annotation XML {path}: {exc}") from exc
+    except Exception as exc:  # ParseError (says where), defusedxml's EntitiesForbidden (names the entity), ...
+        raise WsimilError(f"cannot parse annotation XML {path}: {type(exc).__name__}: "
+                          f"{excerpt(str(exc), 80)}") from None
     out: dict[str, list[np.ndarray]] = {}
     for ann in root.iter("Annotation"):
         group = ann.get("PartOfGroup", "None")
@@ -77,7 +75,8 @@ def read_asap_xml(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
                 order = int(float(c.get("Order", len(pts))))
                 pts.append((order, float(c.get("X")), float(c.get("Y"))))
             except (TypeError, ValueError) as exc:
-                raise WsimilError(f"{path}: bad Coordinate in annotation {ann.get('Name')!r}: {exc}") from exc
+                raise WsimilError(f"{path}: bad Coordinate {len(pts) + 1} in annotation {excerpt(ann.get('Name'))}: "
+                                  f"X, Y and Order must be numbers") from None
         if len(pts) < 3:
             continue  # ASAP "Dot" / degenerate annotations have no area
         pts.sort(key=lambda t: t[0])
