@@ -54,3 +54,21 @@ def test_unreadable_sheets_are_described_without_their_contents(tmp_path):
     with pytest.raises(WsimilError) as e:
         read_sheet(path)
     assert str(path) in str(e.value) and "SECRET" not in str(e.value), str(e.value)
+
+
+def test_annotation_errors_quote_no_more_than_an_excerpt(tmp_path):
+    from wsimil.slides.annotations import annotation_file, read_asap_xml
+
+    path = tmp_path / "a.xml"
+    path.write_text('<ASAP_Annotations><Annotations><Annotation Name="T" PartOfGroup="_0"><Coordinates>'
+                    '<Coordinate Order="0" X="SECRET-VALUE-1" Y="2"/></Coordinates></Annotation></Annotations>'
+                    '</ASAP_Annotations>')
+    with pytest.raises(WsimilError, match="bad Coordinate 1 in annotation 'T'") as e:
+        read_asap_xml(path)
+    assert "SECRET" not in str(e.value)
+    path.write_text("SECRET-LINE-OF-SOMEONE-ELSE " * 20)
+    with pytest.raises(WsimilError, match="cannot parse annotation XML") as e:
+        read_asap_xml(path)
+    assert "SECRET" not in str(e.value)
+    with pytest.raises(WsimilError, match="is a folder"):
+        annotation_file(tmp_path)
