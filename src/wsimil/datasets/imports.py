@@ -144,6 +144,10 @@ def read_h5_source(path: str | os.PathLike) -> SourceBag:
                 raise WsimilError(f"{path}: 'features' and 'coords' must be datasets, not groups")
             if dset.dtype.kind != "f":
                 raise WsimilError(f"{path}: 'features' must be floating point, got {dset.dtype}")
+            rows = dset.shape[-2] if len(dset.shape) >= 2 else 0
+            if f["coords"].shape[:1] != (rows,):  # checked before either is read
+                n_coords = f["coords"].shape[0] if f["coords"].shape else 0
+                raise WsimilError(f"{path}: {rows} feature rows but {n_coords} coords")
             feats = _as_bag_matrix(dset[()], path)
             coords = np.asarray(f["coords"][()])
             geometry = {k: _plain(v) for k, v in f.attrs.items()}

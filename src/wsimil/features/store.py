@@ -163,6 +163,9 @@ def read_features(path: str | os.PathLike, expected_dim: int | None = None) -> F
     feats = np.empty((n, d), dtype=dtype)
     read_features_into(path, feats)
     with open_h5(path) as f:
+        for name, want in (("coords", (n, 2)), ("tumor_fraction", (n,))):  # checked before they are read
+            if name in f and f[name].shape != want:
+                raise WsimilError(f"{path}: '{name}' is {f[name].shape}, expected {want} for {n} patches")
         coords = f["coords"][:] if "coords" in f else np.zeros((n, 2), dtype=np.int64)
         tf = f["tumor_fraction"][:] if "tumor_fraction" in f else None
         attrs = {k: _attr(v) for k, v in f.attrs.items()}
