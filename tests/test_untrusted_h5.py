@@ -359,3 +359,24 @@ def test_limits_from_the_command_line_and_the_environment(tmp_path, capsys, monk
     monkeypatch.setenv(ENV, "[1]")
     with pytest.raises(WsimilError, match="must be a JSON object"):
         read_features(path)
+
+
+def test_groups_and_datatypes_where_datasets_belong(tmp_path):
+    path = tmp_path / "g.h5"
+    with h5py.File(path, "w") as f:
+        f.create_group("features").create_dataset("x", data=np.ones((N, D), np.float32))
+        f.create_dataset("coords", data=_coords())
+    for read in (feature_shape, read_features):
+        with pytest.raises(WsimilError, match="'features' is a group, not a dataset"):
+            read(path)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=np.ones((N, D), np.float32))
+        f["t"] = np.dtype("f4")  # a committed (named) datatype
+    with pytest.raises(WsimilError, match="committed datatype"):
+        read_features(path)
+    with h5py.File(path, "w") as f:
+        for i in range(12):
+            f.create_dataset("x" * 200 + str(i), data=[1])
+    with pytest.raises(WsimilError, match="no 'features' dataset") as e:
+        read_features(path)
+    assert len(str(e.value)) < 1000

@@ -152,6 +152,18 @@ def check_h5(f: h5py.File, path: str | os.PathLike, limits: Limits | None = None
                 stack.append((obj, gname.rstrip("/") + "/" + name_s))
             elif isinstance(obj, h5py.Dataset):
                 _check_dataset(obj, where, path, file_size, lim)
+            else:
+                raise WsimilError(f"{path}: {where} is a committed datatype, not a group or dataset: refused")
+
+
+def dataset(f: h5py.Group, name: str, path: str | os.PathLike) -> h5py.Dataset:
+    """``f[name]`` when it is a dataset; a :class:`WsimilError` naming the file when it is missing or a group."""
+    if name not in f:
+        raise WsimilError(f"{path}: no {excerpt(name)} dataset (found {[excerpt(k) for k in list(f.keys())[:10]]})")
+    obj = f[name]
+    if not isinstance(obj, h5py.Dataset):
+        raise WsimilError(f"{path}: {excerpt(name)} is a group, not a dataset")
+    return obj
 
 
 @contextmanager

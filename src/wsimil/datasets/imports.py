@@ -127,21 +127,18 @@ def _plain(v: Any) -> Any:
 
 def read_h5_source(path: str | os.PathLike) -> SourceBag:
     """A CLAM/TRIDENT feature file: ``features`` (N, D) or (1, N, D), ``coords`` (N, 2), their attributes."""
-    from wsimil.h5gate import open_h5
+    from wsimil.h5gate import dataset, open_h5
 
     path = Path(path)
     try:
         with open_h5(path, "HDF5 feature file") as f:
-            if "features" not in f:
-                raise WsimilError(f"{path}: no 'features' dataset (found {sorted(f.keys())})")
+            dset = dataset(f, "features", path)
             if "coords" not in f:
                 raise WsimilError(
-                    f"{path}: no 'coords' dataset (found {sorted(f.keys())}); CLAM/TRIDENT h5 files carry "
-                    "both — a file without coordinates can be imported as format pt or csv"
+                    f"{path}: no 'coords' dataset; CLAM/TRIDENT h5 files carry both — a file without coordinates "
+                    "can be imported as format pt or csv"
                 )
-            dset = f["features"]
-            if not isinstance(dset, h5py.Dataset) or not isinstance(f["coords"], h5py.Dataset):
-                raise WsimilError(f"{path}: 'features' and 'coords' must be datasets, not groups")
+            dataset(f, "coords", path)
             if dset.dtype.kind != "f":
                 raise WsimilError(f"{path}: 'features' must be floating point, got {dset.dtype}")
             rows = dset.shape[-2] if len(dset.shape) >= 2 else 0

@@ -64,7 +64,7 @@ from wsimil.evaluation.metrics import (
     youden_threshold,
 )
 from wsimil.features.store import feature_path
-from wsimil.h5gate import open_h5
+from wsimil.h5gate import dataset, open_h5
 from wsimil.io import WsimilError, read_error, write_json_atomic
 
 PREDICTION_COLUMNS = ("slide_id", "label", "split", "score")
@@ -140,7 +140,7 @@ def read_instance_scores(path: str | os.PathLike, slide_ids: list[str]) -> dict[
         if missing:
             raise WsimilError(f"{path}: no instance scores for slides {missing[:5]} ({len(missing)} missing)")
         for s in slide_ids:
-            out[s] = np.asarray(f[s][()], dtype=np.float64).reshape(-1)
+            out[s] = np.asarray(dataset(f, s, path)[()], dtype=np.float64).reshape(-1)
     return out
 
 
@@ -153,8 +153,8 @@ def read_tumor_fraction(path: str | os.PathLike) -> np.ndarray | None:
     with open_h5(path) as f:
         if "tumor_fraction" not in f:
             return None
-        tf = np.asarray(f["tumor_fraction"][()], dtype=np.float64).reshape(-1)
-        n = f["features"].shape[-2] if "features" in f else len(tf)
+        tf = np.asarray(dataset(f, "tumor_fraction", path)[()], dtype=np.float64).reshape(-1)
+        n = dataset(f, "features", path).shape[-2] if "features" in f else len(tf)
     if len(tf) != n:
         raise WsimilError(f"{path}: {len(tf)} tumor_fraction values but {n} feature rows")
     return tf
@@ -421,7 +421,7 @@ def read_patch_geometry(path: str | os.PathLike) -> tuple[np.ndarray | None, flo
     with open_h5(path) as f:
         if "coords" not in f:
             return None, math.nan, math.nan, f"{path}: no 'coords' dataset"
-        attrs = {**dict(f["coords"].attrs), **dict(f.attrs)}
+        attrs = {**dict(dataset(f, "coords", path).attrs), **dict(f.attrs)}
         missing = [k for k in _FROC_GEOMETRY_ATTRS if k not in attrs]
         if missing:
             return None, math.nan, math.nan, (

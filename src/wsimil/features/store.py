@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-from wsimil.h5gate import open_h5
+from wsimil.h5gate import dataset, open_h5
 from wsimil.io import WsimilError, atomic_path, check_slide_id, check_within
 
 
@@ -76,8 +76,8 @@ def read_patches(path: str | os.PathLike) -> PatchSet:
     path = Path(path)
     try:
         with open_h5(path, "patch file") as f:
-            coords = f["coords"][:]
-            tf = f["tumor_fraction"][:] if "tumor_fraction" in f else None
+            coords = dataset(f, "coords", path)[:]
+            tf = dataset(f, "tumor_fraction", path)[:] if "tumor_fraction" in f else None
             attrs = {k: _attr(v) for k, v in f.attrs.items()}
     except KeyError as exc:
         raise WsimilError(f"cannot read patch file {path}: {exc}") from exc
@@ -124,9 +124,8 @@ def check_same_dimension(dims: Mapping[str, int]) -> None:
 def feature_shape(path: str | os.PathLike) -> tuple[int, int, np.dtype]:
     """``(N, D, dtype)`` of a feature file's ``features``, without reading them (N may be 0)."""
     with open_h5(path) as f:
-        if "features" not in f:
-            raise WsimilError(f"{path}: no 'features' dataset (found {sorted(f.keys())})")
-        shape, dtype = f["features"].shape, f["features"].dtype
+        dset = dataset(f, "features", path)
+        shape, dtype = dset.shape, dset.dtype
     if len(shape) == 3 and shape[0] == 1:  # some CLAM exports keep a leading batch axis
         shape = shape[1:]
     if len(shape) != 2 or dtype.kind != "f":
@@ -140,7 +139,7 @@ def read_features_into(path: str | os.PathLike, out: np.ndarray) -> None:
     path = Path(path)
     try:
         with open_h5(path) as f:
-            dset = f["features"]
+            dset = dataset(f, "features", path)
             want = (1, *out.shape) if dset.ndim == 3 else out.shape
             if dset.shape != want:
                 raise WsimilError(f"{path}: 'features' is {dset.shape}, expected {want} (the file changed?)")
@@ -164,7 +163,7 @@ def read_features(path: str | os.PathLike, expected_dim: int | None = None) -> F
     read_features_into(path, feats)
     with open_h5(path) as f:
         for name, want in (("coords", (n, 2)), ("tumor_fraction", (n,))):  # checked before they are read
-            if name in f and f[name].shape != want:
+            if name in f and dataset(f, name, path).shape != want:
                 raise WsimilError(f"{path}: '{name}' is {f[name].shape}, expected {want} for {n} patches")
         coords = f["coords"][:] if "coords" in f else np.zeros((n, 2), dtype=np.int64)
         tf = f["tumor_fraction"][:] if "tumor_fraction" in f else None
