@@ -60,6 +60,15 @@ SHEET_PATH = f"{OUT}/data/slides.csv"
 EXCLUDED_PATH = f"{OUT}/data/excluded.csv"
 
 
+def report_text():
+    """The report's description: the claims beside their verdicts (``report_landing.rst``, written by the summary
+    job) once they exist, else report/workflow.rst; relative to the Snakefile's folder, as ``report:`` wants."""
+    landing = Path(OUT) / "report_landing.rst"
+    if not landing.is_file():
+        return "report/workflow.rst"
+    return os.path.relpath(landing.resolve(), workflow.basedir)
+
+
 def load_sheet():
     """The sample sheet at parse time, with every slide's image and annotation file, and the download plan
     (None unless dataset.source is a public dataset: wsimil.datasets.sources)."""

@@ -100,7 +100,7 @@ def card_outputs(config: Mapping[str, Any]) -> list[str]:
 
 def summary_outputs() -> list[str]:
     return (["SUMMARY.md"] + _tables("claims", "convergence", "paper_vs_reproduced") + _figures("slide_auc")
-            + ["report_metadata.yaml", "pages/SUMMARY.html"])
+            + ["report_landing.rst", "report_metadata.yaml", "pages/SUMMARY.html"])
 
 
 def all_outputs(config: Mapping[str, Any], has_slides: bool = True) -> list[str]:

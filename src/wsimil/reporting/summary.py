@@ -203,19 +203,45 @@ def data_lines(results: Path) -> list[str]:
     return lines
 
 
-def _report_metadata(results: Path, dataset: str, claims_df: pd.DataFrame) -> Path:
-    """``report_metadata.yaml``: what the HTML report opens on (``snakemake --report-metadata``, `make report`):
-    the dataset and every claim's verdict with its interval, before any rule graph."""
+def _rst_text(text: str) -> str:
+    """Plain text safe inside reStructuredText (inline markup characters escaped)."""
+    for ch in ("\\", "*", "`", "|", "_", "[", "]"):
+        text = text.replace(ch, "\\" + ch)
+    return " ".join(text.split())
+
+
+def _report_landing(results: Path, dataset: str, claims_df: pd.DataFrame, config: Mapping[str, Any]) -> list[Path]:
+    """What the HTML report opens on: ``report_landing.rst``, the report's description once the claims exist
+    (the Snakefile's ``report:`` picks it), listing every claim beside its verdict and interval; and
+    ``report_metadata.yaml`` (``snakemake --report-metadata``, `make report`), which holds numbers only.
+
+    Snakemake 9 renders each string of ``--report-metadata`` with docutils' ``publish_parts`` and shows the whole
+    dict of parts (encoding, errors, version, ...) in place of the value (``snakemake/report/__init__.py``,
+    ``render_metadata``), so the claims live in the description and the metadata keeps the counts (numbers
+    are shown as they are); a non-empty metadata makes the report open on this page, not the rule graph."""
     import yaml
 
-    meta: dict[str, Any] = {"dataset": dataset, "start here": "category 01 SUMMARY (rendered SUMMARY.md and the "
-                            "claims table); then one category per experiment, the run records last"}
+    tr, feats = config["training"], config["features"]
+    lines = [f"wsimil: {_rst_text(dataset)}", "=" * (8 + len(_rst_text(dataset))), "",
+             "The claims of FocusMIL (arXiv 2408.09449) and DTFD-MIL (CVPR 2022) as this run shows them: each with "
+             "the paired 95% bootstrap interval of the difference it is about and a verdict by a rule fixed before "
+             "the run (supported, contradicted or inconclusive against the margin; SUMMARY states each rule).", ""]
     for r in claims_df.itertuples(index=False):
-        meta[f"claim: {r.statement}"] = (f"{r.verdict} (difference {r.estimate:+.3f}, 95% CI [{r.ci_low:+.3f}, "
-                                         f"{r.ci_high:+.3f}], margin {r.margin:g})")
-    path = results / "report_metadata.yaml"
-    write_text_atomic(path, yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000))
-    return path
+        lines.append(f"- **{r.verdict}**: {_rst_text(str(r.statement))}. Difference {r.estimate:+.3f}, 95% CI "
+                     f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}], margin {r.margin:g}.")
+    lines += ["", "Start with the category 01 SUMMARY (SUMMARY.md rendered, with the claims and convergence tables); "
+              "then one category per experiment, the run records last.", "",
+              f"Methods: {_rst_text(', '.join(map(str, tr['methods'])))}; seeds: {_rst_text(str(tr['seeds']))}; "
+              f"feature extractor: {_rst_text(str(feats['extractor']))}. Every run directory records its config, "
+              "software versions and git commit in run.json.", ""]
+    # raw: the description goes through Jinja before docutils; nothing of ours is a template
+    landing = results / "report_landing.rst"
+    write_text_atomic(landing, "{% raw %}\n" + "\n".join(lines) + "\n{% endraw %}\n")
+    counts = {f"claims {v}": int((claims_df["verdict"] == v).sum())
+              for v in ("supported", "contradicted", "inconclusive")}
+    meta = results / "report_metadata.yaml"
+    write_text_atomic(meta, yaml.safe_dump(counts, sort_keys=False, allow_unicode=True, width=1000))
+    return [landing, meta]
 
 
 def write_summary(config: Mapping[str, Any], results: str | os.PathLike,
@@ -268,7 +294,7 @@ def write_summary(config: Mapping[str, Any], results: str | os.PathLike,
               "figures: figures/; the HTML report: `snakemake --report results/report.html`.", ""]
     write_text_atomic(results / "SUMMARY.md", "\n".join(lines))
     written.append(results / "SUMMARY.md")
-    written.append(_report_metadata(results, dataset, claims_df))
+    written += _report_landing(results, dataset, claims_df, config)
     from wsimil.reporting.html import experiment_page
 
     page_files = [f for f in summary_outputs() if f.startswith(("tables/", "figures/"))]
