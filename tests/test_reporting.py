@@ -175,3 +175,32 @@ def test_plot_metric_by_method(results, tmp_path):
     assert out.stat().st_size > 5000 and out.with_suffix(".pdf").stat().st_size > 1000
     with pytest.raises(WsimilError, match="no_such_metric"):
         plot_metric_by_method(results, "no_such_metric", out)
+
+
+def test_page_captions_have_their_placeholders_filled(tmp_path):
+    """The report's rst captions hold {{ snakemake.config[...] }} (Snakemake's report fills them); the pages
+    wsimil writes fill them from the run's config too, and an unknown key fails instead of showing braces."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from wsimil.reporting.html import caption_text, experiment_page
+
+    root = Path(__file__).resolve().parents[1]
+    config = {"dtfd_ablation": {"method": "dtfd_afs", "pseudo_bags": [1, 4, 16]}}
+    text = caption_text((root / "report" / "captions" / "dtfd_ablation.rst").read_text(), config)
+    assert "{{" not in text and "``dtfd_afs``" in text and "[1, 4, 16]" in text
+    with pytest.raises(Exception, match="has no attribute 'nope'"):
+        caption_text("{{ snakemake.config['dtfd_ablation']['nope'] }}", config)
+    fig = tmp_path / "figures" / "dtfd_ablation.png"
+    fig.parent.mkdir()
+    plt.figure(figsize=(1, 1)).savefig(fig)
+    page = experiment_page(tmp_path, "dtfd_ablation", "t", ["figures/dtfd_ablation.png"], root / "report" / "captions",
+                           config=config)
+    html = page.read_text()
+    assert "{{" not in html and "{%" not in html and "dtfd_afs" in html
+    for caption in sorted((root / "report" / "captions").glob("*.rst")):  # every caption's keys exist
+        from wsimil.config import load_config
+
+        assert "{{" not in caption_text(caption.read_text(), load_config(root / "config.yaml")), caption.name

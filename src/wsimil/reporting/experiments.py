@@ -239,7 +239,8 @@ def write_experiment(
     from wsimil.reporting.html import experiment_page
 
     outputs = _experiment_files(config, experiment, sheet is not None)
-    written.append(experiment_page(results, experiment, f"{experiment} ({dataset})", outputs, captions))
+    written.append(experiment_page(results, experiment, f"{experiment} ({dataset})", outputs, captions,
+                                   config=config))
     return written
 
 

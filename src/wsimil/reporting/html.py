@@ -13,7 +13,7 @@ import base64
 import html
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -81,11 +81,26 @@ def _table_fragment(html_path: Path) -> str:
     return text[start : end + len("</table>")] if start >= 0 and end >= 0 else ""
 
 
+def caption_text(text: str, config: Mapping[str, Any] | None) -> str:
+    """A report caption with its Jinja placeholders (``{{ snakemake.config[...] }}``, as Snakemake's report fills
+    them) filled from ``config``; an unknown key is an error, never a raw placeholder on the page."""
+    if "{{" not in text and "{%" not in text:
+        return text
+    if config is None:
+        raise ValueError("this caption has {{ snakemake.config[...] }} placeholders: pass the run's config")
+    from jinja2 import Environment, StrictUndefined
+
+    snakemake = type("Snakemake", (), {"config": config})
+    env = Environment(trim_blocks=True, lstrip_blocks=True, undefined=StrictUndefined)
+    return env.from_string(text).render(snakemake=snakemake)
+
+
 def experiment_page(results: str | os.PathLike, name: str, title: str, outputs: Sequence[str],
-                    captions: str | os.PathLike | None, intro_md: str | None = None) -> Path:
+                    captions: str | os.PathLike | None, intro_md: str | None = None,
+                    config: Mapping[str, Any] | None = None) -> Path:
     """``pages/<name>.html``: ``intro_md`` (SUMMARY.md) rendered, then every table (``tables/*.html``) and
     figure (``figures/*.png``) of ``outputs``, in their order, each with its caption (``captions/<stem>.rst``
-    where one exists)."""
+    where one exists, its placeholders filled from ``config``)."""
     results = Path(results)
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if intro_md is not None:
@@ -98,7 +113,7 @@ def experiment_page(results: str | os.PathLike, name: str, title: str, outputs: 
             parts.append(f'<p>Numbers: <code>{html.escape(str(Path(f).with_suffix(".csv")))}</code></p>')
         elif f.startswith("figures/") and f.endswith(".png"):
             rst = Path(captions) / f"{path.stem}.rst" if captions else None
-            cap = rst_html(rst.read_text()) if rst is not None and rst.is_file() else ""
+            cap = rst_html(caption_text(rst.read_text(), config)) if rst is not None and rst.is_file() else ""
             parts.append(f"<h2>{html.escape(path.stem)}</h2>")
             parts.append(figure_html(path, cap))
     out = results / "pages" / f"{name}.html"

@@ -19,7 +19,7 @@ from wsimil.reporting.experiments import dtfd_ablation_data, load_metrics, summa
 from wsimil.reporting.tables import write_table
 
 
-#: published figures we know (REFERENCE.md; from the paper digests, not the PDFs)
+#: published figures we know (docs/references.md names each source; where a figure could not be checked against the paper's PDF it says so)
 PUBLISHED = [
     {"paper": "DTFD-MIL (CVPR 2022)", "dataset": "CAMELYON16", "method": "dtfd_afs", "metric": "slide AUC", "published": 0.946},
     {"paper": "DTFD-MIL (CVPR 2022)", "dataset": "CAMELYON16", "method": "dtfd_afs", "metric": "accuracy (test Youden)", "published": 0.908},
@@ -234,6 +234,11 @@ def _report_landing(results: Path, dataset: str, claims_df: pd.DataFrame, config
               f"Methods: {_rst_text(', '.join(map(str, tr['methods'])))}; seeds: {_rst_text(str(tr['seeds']))}; "
               f"feature extractor: {_rst_text(str(feats['extractor']))}. Every run directory records its config, "
               "software versions and git commit in run.json.", ""]
+    # Snakemake's report centres the page in a flex box (html_reporter/template/components/content.js,
+    # "grow flex items-center justify-center h-screen overflow-auto"): a page taller than the window loses its
+    # top, which no scrolling reaches. "safe center" keeps the top in view; the style lives on this page only.
+    lines += [".. raw:: html", "",
+              "   <style>div.h-screen.items-center{align-items:safe center;justify-content:safe center}</style>", ""]
     # raw: the description goes through Jinja before docutils; nothing of ours is a template
     landing = results / "report_landing.rst"
     write_text_atomic(landing, "{% raw %}\n" + "\n".join(lines) + "\n{% endraw %}\n")
@@ -299,7 +304,7 @@ def write_summary(config: Mapping[str, Any], results: str | os.PathLike,
 
     page_files = [f for f in summary_outputs() if f.startswith(("tables/", "figures/"))]
     written.append(experiment_page(results, "SUMMARY", f"{dataset}: summary", page_files, captions,
-                                   intro_md="\n".join(lines[1:])))
+                                   intro_md="\n".join(lines[1:]), config=config))
     expected = {results / f for f in summary_outputs()}
     missing = expected - set(written)
     if missing:
