@@ -23,7 +23,8 @@ reproduce: install
 	$(MAKE) --no-print-directory report
 	@echo "wsimil: done. Report: results/report.html; summary: results/$(DATASET)/SUMMARY.md; tables and figures: results/$(DATASET)/"
 
-# The report opens on the claims' verdicts (report_metadata.yaml, written by the summary job), not the rule graph.
+# The report opens on the claims beside their verdicts (report_landing.rst, the report's description once the
+# summary job wrote it), not the rule graph: a --report-metadata (the verdict counts) makes it the first page.
 DATASET ?= mini-camelyon
 
 report: install
