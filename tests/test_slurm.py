@@ -6,7 +6,7 @@ test cluster running, WSIMIL_SLURM_TEST=0). `make test` (and so .ci/run) runs it
 
 The SLURM executor plugin is installed into .cache/slurm-plugin and put on PYTHONPATH for this test only:
 with the plugin importable and SLURM tools on PATH but no controller, every snakemake call pays ~10 s
-(../shared/SLURM.md), which the rest of the suite must not.
+(measured here), which the rest of the suite must not.
 
 profiles/slurm is passed as it is, as the --workflow-profile. The test cluster's differences live in
 tests/profiles/slurm-test/config.yaml; as a workflow profile beats every --profile key by key, they are passed

@@ -218,7 +218,7 @@ def test_a_step_of_a_model_whose_loss_is_not_a_bag_mean_cannot_be_split():
 
 
 def test_step_budget_gives_a_1_bag_and_an_8_bag_method_the_same_optimiser_steps():
-    """training.max_steps: the same number of updates whatever the bags per step (issue 13's fair budget)."""
+    """training.max_steps: the same number of updates whatever the bags per step (the default's fair budget)."""
     from wsimil.models.base import get_method
     from wsimil.training.loop import step_budget
 

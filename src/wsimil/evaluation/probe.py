@@ -1,7 +1,7 @@
 """The supervised patch probe: how separable tumour patches are in a feature space, with patch labels.
 
-No MIL method sees it. It is the instrument the synthetic tumour's appearance is calibrated on (issue 13,
-``benchmarks/synthetic_stats.py probe``, docs/data.md "Calibration"): a linear probe on frozen ImageNet
+No MIL method sees it. It is the instrument the synthetic tumour's appearance is calibrated on
+(``benchmarks/synthetic_stats.py probe``, docs/data.md "Calibration"): a linear probe on frozen ImageNet
 features is what the pathology-foundation-model literature reports for real patches, so the synthetic
 data can be set to the same difficulty without looking at any MIL result.
 

@@ -1,10 +1,10 @@
 """FocusMIL (Liu et al., arXiv 2408.09449): max-pooling MIL with an instance-level variational encoder.
 
 No official code is public. We follow the paper's description and the three third-party implementations
-that agree (REFERENCE.md): encoder Linear(d,256)-ReLU-Linear(256,256)-ReLU, then Linear(256,128) for mu and
-for logvar; z = mu + sigma * eps while training, mu at evaluation; Linear(128,1) instance logit; the bag
-logit is the max over its instances; loss = BCE + beta * KL(q(z|x) || N(0, I)), the KL averaged
-element-wise over all instances of the batch; several bags per step.
+that agree (docs/references.md, "Method and architecture"): encoder Linear(d,256)-ReLU-Linear(256,256)-ReLU,
+then Linear(256,128) for mu and for logvar; z = mu + sigma * eps while training, mu at evaluation;
+Linear(128,1) instance logit; the bag logit is the max over its instances; loss = BCE + beta * KL(q(z|x) ||
+N(0, I)), the KL averaged element-wise over all instances of the batch; several bags per step.
 
 What the paper leaves open is a constructor argument, so the sensitivity study
 (:mod:`wsimil.studies.focusmil_sensitivity`) can vary it: ``beta``; ``kl`` the KL's normalisation (``"mean"``
@@ -74,8 +74,9 @@ class FocusMIL(MILModel):
 
 
 def _focusmil_defaults(bags_per_batch: int = 8, variational: bool = True) -> dict:
-    # Not published; REFERENCE.md's reasonable defaults (AdamW 1e-4, wd 1e-4, 8-32 bags, 100-200 epochs), and the
-    # log-variance initialisation the sensitivity study chose (docs/methods.md, "FocusMIL's unpublished choices").
+    # Not published; choices within the ranges of docs/references.md, "Unpublished hyperparameters" (AdamW 1e-4,
+    # wd 1e-4, 8-32 bags, 100-200 epochs: no published source), and the log-variance initialisation the
+    # sensitivity study chose (docs/methods.md, "FocusMIL's unpublished choices").
     return dict(
         optimizer="adamw", lr=1e-4, weight_decay=1e-4, momentum=0.0, nesterov=False, betas=(0.9, 0.999),
         lr_decay=0.0, epochs=100, bags_per_batch=bags_per_batch, grad_clip=None, scheduler=None, selection="val_auc",

@@ -426,7 +426,7 @@ CAPTIONS = {
     "minet_curves": "Why mi-Net overfits: AUC of the selected model on the training, validation and test slides, "
     "and the train − val gap, mean ± std over seeds. Per-epoch curves in figures/minet_curves.",
     "focusmil_beta": "FocusMIL's KL weight beta: training, validation and test AUC of the selected epoch, mean ± std "
-    "over seeds (the published default run is the `focusmil` run of minet_curves).",
+    "over seeds (the run at wsimil's default beta, 0.01, unpublished, is the `focusmil` run of minet_curves).",
     "dose_response": "Poison dose-response: test slide AUC against the poison strength (at the configured fraction) "
     "and against the fraction of patches poisoned (at the configured strength); value 0 = clean features. "
     "Mean ± std over seeds.",

@@ -1,9 +1,9 @@
 """FocusMIL's unpublished choices, studied: one factor at a time around wsimil's defaults, validation only.
 
-FocusMIL has no public code and the paper's implementation details could not be read (REFERENCE.md), so
-beta, the KL's normalisation, the log-variance head's initialisation, the latent size, the learning rate,
-the training length and the bags per step are wsimil's choices. This study trains FocusMIL with each
-alternative on three problems and reads only their training and validation splits:
+FocusMIL has no public code and the paper's implementation details could not be read (docs/references.md,
+"FocusMIL"), so beta, the KL's normalisation, the log-variance head's initialisation, the latent size, the
+learning rate, the training length and the bags per step are wsimil's choices. This study trains FocusMIL
+with each alternative on three problems and reads only their training and validation splits:
 
 - ``toy``: the separable toy of the test suite (:func:`wsimil.datasets.toy.separable_bags`, 100 training and
   20 validation bags; its test bags are never generated);

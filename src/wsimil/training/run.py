@@ -1,4 +1,4 @@
-"""A training run on disk: the run directory contract of DESIGN.md, written atomically.
+"""A training run on disk: the run directory contract of docs/architecture.md, written atomically.
 
 ``<run_dir>/``: ``predictions.csv`` (slide_id,label,split,score), ``instance_scores.h5`` (one dataset per
 slide, same order as its feature file), ``history.csv``, ``model.pt`` (weights_only-loadable), ``run.json``;
