@@ -44,19 +44,13 @@ def _layout_name(layout: int) -> str:
 
 
 def _check_attrs(obj: h5py.HLObject, where: str, path: Path) -> None:
-    n = obj.id.get_num_attrs() if hasattr(obj.id, "get_num_attrs") else h5py.h5a.get_num_attrs(obj.id)
+    n = h5py.h5a.get_num_attrs(obj.id)
     if n > MAX_ATTRS:
         raise WsimilError(f"{path}: {where} has {n} attributes (at most {MAX_ATTRS}): refused")
     for i in range(n):
-        aid = h5py.h5a.open(obj.id, index=i)
-        try:
-            size = int(aid.get_storage_size())
-            shape = aid.shape or ()
-            dtype = aid.dtype
-            values = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        finally:
-            aid.close() if hasattr(aid, "close") else None
-        declared = values * max(dtype.itemsize, 1)
+        aid = h5py.h5a.open(obj.id, index=i)  # the attribute's header only: its value is not read
+        values = int(np.prod(aid.shape, dtype=np.float64)) if aid.shape else 1
+        size, declared = int(aid.get_storage_size()), values * max(aid.dtype.itemsize, 1)
         if max(size, declared) > MAX_ATTR_BYTES:
             raise WsimilError(f"{path}: an attribute of {where} declares {declared:,} bytes "
                               f"(at most {MAX_ATTR_BYTES:,}): refused")
@@ -104,7 +98,7 @@ def _check_dataset(d: h5py.Dataset, where: str, path: Path, file_size: int, lim:
             f"{path}: dataset {where} declares {declared:,} bytes ({tuple(shape)} {d.dtype}) but the file holds "
             f"{stored:,} of them: refused (the rest would read as fill values)"
         )
-    if n_filters and declared > lim.h5_compression_floor_bytes and declared > lim.max_h5_compression * max(stored, 1):
+    if n_filters and lim.expands_too_much(declared, stored):
         raise WsimilError(
             f"{path}: dataset {where} declares {declared:,} bytes stored compressed in {stored:,} "
             f"({declared / max(stored, 1):,.0f}x, over the limit of {lim.max_h5_compression:g}x, "
@@ -141,7 +135,7 @@ def check_h5(f: h5py.File, path: str | os.PathLike, limits: Limits | None = None
                 raise WsimilError(f"{path}: more than {MAX_OBJECTS:,} objects: refused")
             obj = group[name_s]
             info = h5py.h5o.get_info(obj.id)
-            key = (obj.id.fileno, getattr(info, "addr", None) or hash(getattr(info, "token", name_s)))
+            key = (info.fileno, info.addr)
             if key in seen:
                 if isinstance(obj, h5py.Group):
                     raise WsimilError(f"{path}: group {where} is linked more than once (a cycle): refused")

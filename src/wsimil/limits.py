@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
 from typing import Any, Mapping
 
 from wsimil.io import WsimilError
@@ -61,6 +62,10 @@ class Limits:
             kw[k] = float(v) if k == "max_h5_compression" else int(v)
         return cls(**kw)
 
+    def expands_too_much(self, declared: int, stored: int) -> bool:
+        """Whether ``declared`` bytes stored compressed in ``stored`` break ``max_h5_compression`` (above the floor)."""
+        return declared > self.h5_compression_floor_bytes and declared > self.max_h5_compression * max(stored, 1)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
@@ -72,7 +77,11 @@ def current() -> Limits:
     """The limits in force: those set with :func:`set_limits`, else ``$WSIMIL_LIMITS``, else the defaults."""
     if _override is not None:
         return _override
-    raw = os.environ.get(ENV)
+    return _from_env(os.environ.get(ENV) or "")
+
+
+@lru_cache(maxsize=4)
+def _from_env(raw: str) -> Limits:
     if not raw:
         return Limits()
     try:

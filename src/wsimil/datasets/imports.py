@@ -189,8 +189,7 @@ def check_pt_archive(path: Path) -> None:
         if m.filename.startswith("/") or ".." in m.filename.split("/"):
             raise WsimilError(f"{path}: archive member {excerpt(m.filename)} points outside the archive: refused")
         total += m.file_size
-        if (m.file_size > lim.h5_compression_floor_bytes
-                and m.file_size > lim.max_h5_compression * max(m.compress_size, 1)):
+        if lim.expands_too_much(m.file_size, m.compress_size):
             raise WsimilError(f"{path}: archive member {excerpt(m.filename)} declares {m.file_size:,} bytes "
                               f"compressed in {m.compress_size:,} (over {lim.max_h5_compression:g}x): refused")
     if total > lim.max_h5_elements * 8:

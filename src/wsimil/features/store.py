@@ -54,8 +54,7 @@ class FeatureBag:
 def feature_path(features_dir: str | os.PathLike, slide_id: str) -> Path:
     """``<features_dir>/<slide_id>.h5``; refused when a symbolic link takes it outside ``features_dir``
     (unless ``limits.follow_symlinks``)."""
-    path = Path(features_dir) / f"{check_slide_id(slide_id)}.h5"
-    return check_within(path, features_dir, "feature file") if os.path.islink(path) or path.exists() else path
+    return check_within(Path(features_dir) / f"{check_slide_id(slide_id)}.h5", features_dir, "feature file")
 
 
 def _attr(v: Any) -> Any:
@@ -124,8 +123,13 @@ def check_same_dimension(dims: Mapping[str, int]) -> None:
 def feature_shape(path: str | os.PathLike) -> tuple[int, int, np.dtype]:
     """``(N, D, dtype)`` of a feature file's ``features``, without reading them (N may be 0)."""
     with open_h5(path) as f:
-        dset = dataset(f, "features", path)
-        shape, dtype = dset.shape, dset.dtype
+        return _shape(f, path)
+
+
+def _shape(f: h5py.File, path: str | os.PathLike) -> tuple[int, int, np.dtype]:
+    """:func:`feature_shape` on an open (gated) file."""
+    dset = dataset(f, "features", path)
+    shape, dtype = dset.shape, dset.dtype
     if len(shape) == 3 and shape[0] == 1:  # some CLAM exports keep a leading batch axis
         shape = shape[1:]
     if len(shape) != 2 or dtype.kind != "f":
@@ -137,13 +141,18 @@ def read_features_into(path: str | os.PathLike, out: np.ndarray) -> None:
     """Read the ``features`` of ``path`` straight into ``out`` (N, D) (converting the dtype on the way,
     no temporary copy) and check that every value is finite."""
     path = Path(path)
+    with open_h5(path) as f:
+        _read_into(f, path, out)
+
+
+def _read_into(f: h5py.File, path: Path, out: np.ndarray) -> None:
+    """:func:`read_features_into` on an open (gated) file."""
     try:
-        with open_h5(path) as f:
-            dset = dataset(f, "features", path)
-            want = (1, *out.shape) if dset.ndim == 3 else out.shape
-            if dset.shape != want:
-                raise WsimilError(f"{path}: 'features' is {dset.shape}, expected {want} (the file changed?)")
-            dset.read_direct(out, source_sel=np.s_[0] if dset.ndim == 3 else None)
+        dset = dataset(f, "features", path)
+        want = (1, *out.shape) if dset.ndim == 3 else out.shape
+        if dset.shape != want:
+            raise WsimilError(f"{path}: 'features' is {dset.shape}, expected {want} (the file changed?)")
+        dset.read_direct(out, source_sel=np.s_[0] if dset.ndim == 3 else None)
     except (OSError, TypeError, ValueError, KeyError) as exc:
         raise WsimilError(f"cannot read feature file {path}: {exc}") from exc
     # a float64 sum is finite iff every value is (no overflow from float16/32 inputs) and allocates nothing
@@ -154,14 +163,14 @@ def read_features_into(path: str | os.PathLike, out: np.ndarray) -> None:
 def read_features(path: str | os.PathLike, expected_dim: int | None = None) -> FeatureBag:
     """Read and check one feature file: a clear error names the file for a missing dataset, NaNs or a wrong dimension."""
     path = Path(path)
-    n, d, dtype = feature_shape(path)
-    if n == 0:
-        raise WsimilError(f"{path}: 'features' must be (N>0, D), got (0, {d})")
-    if expected_dim is not None and d != expected_dim:
-        raise WsimilError(f"{path}: feature dimension {d}, expected {expected_dim} like the other slides")
-    feats = np.empty((n, d), dtype=dtype)
-    read_features_into(path, feats)
-    with open_h5(path) as f:
+    with open_h5(path) as f:  # one open: the gate walks the file once
+        n, d, dtype = _shape(f, path)
+        if n == 0:
+            raise WsimilError(f"{path}: 'features' must be (N>0, D), got (0, {d})")
+        if expected_dim is not None and d != expected_dim:
+            raise WsimilError(f"{path}: feature dimension {d}, expected {expected_dim} like the other slides")
+        feats = np.empty((n, d), dtype=dtype)
+        _read_into(f, path, feats)
         for name, want in (("coords", (n, 2)), ("tumor_fraction", (n,))):  # checked before they are read
             if name in f and dataset(f, name, path).shape != want:
                 raise WsimilError(f"{path}: '{name}' is {f[name].shape}, expected {want} for {n} patches")

@@ -82,12 +82,13 @@ def _table_fragment(html_path: Path) -> str:
 
 
 def caption_text(text: str, config: Mapping[str, Any] | None) -> str:
-    """A report caption with its Jinja placeholders (``{{ snakemake.config[...] }}``, as Snakemake's report fills
-    them) filled from ``config``; an unknown key is an error, never a raw placeholder on the page."""
+    """A report caption with its Jinja placeholders (such as ``{{ snakemake.config["poison"]["strength"] }}``,
+    which Snakemake's report fills) filled from ``config``; an unknown key is an error, never a raw placeholder
+    on the page."""
     if "{{" not in text and "{%" not in text:
         return text
     if config is None:
-        raise ValueError("this caption has {{ snakemake.config[...] }} placeholders: pass the run's config")
+        raise ValueError("this caption has snakemake.config placeholders: pass the run's config")
     from jinja2 import Environment, StrictUndefined
 
     snakemake = type("Snakemake", (), {"config": config})
@@ -100,7 +101,7 @@ def experiment_page(results: str | os.PathLike, name: str, title: str, outputs: 
                     config: Mapping[str, Any] | None = None) -> Path:
     """``pages/<name>.html``: ``intro_md`` (SUMMARY.md) rendered, then every table (``tables/*.html``) and
     figure (``figures/*.png``) of ``outputs``, in their order, each with its caption (``captions/<stem>.rst``
-    where one exists, its placeholders filled from ``config``)."""
+    where one exists, with its placeholders filled from ``config``)."""
     results = Path(results)
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if intro_md is not None:
