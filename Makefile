@@ -17,11 +17,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# --logger wsimil: one line per finished job with an ETA, errors in full (src/snakemake_logger_plugin_wsimil)
+# --logger wsimil: one line per finished job in words (stage, experiment, method, seeds or slides) with the time
+# left, errors in full (src/snakemake_logger_plugin_wsimil); the run ends with the claims' verdicts (onsuccess)
 reproduce: install
 	snakemake --cores $(CORES) --logger wsimil
 	$(MAKE) --no-print-directory report
-	@echo "wsimil: done. Report: results/report.html; summary: results/$(DATASET)/SUMMARY.md; tables and figures: results/$(DATASET)/"
+	@echo "wsimil: done. Open results/report.html in a browser; tables and figures: results/$(DATASET)/"
 
 # The report opens on the claims beside their verdicts (report_landing.rst, the report's description once the
 # summary job wrote it), not the rule graph: a --report-metadata (the verdict counts) makes it the first page.

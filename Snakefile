@@ -30,3 +30,10 @@ rule all:
     input:
         get_final_output(),
     default_target: True
+
+
+# every successful run ends with the claims' verdicts, whichever logger prints the rest (wsimil.reporting.console)
+onsuccess:
+    from wsimil.reporting.console import print_verdicts
+
+    print_verdicts(OUT)

@@ -113,10 +113,24 @@ def test_format_table():
     df = pd.DataFrame({"method": ["a", "b"], "slide_auc_mean": [0.9123, 0.5], "slide_auc_std": [0.0209, float("nan")],
                        "difference": [-0.05, 0.1], "n_seeds": [3, 1]})
     f = format_table(df)
-    assert list(f.columns) == ["method", "slide AUC", "difference (poisoned − clean)", "n seeds"]
-    assert list(f["slide AUC"]) == ["0.912 ± 0.021", "0.500"]
-    assert list(f["difference (poisoned − clean)"]) == ["−0.050", "+0.100"]
+    diff = "difference of the seeds' means (poisoned − clean)"
+    assert list(f.columns) == ["method", "slide AUC, mean ± sd of seeds", diff, "n seeds"]
+    assert list(f["slide AUC, mean ± sd of seeds"]) == ["0.912 ± 0.021", "0.500"]
+    assert list(f[diff]) == ["−0.050", "+0.100"]
     assert list(f["n seeds"]) == ["3", "1"]
+
+
+def test_the_two_slide_aucs_never_share_a_name():
+    """The AUC of the seed-averaged scores and the mean of the seeds' AUCs are different numbers: their
+    formatted columns say which they are, a change is signed, and a value without interval stays bare."""
+    df = pd.DataFrame({"method": ["a"], "slide_auc_seedavg": [0.9], "slide_auc_ci_low": [0.8], "slide_auc_ci_high": [0.95],
+                       "slide_auc_mean": [0.85], "slide_auc_std": [0.02], "change_poison_seedavg": [-0.5],
+                       "change_poison_ci_low": [-0.6], "change_poison_ci_high": [-0.4], "auc_seedavg": [0.7]})
+    f = format_table(df).iloc[0]
+    assert f["slide AUC of seed-averaged scores [95% CI]"] == "0.900 [0.800, 0.950]"
+    assert f["slide AUC, mean ± sd of seeds"] == "0.850 ± 0.020"
+    assert f["change of the seed-averaged AUC (poisoned − clean) [95% CI]"] == "−0.500 [−0.600, −0.400]"
+    assert f["test AUC of seed-averaged scores"] == "0.700"
 
 
 def test_write_table(results, tmp_path):

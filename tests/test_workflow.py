@@ -41,8 +41,9 @@ def ci_run(tmp_path_factory):
 
 
 def test_the_console_shows_one_short_line_per_job(ci_run):
-    """`--logger wsimil` (src/snakemake_logger_plugin_wsimil): the planned jobs, one line per finished job with
-    an ETA in time, a closing line; no line over 500 characters, no input/output lists."""
+    """`--logger wsimil` (src/snakemake_logger_plugin_wsimil): the planned jobs, one line per finished job saying
+    what it was with the time left from stage times, a closing line and the claims' verdicts; no line over 500
+    characters, no input/output lists."""
     import re
 
     work, _ = ci_run
@@ -53,6 +54,9 @@ def test_the_console_shows_one_short_line_per_job(ci_run):
     assert any("left |" in ln for ln in progress[:-1]) and f"wsimil: all {planned} jobs done in" in "\n".join(lines)
     assert len(lines) <= planned + 25, "\n".join(lines[:60])
     assert max(map(len, lines)) <= 500 and not any(ln.lstrip().startswith(("input:", "output:")) for ln in lines)
+    # a job line says what ran (stage, experiment, method, seeds), and the run ends on the claims' verdicts
+    assert any(re.search(r"\| train +standard · maxpool · seeds 0, 1 \(", ln) for ln in progress), "\n".join(progress[:40])
+    assert any(re.match(r"wsimil: \d+ claims, each with its verdict", ln) for ln in lines), "\n".join(lines[-20:])
 
 
 def test_tables_figures_and_run_directories_exist(ci_run):
@@ -331,7 +335,7 @@ def test_an_overlay_never_replaces_another_configurations_results(ci_run):
 
 
 def v_patch(card: pd.DataFrame) -> float:
-    return float(card.loc["patch AUC (any tumour)", "value"])
+    return float(card.loc["patch AUC (any tumour), mean of seeds", "value"])
 
 
 def test_robustness_cards_carry_the_tables_numbers(ci_run):
@@ -343,12 +347,13 @@ def test_robustness_cards_carry_the_tables_numbers(ci_run):
     pois = pd.read_csv(out / "tables" / "poison.csv").set_index("method")
     for m in std.index:
         card = pd.read_csv(out / "cards" / f"{m}.csv").set_index("quantity")
-        for q, table in (("clean slide AUC", std), ("poisoned slide AUC", pois)):
+        for q, table in (("clean slide AUC of seed-averaged scores", std), ("poisoned slide AUC of seed-averaged scores", pois)):
             got = card.loc[q, ["value", "ci_low", "ci_high"]].astype(float).to_numpy()
             want = table.loc[m, ["slide_auc_seedavg", "slide_auc_ci_low", "slide_auc_ci_high"]].astype(float).to_numpy()
             np.testing.assert_allclose(got, want, atol=1e-12, err_msg=f"{m}: {q}")
         # patch AUC and FROC: the seeds' mean as in the table, with a bootstrap interval
-        for q, col in (("patch AUC (any tumour)", "patch_auc_tumour_slides_any_mean"), ("FROC", "froc_mean")):
+        for q, col in (("patch AUC (any tumour), mean of seeds", "patch_auc_tumour_slides_any_mean"),
+                       ("FROC, mean of seeds", "froc_mean")):
             v, lo, hi = card.loc[q, ["value", "ci_low", "ci_high"]].astype(float)
             assert v == pytest.approx(std.loc[m, col], abs=1e-9), (m, q, v)
             # ci.yaml's two test tumour slides: a resample may hold no lesion, and then no interval is given
@@ -359,8 +364,97 @@ def test_robustness_cards_carry_the_tables_numbers(ci_run):
         else:
             assert diff["value"] == pytest.approx(v_patch(card) - v_patch(pd.read_csv(out / "cards" / "maxpool.csv").set_index("quantity")))
             assert diff["reading"] in ("better", "worse", "inconclusive")
-        change = card.loc["change under the poison"]
-        assert change["value"] == pytest.approx(card.loc["poisoned slide AUC", "value"] - card.loc["clean slide AUC", "value"])
+        change = card.loc["change under the poison (poisoned − clean)"]
+        assert change["value"] == pytest.approx(card.loc["poisoned slide AUC of seed-averaged scores", "value"]
+                                                - card.loc["clean slide AUC of seed-averaged scores", "value"])
         assert change["reading"] in ("unaffected", "affected", "inconclusive")
         assert "Beside the other methods" in (out / "cards" / f"{m}.md").read_text()
         assert (out / "cards" / f"{m}.png").stat().st_size > 5000
+
+
+# ---------------------------------------------------------------------------------------- one number, one name
+
+
+def _md_table(path: Path, which: int = 0) -> pd.DataFrame:
+    """The ``which``-th pipe table of a markdown file as the reader sees it (strings, first column the index)."""
+    tables, rows = [], []
+    for line in path.read_text().splitlines() + [""]:
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif rows:
+            tables.append(pd.DataFrame(rows[2:], columns=rows[0]).set_index(rows[0][0]))
+            rows = []
+    return tables[which]
+
+
+def _summary_paragraph(out: Path, start: str) -> str:
+    text = (out / "SUMMARY.md").read_text()
+    return next(p for p in text.split("\n- ") if p.startswith(start))
+
+
+def _listed(paragraph: str, before: str) -> dict[str, str]:
+    """``method value [lo, hi]`` pairs of a SUMMARY paragraph, up to ``before``."""
+    import re
+
+    head = paragraph.split(before)[0]
+    return {m: v for m, v in re.findall(r"([a-z_0-9]+) ([−-]?\d\.\d{3} \[[−-]?\d\.\d{3}, [−-]?\d\.\d{3}\])", head)}
+
+
+def test_a_number_shown_in_two_places_is_the_same_number(ci_run):
+    """What a reader compares across SUMMARY.md, the tables, the cards and paper_vs_reproduced (as rendered, not
+    the CSVs): the AUC of the seed-averaged scores and its interval, the paired changes, the MIL unit test's
+    validation and test AUC, the DTFD and mi-Net values whose differences the claims are about, and every claim's
+    interval. A quantity has one name; under that name it is one number everywhere."""
+    import re
+
+    _, out = ci_run
+    t = out / "tables"
+    seedavg = "slide AUC of seed-averaged scores [95% CI]"
+    std, ood, pois = (_md_table(t / f"{e}.md") for e in ("standard", "ood", "poison"))
+    pcomp, ocomp = _md_table(t / "poison_comparison.md"), _md_table(t / "ood_comparison.md")
+    unit = _md_table(t / "milunit.md")
+    clean_txt = _listed(_summary_paragraph(out, "**Clean data"), "Max-pooling mean")
+    pois_txt = _listed(_summary_paragraph(out, "**FocusMIL: max-pooling resists"), "attention's loss")
+    ood_txt = _listed(_summary_paragraph(out, "**Out of distribution"), "max-pooling's change")
+    paper = _md_table(t / "paper_vs_reproduced.md").reset_index()
+    methods = list(std.index)
+    assert methods and set(clean_txt) == set(methods) == set(pois_txt) == set(ood_txt), (methods, clean_txt)
+    for m in methods:
+        card = _md_table(out / "cards" / f"{m}.md")["value [95% CI]"]
+        clean = {std.loc[m, seedavg], pcomp.loc[m, "clean " + seedavg], ocomp.loc[m, "standard " + seedavg],
+                 card["clean slide AUC of seed-averaged scores"], clean_txt[m].replace("-", "−")}
+        assert len(clean) == 1, (m, clean)
+        poisoned = {pois.loc[m, seedavg], pcomp.loc[m, "poisoned " + seedavg], card["poisoned slide AUC of seed-averaged scores"],
+                    pois_txt[m].replace("-", "−")}
+        row = paper[paper["method"].str.startswith(f"{m} (")]
+        poisoned |= set(row["reproduced [95% CI]"])
+        assert len(poisoned) == 1 and len(row) == 1, (m, poisoned)
+        assert len({ood.loc[m, seedavg], ocomp.loc[m, "ood " + seedavg], ood_txt[m].replace("-", "−")}) == 1, m
+        assert card["change under the poison (poisoned − clean)"] == \
+            pcomp.loc[m, "change of the seed-averaged AUC (poisoned − clean) [95% CI]"], m
+        assert card["change at the unseen hospital (ood − standard)"] == \
+            ocomp.loc[m, "change of the seed-averaged AUC (ood − standard) [95% CI]"], m
+        assert card["MIL unit test: validation AUC of seed-averaged scores"] == unit.loc[m, "val AUC of seed-averaged scores [95% CI]"]
+        assert card["MIL unit test: test AUC of seed-averaged scores"] == unit.loc[m, "test AUC of seed-averaged scores [95% CI]"]
+    milunit_txt = _summary_paragraph(out, "**MIL unit test")
+    for m, val, test in re.findall(r"([a-z_0-9]+) (\d\.\d{3}) → (\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\])", milunit_txt):
+        assert unit.loc[m, "val AUC of seed-averaged scores [95% CI]"].startswith(val + " ")
+        assert unit.loc[m, "test AUC of seed-averaged scores [95% CI]"] == test
+    # every claim's interval is the one SUMMARY prints, and the DTFD / mi-Net values it lists are the tables'
+    claims = pd.read_csv(t / "claims.csv")
+    summary = (out / "SUMMARY.md").read_text()
+    for c in claims.itertuples():
+        if np.isfinite(c.estimate):
+            assert f"**{c.estimate:.3f} [{c.ci_low:.3f}, {c.ci_high:.3f}]**" in summary, c
+    dtfd = _md_table(t / "dtfd_ablation.md").reset_index()
+    dtfd_txt = _summary_paragraph(out, "**DTFD-MIL")
+    for r in dtfd.itertuples():
+        assert f"M={r[1]} {r[4]}" in dtfd_txt.split(r.tier + ":")[1].split(";")[0], (r, dtfd_txt)
+    tier = dtfd.set_index(["tier", dtfd.columns[0]])["test AUC of seed-averaged scores"].astype(float)
+    ms = sorted({int(x) for x in dtfd[dtfd.columns[0]]})
+    c1 = claims.set_index("claim").loc["dtfd_tier1", "estimate"]
+    assert c1 == pytest.approx(tier[("Tier 1", str(ms[-1]))] - tier[("Tier 1", str(ms[0]))], abs=1.5e-3)
+    minet = _md_table(t / "minet_curves.md", 0).set_index("method")
+    gap_txt = _summary_paragraph(out, "**Why mi-Net overfits")
+    for m, v in minet["train − val AUC of seed-averaged scores"].items():
+        assert f"{m} {v}" in gap_txt, (m, v, gap_txt)

@@ -32,9 +32,13 @@ from wsimil.reporting import evidence as ev
 
 #: the method every card's patch AUC and FROC are compared with (paired): the papers' max-pooling baseline
 REFERENCE = "maxpool"
-ROWS = ("clean slide AUC", "poisoned slide AUC", "change under the poison", "change at the unseen hospital",
-        "MIL unit test: validation AUC", "MIL unit test: test AUC", "patch AUC (any tumour)",
-        f"patch AUC − {REFERENCE}'s", "FROC", f"FROC − {REFERENCE}'s")
+#: the quantities of a card, each named as every table names it (the slide AUCs are those of the seed-averaged
+#: scores, as in SUMMARY.md; the patch AUC and the FROC are the mean of the seeds' values)
+ROWS = ("clean slide AUC of seed-averaged scores", "poisoned slide AUC of seed-averaged scores",
+        "change under the poison (poisoned − clean)", "change at the unseen hospital (ood − standard)",
+        "MIL unit test: validation AUC of seed-averaged scores", "MIL unit test: test AUC of seed-averaged scores",
+        "patch AUC (any tumour), mean of seeds", f"patch AUC − {REFERENCE}'s", "FROC, mean of seeds",
+        f"FROC − {REFERENCE}'s")
 READING = {"supported": "unaffected", "contradicted": "affected", "inconclusive": "inconclusive"}
 CHANCE = {"supported": "above chance", "contradicted": "below chance", "inconclusive": "inconclusive"}
 VERSUS = {"supported": "better", "contradicted": "worse", "inconclusive": "inconclusive"}
@@ -46,12 +50,13 @@ def _iv_row(quantity: str, iv: Interval | None, reading: str = "", why: str = "n
     return {"quantity": quantity, "value": iv.estimate, "ci_low": iv.low, "ci_high": iv.high, "reading": reading}
 
 
-def _paired_change(a: pd.DataFrame, b: pd.DataFrame, method: str) -> Interval:
-    """AUC on ``b`` minus AUC on ``a`` (same slides, rows aligned), resampled together."""
-    y = a["label"].to_numpy()
-    return contrast_interval([(y, a[[method]].to_numpy()), (b["label"].to_numpy(), b[[method]].to_numpy())],
-                             [np.array([-1.0]), np.array([1.0])], n_boot=ev.N_BOOT, seed=ev.BOOT_SEED,
-                             pair_keys=["test", "test"])
+def _change_row(quantity: str, r: pd.Series) -> dict[str, Any]:
+    """A row of :func:`wsimil.reporting.evidence.auc_changes` as a card row, read by the equivalence rule."""
+    iv = Interval(float(r["change"]), float(r["change_ci_low"]), float(r["change_ci_high"]), 0.95, ev.N_BOOT)
+    reading = READING[ev.equivalence_verdict(iv, ev.MARGIN)]
+    if not r["paired"]:
+        reading += " (unpaired: different slides)"
+    return _iv_row(quantity, iv, reading)
 
 
 def _draws_interval(point: float, draws: np.ndarray) -> Interval:
@@ -100,37 +105,30 @@ def card_table(config: Mapping[str, Any], results: str | os.PathLike) -> pd.Data
     if "standard" not in cells:
         raise WsimilError("robustness cards need the standard experiment")
     std = cells["standard"]
-    clean = ev.cell_scores(results, std, seeds)
-    pois = ev.cell_scores(results, cells["poison"], seeds) if "poison" in cells else None
-    ood = ev.cell_scores(results, cells["ood"], seeds) if "ood" in cells else None
-    if ood is not None:
-        tissue = ev.tissue_map(config)
-        keys = [tissue.get(s, s) for s in ood.index]
-        if sorted(keys) == list(clean.index) and len(set(keys)) == len(keys):
-            ood = ood.set_axis(keys).loc[clean.index]
-        else:
-            ood = None  # different slides: no paired change per method (SUMMARY's ood claim says how it pairs)
+    changes = {}
+    for name in ("poison", "ood"):
+        if name in cells:
+            changes[name] = ev.auc_changes(config, results, std, cells[name], seeds).set_index("method")
     unit = ev.milunit_readings(results, cells["milunit"], seeds).set_index("method") if "milunit" in cells else None
     methods = list(std.methods)
     patch = ev.patch_auc_draws(config, results, std, seeds, methods)
     froc = ev.froc_draws(config, results, std, seeds, methods)
+    clean = ev.auc_intervals(results, std, seeds).set_index("method")
     rows = []
     for m in methods:
-        one = lambda w: contrast_interval([(w["label"].to_numpy(), w[[m]].to_numpy())], [np.ones(1)],  # noqa: E731
-                                          n_boot=ev.N_BOOT, seed=ev.BOOT_SEED)
-        r = [_iv_row(ROWS[0], one(clean))]
-        has_pois = pois is not None and m in pois.columns
-        r.append(_iv_row(ROWS[1], one(pois) if has_pois else None))
-        if has_pois:
-            ch = _paired_change(clean, pois, m)
-            r.append(_iv_row(ROWS[2], ch, READING[ev.equivalence_verdict(ch, ev.MARGIN)]))
+        c = clean.loc[m]
+        r = [{"quantity": ROWS[0], "value": c["slide_auc_seedavg"], "ci_low": c["slide_auc_ci_low"],
+              "ci_high": c["slide_auc_ci_high"], "reading": ""}]
+        pois = changes.get("poison")
+        if pois is not None and m in pois.index:
+            p = pois.loc[m]
+            r.append({"quantity": ROWS[1], "value": p["other_auc"], "ci_low": p["other_ci_low"],
+                      "ci_high": p["other_ci_high"], "reading": ""})
+            r.append(_change_row(ROWS[2], p))
         else:
-            r.append(_iv_row(ROWS[2], None))
-        if ood is not None and m in ood.columns:
-            ch = _paired_change(clean, ood, m)
-            r.append(_iv_row(ROWS[3], ch, READING[ev.equivalence_verdict(ch, ev.MARGIN)]))
-        else:
-            r.append(_iv_row(ROWS[3], None))
+            r += [_iv_row(ROWS[1], None), _iv_row(ROWS[2], None)]
+        ood = changes.get("ood")
+        r.append(_change_row(ROWS[3], ood.loc[m]) if ood is not None and m in ood.index else _iv_row(ROWS[3], None))
         if unit is not None and m in unit.index:
             u = unit.loc[m]
             r.append({"quantity": ROWS[4], "value": u["val_auc"], "ci_low": u["val_ci_low"], "ci_high": u["val_ci_high"],
@@ -201,27 +199,78 @@ def write_cards(config: Mapping[str, Any], results: str | os.PathLike) -> list[P
     return written
 
 
-def plot_card(table: pd.DataFrame, method: str, out_png) -> list[Path]:
-    """One row per quantity: every method's value and interval, ``method`` in colour, the others grey."""
-    from wsimil.reporting.figures import _figure, _save, method_colors
+def _is_change(quantity: str) -> bool:
+    """A change or a difference (signed, -1..+1) rather than a value (0..1): as the card's cells sign them."""
+    return quantity.startswith("change") or " − " in quantity
 
-    qs = [q for q in ROWS if table.loc[table["quantity"] == q, "value"].notna().any()]
-    fig = _figure(6.5, 0.42 * len(qs) + 0.9)
-    ax = fig.add_subplot()
+
+def plot_card(table: pd.DataFrame, method: str, out_png) -> list[Path]:
+    """The card as a figure: one row per quantity with a value, ``method``'s value and 95% interval in colour
+    (its reading at the right), every other method of the run as a grey dot with its interval.
+
+    ``table``: :func:`card_table`'s rows (``method, quantity, value, ci_low, ci_high, reading``). Values (slide
+    and patch AUCs, FROC) sit in the upper panel on 0..1 with a dotted line at an AUC's chance (0.5); changes
+    and differences in the lower panel on -1..+1 with a line at zero. Returns the PNG and PDF paths.
+    """
+    import textwrap
+
+    import matplotlib
+    from matplotlib.lines import Line2D
+
+    from wsimil.reporting.figures import _PAPER_RC, _figure, _save, method_colors
+
+    present = [q for q in dict.fromkeys(table["quantity"]) if table.loc[table["quantity"] == q, "value"].notna().any()]
+    groups = [(qs, lim, xlabel) for qs, lim, xlabel in (
+        ([q for q in present if not _is_change(q)], (0.0, 1.0), "value (AUC or FROC, 0 to 1)"),
+        ([q for q in present if _is_change(q)], (-1.0, 1.0), "change or difference (−1 to +1)"),
+    ) if qs]
     colour = method_colors([method])[method]
-    for i, q in enumerate(qs):
-        y = len(qs) - 1 - i
-        d = table[table["quantity"] == q]
-        for _, r in d.iterrows():
-            if not math.isfinite(r["value"]):
-                continue
-            me = r["method"] == method
-            ax.errorbar(r["value"], y + (0.12 if me else 0), xerr=[[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]],
-                        fmt="o", ms=5 if me else 3, color=colour if me else "0.65", elinewidth=1.4 if me else 0.8,
-                        zorder=3 if me else 2)
-    ax.axvline(0, color="0.3", lw=0.6, ls=":")
-    ax.set_yticks(range(len(qs)), list(reversed(qs)), fontsize=7)
-    ax.tick_params(axis="x", labelsize=7)
-    ax.set_title(f"{method} (colour) beside the other methods (grey)", fontsize=8, loc="left")
-    ax.grid(axis="x", color="0.92", lw=0.5)
+    n_others = table.loc[table["method"] != method, "method"].nunique()
+    with matplotlib.rc_context(_PAPER_RC):
+        fig = _figure(6.5, 0.3 * len(present) + 0.75 * len(groups) + 0.6)
+        axes = fig.subplots(len(groups), 1, squeeze=False, height_ratios=[len(g[0]) + 0.6 for g in groups])[:, 0]
+        for ax, (qs, lim, xlabel) in zip(axes, groups):
+            for i, q in enumerate(qs):
+                y = len(qs) - 1 - i
+                d = table[table["quantity"] == q]
+                others = d[(d["method"] != method) & d["value"].notna()]
+                for k, (_, r) in enumerate(others.iterrows()):
+                    dy = -0.08 - 0.22 * k / max(len(others) - 1, 1)  # below the method's row, spread apart
+                    bar = ([[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]]
+                           if math.isfinite(r["ci_low"]) and math.isfinite(r["ci_high"]) else None)
+                    ax.errorbar(r["value"], y + dy, xerr=bar, fmt="o", ms=3, color="0.62", elinewidth=0.7,
+                                capsize=0, zorder=2, clip_on=False, gid="other")
+                own = d[d["method"] == method]
+                if own.empty:
+                    continue
+                r = own.iloc[0]
+                if math.isfinite(r["value"]):
+                    bar = ([[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]]
+                           if math.isfinite(r["ci_low"]) and math.isfinite(r["ci_high"]) else None)
+                    ax.errorbar(r["value"], y + 0.15, xerr=bar, fmt="o", ms=5, color=colour, mec="black", mew=0.5,
+                                elinewidth=1.6, capsize=2.5, zorder=4, clip_on=False, gid="own")
+                if isinstance(r["reading"], str) and r["reading"]:
+                    ax.text(1.03, y, r["reading"], transform=ax.get_yaxis_transform(), va="center", ha="left",
+                            fontsize=7, color="0.25")
+            if lim[0] < 0:
+                ax.axvline(0, color="0.3", lw=0.8, zorder=1, gid="zero")
+            else:
+                ax.axvline(0.5, color="0.55", lw=0.7, ls=":", zorder=1, gid="chance")
+            ax.set_xlim(*lim)
+            ax.set_ylim(-0.6, len(qs) - 0.4)
+            ax.set_yticks(range(len(qs)), [textwrap.fill(q, 34, break_on_hyphens=False) for q in reversed(qs)])
+            ax.tick_params(axis="y", length=0)
+            ax.set_xlabel(xlabel)
+            ax.grid(axis="x", color="0.92", lw=0.5)
+            ax.set_axisbelow(True)
+        handles = [Line2D([], [], ls="-", marker="o", ms=5, color=colour, mec="black", mew=0.5, lw=1.6,
+                          label=f"{method}: value and 95% CI (reading at the right)"),
+                   Line2D([], [], ls="-", marker="o", ms=3, color="0.62", lw=0.7,
+                          label=f"other methods of this run ({n_others}), each with its 95% CI")]
+        if any(lim[0] >= 0 for _, lim, _ in groups):
+            handles.append(Line2D([], [], color="0.55", lw=0.7, ls=":", label="AUC chance (0.5)"))
+        if any(lim[0] < 0 for _, lim, _ in groups):
+            handles.append(Line2D([], [], color="0.3", lw=0.8, label="no change (0)"))
+        fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
+        axes[0].set_title(f"Robustness card: {method}", loc="left", fontsize=9)
     return _save(fig, Path(out_png), 200)

@@ -114,9 +114,53 @@ def auc_intervals(results: Path, cell: Cell, seeds: Sequence[int]) -> pd.DataFra
     y = wide["label"].to_numpy()
     rows = []
     for m in cell.methods:
-        iv = contrast_interval([(y, wide[[m]].to_numpy())], [np.ones(1)], n_boot=N_BOOT, seed=BOOT_SEED)
+        iv = _one_auc(wide, m)
         rows.append({"method": m, "slide_auc_seedavg": iv.estimate, "slide_auc_ci_low": iv.low,
                      "slide_auc_ci_high": iv.high, "n_test": len(y), "n_test_pos": int(y.sum())})
+    return pd.DataFrame(rows)
+
+
+def _one_auc(frame: pd.DataFrame, method: str) -> Interval:
+    """The slide AUC of ``method``'s seed-averaged scores in ``frame`` (a :func:`cell_scores` table) and its 95%
+    stratified bootstrap interval."""
+    return contrast_interval([(frame["label"].to_numpy(), frame[[method]].to_numpy())], [np.ones(1)],
+                             n_boot=N_BOOT, seed=BOOT_SEED)
+
+
+def aligned_to(config: Mapping[str, Any], base: pd.DataFrame, other: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+    """``other`` re-indexed onto ``base``'s slides when they are the same tissue (the held-out hospital's copies of
+    the test slides, or the very same slides), and whether it could be: then the two are paired."""
+    if list(other.index) == list(base.index):
+        return other, True
+    tissue = tissue_map(config)
+    keys = [tissue.get(s, s) for s in other.index]
+    if sorted(keys) == list(base.index) and len(set(keys)) == len(keys):
+        return other.set_axis(keys).loc[base.index], True
+    return other, False
+
+
+def auc_changes(config: Mapping[str, Any], results: Path, base: Cell, other: Cell, seeds: Sequence[int],
+                methods: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per method run in both cells: the test slide AUC of the seed-averaged scores on ``base`` and on ``other``
+    with their 95% intervals, and the change ``other − base`` with its 95% interval, resampling the two slide
+    sets together when they are the same slides or tissue (``paired``), independently otherwise.
+
+    Columns: method, base_auc, base_ci_low, base_ci_high, other_auc, other_ci_low, other_ci_high, change,
+    change_ci_low, change_ci_high, paired. The numbers of the cards and of the comparison tables."""
+    methods = [m for m in (methods or base.methods) if m in base.methods and m in other.methods]
+    a = cell_scores(results, base, seeds, methods=methods)
+    b, paired = aligned_to(config, a, cell_scores(results, other, seeds, methods=methods))
+    if paired and not (a["label"].to_numpy() == b["label"].to_numpy()).all():
+        raise WsimilError(f"cells {base.name} and {other.name} give the same slides different labels")
+    rows = []
+    for m in methods:
+        x, y = _one_auc(a, m), _one_auc(b, m)
+        ch = contrast_interval([(a["label"].to_numpy(), a[[m]].to_numpy()), (b["label"].to_numpy(), b[[m]].to_numpy())],
+                               [np.array([-1.0]), np.array([1.0])], n_boot=N_BOOT, seed=BOOT_SEED,
+                               pair_keys=["test", "test"] if paired else ["base", "other"])
+        rows.append({"method": m, "base_auc": x.estimate, "base_ci_low": x.low, "base_ci_high": x.high,
+                     "other_auc": y.estimate, "other_ci_low": y.low, "other_ci_high": y.high,
+                     "change": ch.estimate, "change_ci_low": ch.low, "change_ci_high": ch.high, "paired": paired})
     return pd.DataFrame(rows)
 
 
@@ -182,12 +226,8 @@ def ood_claim(config: Mapping[str, Any], results: Path, cells: Mapping[str, Cell
     if not _has_both_families(methods):
         return _unavailable("ood", claim, "the ood cell needs methods of both families")
     a = cell_scores(results, std, seeds, methods=methods)
-    b = cell_scores(results, ood, seeds, methods=methods)
-    tissue = tissue_map(config)
-    b_tissue = [tissue.get(s, s) for s in b.index]
-    paired = sorted(b_tissue) == list(a.index) and len(set(b_tissue)) == len(b_tissue)
-    if paired:  # the same tissue stained by the held-out hospital: resample the pairs together
-        b = b.set_axis(b_tissue).loc[a.index]
+    # the same tissue stained by the held-out hospital: resample the pairs together
+    b, paired = aligned_to(config, a, cell_scores(results, ood, seeds, methods=methods))
     w = _family_weights(methods, {"max-pooling": 1.0, "attention": -1.0})
     groups = [(a["label"].to_numpy(), a[methods].to_numpy()), (b["label"].to_numpy(), b[methods].to_numpy())]
     iv = contrast_interval(groups, [-w, w], n_boot=N_BOOT, seed=BOOT_SEED,
@@ -306,6 +346,19 @@ def minet_claim(results: Path, cell: Cell, seeds: Sequence[int]) -> Claim:
                  verdict(iv, MARGIN, 1), _rule(1))
 
 
+def train_val_gaps(results: Path, cell: Cell, seeds: Sequence[int]) -> pd.DataFrame:
+    """Per method of ``cell``: the training and validation AUC of the seed-averaged scores and their gap
+    (columns method, train_auc_seedavg, val_auc_seedavg, train_minus_val_seedavg): the values whose difference
+    the mi-Net claim is about."""
+    tr = cell_scores(results, cell, seeds, "train")
+    va = cell_scores(results, cell, seeds, "val")
+    rows = []
+    for m in cell.methods:
+        t, v = _one_auc(tr, m).estimate, _one_auc(va, m).estimate
+        rows.append({"method": m, "train_auc_seedavg": t, "val_auc_seedavg": v, "train_minus_val_seedavg": t - v})
+    return pd.DataFrame(rows)
+
+
 def _pseudo_bag_scores(results: Path, cell: Cell, method: str, seeds: Sequence[int]) -> pd.DataFrame:
     """Seed-averaged Tier-1 score of every test pseudo-bag: columns slide_id, pseudo_bag, label, score."""
     parts = []
@@ -325,6 +378,34 @@ def _cluster_aucs(labels: np.ndarray, slide_of: np.ndarray, scores: np.ndarray, 
     return cluster_aucs(*cluster_auc_matrix(labels, slide_of, scores, counts.shape[1]), counts)
 
 
+def _tier_aucs(results: Path, cell: Cell, seeds: Sequence[int],
+               counts: np.ndarray | None = None) -> dict[str, tuple[float, np.ndarray]]:
+    """Tier 1 (the test pseudo-bags, each labelled with its slide) and Tier 2 (the test slides) AUC of a DTFD
+    cell's seed-averaged scores, and their values on the slide resamples ``counts`` (n_boot, n_slides)."""
+    method = cell.methods[0]
+    frame = cell_scores(results, cell, seeds, methods=[method])
+    n = len(frame)
+    counts = np.ones((0, n)) if counts is None else counts
+    ones = np.ones((1, n))
+    index = {s: i for i, s in enumerate(frame.index)}
+    pb = _pseudo_bag_scores(results, cell, method, seeds)
+    slide_of = pb["slide_id"].map(index).to_numpy()
+    lab, sc = pb["label"].to_numpy(), pb["score"].to_numpy()
+    y, s2, one = frame["label"].to_numpy(), frame[method].to_numpy(), np.arange(n)
+    return {"Tier 1": (float(_cluster_aucs(lab, slide_of, sc, ones)[0]), _cluster_aucs(lab, slide_of, sc, counts)),
+            "Tier 2": (float(_cluster_aucs(y, one, s2, ones)[0]), _cluster_aucs(y, one, s2, counts))}
+
+
+def dtfd_points(results: Path, cells: Sequence[Cell], seeds: Sequence[int]) -> pd.DataFrame:
+    """Per pseudo-bag count and tier: the test AUC of the seed-averaged scores (columns n_pseudo_bags, tier,
+    auc_seedavg), the values whose differences the DTFD claims are about."""
+    rows = []
+    for cell in sorted(cells, key=lambda c: c.params["n_pseudo_bags"]):
+        for tier, (auc, _) in sorted(_tier_aucs(results, cell, seeds).items(), reverse=True):
+            rows.append({"n_pseudo_bags": cell.params["n_pseudo_bags"], "tier": tier, "auc_seedavg": auc})
+    return pd.DataFrame(rows, columns=["n_pseudo_bags", "tier", "auc_seedavg"])
+
+
 def dtfd_claims(results: Path, cells: Sequence[Cell], seeds: Sequence[int]) -> list[Claim]:
     """Tier 1 falls with more pseudo-bags; Tier 2 does not move (within the margin). Both paired on the
     test slides (a slide's pseudo-bags are resampled with it)."""
@@ -335,29 +416,17 @@ def dtfd_claims(results: Path, cells: Sequence[Cell], seeds: Sequence[int]) -> l
                 _unavailable("dtfd_tier2", c2, "dtfd_ablation needs two or more pseudo-bag counts")]
     ordered = sorted(cells, key=lambda c: c.params["n_pseudo_bags"])
     lo, hi = ordered[0], ordered[-1]
-    method = lo.methods[0]
     m_lo, m_hi = lo.params["n_pseudo_bags"], hi.params["n_pseudo_bags"]
-    a, b = cell_scores(results, lo, seeds, methods=[method]), cell_scores(results, hi, seeds, methods=[method])
-    slides = list(a.index)
-    y = a["label"].to_numpy()
+    a = cell_scores(results, lo, seeds, methods=[lo.methods[0]])
+    slides, y = list(a.index), a["label"].to_numpy()
+    if list(cell_scores(results, hi, seeds, methods=[hi.methods[0]]).index) != slides:
+        raise WsimilError(f"cells {lo.name} and {hi.name} score different test slides: cannot pair them")
     counts = stratified_counts(y, N_BOOT, np.random.default_rng(BOOT_SEED))
-    index = {s: i for i, s in enumerate(slides)}
-
-    def tier1(cell: Cell) -> tuple[float, np.ndarray]:
-        pb = _pseudo_bag_scores(results, cell, method, seeds)
-        slide_of = pb["slide_id"].map(index).to_numpy()
-        lab, sc = pb["label"].to_numpy(), pb["score"].to_numpy()
-        return float(_cluster_aucs(lab, slide_of, sc, np.ones((1, len(slides))))[0]), _cluster_aucs(lab, slide_of, sc, counts)
-
-    def tier2(frame: pd.DataFrame) -> tuple[float, np.ndarray]:
-        s = frame[method].to_numpy()
-        one = np.arange(len(slides))
-        return (float(_cluster_aucs(y, one, s, np.ones((1, len(slides))))[0]), _cluster_aucs(y, one, s, counts))
-
+    t_lo, t_hi = _tier_aucs(results, lo, seeds, counts), _tier_aucs(results, hi, seeds, counts)
     out = []
     for key, claim, (e0, d0), (e1, d1), direction in (
-        ("dtfd_tier1", c1, tier1(lo), tier1(hi), -1),
-        ("dtfd_tier2", c2, tier2(a), tier2(b), 0),
+        ("dtfd_tier1", c1, t_lo["Tier 1"], t_hi["Tier 1"], -1),
+        ("dtfd_tier2", c2, t_lo["Tier 2"], t_hi["Tier 2"], 0),
     ):
         diff = d1 - d0
         iv = Interval(e1 - e0, float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975)), 0.95, N_BOOT)

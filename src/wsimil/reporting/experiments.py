@@ -8,6 +8,7 @@ and PDF.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -36,8 +37,9 @@ SLIDE_METRICS = (
     "patch_auc_all_slides", "patch_ap_all_slides", "froc",
 )  # fmt: skip
 PATCH_CAPTION = (
-    " Seed-averaged slide AUC and its 95% CI low/high: the AUC of each slide's mean score over the seeds, with a "
-    "stratified bootstrap interval over the test slides (2000 resamples; docs/metrics.md)."
+    " Slide AUC of seed-averaged scores: the AUC of each slide's mean score over the seeds (SUMMARY.md's number), "
+    "with a 95% stratified bootstrap interval over the test slides (2000 resamples; docs/metrics.md). Every other "
+    "column is the mean ± sd of the seeds' own values."
     " Accuracy and F1 at threshold 0.5, at the threshold chosen on the validation split (Youden's J) and at the "
     "test set's own Youden threshold (as the official DTFD-MIL and DSMIL code report; optimistic). Patch AUC / AP: "
     "per-patch scores against the annotations, a patch is tumour when its tumour fraction is >= 0.5 ('any': when it "
@@ -179,20 +181,22 @@ def write_experiment(
             written += _heatmaps(results, cell, sheet, heatmap_slides, seeds[0], config, experiment)
         if experiment == "poison" and "standard" in cells:
             from wsimil.reporting.figures import plot_poison_comparison
-            from wsimil.reporting.tables import poison_comparison_table
 
-            comp = poison_comparison_table(df, "standard", "poison", methods=methods)
+            comp = comparison_table(config, results, df, cells["standard"], cell, ("clean", "poisoned"), methods)
             written += write_table(comp, results / "tables" / "poison_comparison", CAPTIONS["poison_comparison"] + f" ({dataset})")
-            written += plot_poison_comparison(df, results / "figures" / "poison_comparison.png", methods=methods)
+            written += plot_poison_comparison(df, results / "figures" / "poison_comparison.png", methods=methods,
+                                              intervals=comparison_intervals(comp, ("clean", "poisoned"),
+                                                                             ("standard", "poison")))
         if experiment == "ood" and "standard" in cells:
-            from wsimil.reporting.tables import poison_comparison_table
-
-            comp = poison_comparison_table(df, "standard", "ood", methods=methods, tags=("standard", "ood"))
-            comp.columns = [c.replace("poisoned", "ood") for c in comp.columns]
+            comp = comparison_table(config, results, df, cells["standard"], cell, ("standard", "ood"), methods)
             written += write_table(comp, results / "tables" / "ood_comparison", CAPTIONS["ood_comparison"] + f" ({dataset})")
     elif experiment == "dtfd_ablation":
+        from wsimil.reporting.evidence import dtfd_points
+
         data = dtfd_ablation_data(df, own)
-        table = _sweep_table(data, ["n_pseudo_bags", "tier"], "auc")
+        table = _sweep_table(data, ["n_pseudo_bags", "tier"], "auc").merge(
+            dtfd_points(results, own, seeds), on=["n_pseudo_bags", "tier"], how="left")
+        table = table[["n_pseudo_bags", "tier", "n_seeds", "auc_seedavg", "auc_mean", "auc_std"]]
         written += write_table(table, results / "tables" / "dtfd_ablation", CAPTIONS["dtfd_ablation"] + f" ({dataset})")
         from wsimil.reporting.figures import plot_dtfd_ablation
 
@@ -202,7 +206,14 @@ def write_experiment(
         curves = [c for c in own if not c.params]
         table = summary_table(df[df["experiment"].isin([c.name for c in curves])],
                               metrics=("train_auc", "val_auc", "test_auc"), methods=curves[0].methods)
-        table.insert(2, "train − val AUC", table["train_auc_mean"] - table["val_auc_mean"])
+        from wsimil.reporting.evidence import train_val_gaps
+
+        gaps = pd.concat([train_val_gaps(results, c, seeds) for c in curves], ignore_index=True)
+        table = table.merge(gaps, on="method", how="left")
+        table["train_minus_val_auc"] = table["train_auc_mean"] - table["val_auc_mean"]
+        table = table[["experiment", "method", "n_seeds", "train_auc_seedavg", "val_auc_seedavg",
+                       "train_minus_val_seedavg", "train_auc_mean", "train_auc_std", "val_auc_mean", "val_auc_std",
+                       "train_minus_val_auc", "test_auc_mean", "test_auc_std"]]
         written += write_table(table, results / "tables" / "minet_curves", CAPTIONS["minet_curves"] + f" ({dataset})")
         betas = [c for c in own if "beta" in c.params]
         if betas:
@@ -221,11 +232,12 @@ def write_experiment(
         written += write_table(table, results / "tables" / "dose_response", CAPTIONS["dose_response"] + f" ({dataset})")
         from wsimil.reporting.figures import plot_dose_response
 
-        written += plot_dose_response(data, results / "figures" / "dose_response.png")
+        written += plot_dose_response(data, results / "figures" / "dose_response.png",
+                                      fixed_fraction=float(config["poison"]["fraction"]),
+                                      fixed_strength=float(config["poison"]["strength"]))
     elif experiment == "milunit":
         mine = df[df["experiment"] == "milunit"]
-        table = summary_table(mine, metrics=("val_auc", "test_auc"), methods=methods)
-        table["val − test AUC"] = table["val_auc_mean"] - table["test_auc_mean"]
+        table = milunit_table(results, mine, own[0], seeds, methods)
         written += write_table(table, results / "tables" / "milunit", CAPTIONS["milunit"] + f" ({dataset})")
         from wsimil.reporting.figures import plot_metric_by_method
 
@@ -233,7 +245,13 @@ def write_experiment(
         long["experiment"] = long["split"].map({"val_auc": "validation", "test_auc": "test"})
         written += plot_metric_by_method(long, "auc", results / "figures" / "milunit.png",
                                          experiments=["validation", "test"], methods=methods,
-                                         title="MIL unit test: validation vs test AUC", ylabel="bag AUC", chance=0.5)
+                                         title="MIL unit test: validation vs test AUC", ylabel="bag AUC", chance=0.5,
+                                         intervals=pd.concat([pd.DataFrame({
+                                             "experiment": name, "method": table["method"],
+                                             "value": table[f"{split}_auc_seedavg"], "low": table[f"{split}_auc_ci_low"],
+                                             "high": table[f"{split}_auc_ci_high"]})
+                                             for split, name in (("val", "validation"), ("test", "test"))],
+                                             ignore_index=True))
     else:
         raise WsimilError(f"unknown experiment {experiment!r}")
     from wsimil.reporting.html import experiment_page
@@ -254,6 +272,64 @@ def with_auc_intervals(table: pd.DataFrame, results: Path, cell: Cell, seeds: Se
     cols = list(table.columns)
     at = cols.index("n_seeds") + 1
     return out[cols[:at] + list(iv.columns[1:]) + cols[at:]]
+
+
+def comparison_table(config: Mapping[str, Any], results: Path, df: pd.DataFrame, base: Cell, other: Cell,
+                     tags: tuple[str, str], methods: Sequence[str]) -> pd.DataFrame:
+    """Per method: the test slide AUC of the seed-averaged scores on ``base`` and ``other`` with 95% intervals,
+    the change other − base with its interval (:func:`wsimil.reporting.evidence.auc_changes`: the cards' and
+    SUMMARY's numbers), whether the slides were paired, then each cell's per-seed AUC, mean and sd.
+    ``tags``: the column prefixes of the two cells (``("clean", "poisoned")``, ``("standard", "ood")``)."""
+    from wsimil.reporting.evidence import auc_changes
+
+    ch = auc_changes(config, results, base, other, list(config["training"]["seeds"]), methods)
+    a, b = tags
+    key = "poison" if b == "poisoned" else b
+    out = pd.DataFrame({"method": ch["method"]})
+    for tag, side in ((a, "base"), (b, "other")):
+        out[f"{tag}_slide_auc_seedavg"] = ch[f"{side}_auc"]
+        out[f"{tag}_slide_auc_ci_low"] = ch[f"{side}_ci_low"]
+        out[f"{tag}_slide_auc_ci_high"] = ch[f"{side}_ci_high"]
+    out[f"change_{key}_seedavg"] = ch["change"]
+    out[f"change_{key}_ci_low"] = ch["change_ci_low"]
+    out[f"change_{key}_ci_high"] = ch["change_ci_high"]
+    out["slides paired"] = np.where(ch["paired"], "yes", "no")
+    for tag, cell in ((a, base), (b, other)):
+        per = summary_table(df[df["experiment"] == cell.name], metrics=("slide_auc",), methods=methods)
+        per = per.set_index("method").reindex(out["method"])
+        out[f"{tag}_n_seeds"] = per["n_seeds"].to_numpy()
+        out[f"{tag}_slide_auc_mean"] = per["slide_auc_mean"].to_numpy()
+        out[f"{tag}_slide_auc_std"] = per["slide_auc_std"].to_numpy()
+    return out
+
+
+def comparison_intervals(comp: pd.DataFrame, tags: tuple[str, str], experiments: tuple[str, str]) -> pd.DataFrame:
+    """The seed-averaged AUCs of a :func:`comparison_table` in the long form the figures take (experiment,
+    method, value, low, high)."""
+    parts = [pd.DataFrame({"experiment": exp, "method": comp["method"], "value": comp[f"{tag}_slide_auc_seedavg"],
+                           "low": comp[f"{tag}_slide_auc_ci_low"], "high": comp[f"{tag}_slide_auc_ci_high"]})
+             for tag, exp in zip(tags, experiments)]
+    return pd.concat(parts, ignore_index=True)
+
+
+def milunit_table(results: Path, df: pd.DataFrame, cell: Cell, seeds: Sequence[int],
+                  methods: Sequence[str]) -> pd.DataFrame:
+    """Per method: validation and test AUC of the seed-averaged scores with 95% intervals and the reading
+    (:func:`wsimil.reporting.evidence.milunit_readings`, SUMMARY's), then the seeds' own AUCs, mean and sd."""
+    from wsimil.reporting.evidence import milunit_readings
+
+    r = milunit_readings(results, cell, seeds)
+    out = pd.DataFrame({"method": r["method"], "n_seeds": len(seeds)})
+    for split in ("val", "test"):
+        out[f"{split}_auc_seedavg"] = r[f"{split}_auc"]
+        out[f"{split}_auc_ci_low"] = r[f"{split}_ci_low"]
+        out[f"{split}_auc_ci_high"] = r[f"{split}_ci_high"]
+    out["val_minus_test_seedavg"] = r["val_auc"] - r["test_auc"]
+    out["reading"] = r["reading"]
+    per = summary_table(df, metrics=("val_auc", "test_auc"), methods=methods).set_index("method").reindex(out["method"])
+    for col in ("val_auc_mean", "val_auc_std", "test_auc_mean", "test_auc_std"):
+        out[col] = per[col].to_numpy()
+    return out
 
 
 def _published_beta() -> float:
@@ -304,18 +380,24 @@ def dtfd_ablation_data(df: pd.DataFrame, cells: Sequence[Cell]) -> pd.DataFrame:
 
 
 def training_histories(results: Path, cells: Sequence[Cell], seeds: Sequence[int]) -> pd.DataFrame:
-    """Per-epoch train and validation AUC (history.csv) of every run, ``method`` labelled with the swept beta."""
+    """Per-epoch train and validation AUC (history.csv) of every run, ``method`` labelled with the swept beta,
+    and the epoch the run selected (run.json ``best_epoch``)."""
     parts = []
     for cell in cells:
         for m in cell.methods:
             label = f"{m} (beta={cell.params['beta']:g})" if "beta" in cell.params else m
             for s in seeds:
-                h = pd.read_csv(run_dir(results, cell.name, m, s) / "history.csv")
+                d = run_dir(results, cell.name, m, s)
+                h = pd.read_csv(d / "history.csv")
                 for col in ("epoch", "train_auc", "val_auc"):
                     if col not in h.columns:
-                        raise WsimilError(f"{run_dir(results, cell.name, m, s) / 'history.csv'}: no column {col!r}")
-                parts.append(h[["epoch", "train_auc", "val_auc"]].assign(method=label, seed=s))
-    return pd.concat(parts, ignore_index=True)[["method", "seed", "epoch", "train_auc", "val_auc"]]
+                        raise WsimilError(f"{d / 'history.csv'}: no column {col!r}")
+                try:
+                    best = int(json.loads((d / "run.json").read_text())["best_epoch"])
+                except (OSError, ValueError, KeyError, TypeError) as exc:
+                    raise WsimilError(f"{d / 'run.json'}: no readable best_epoch ({type(exc).__name__})") from exc
+                parts.append(h[["epoch", "train_auc", "val_auc"]].assign(method=label, seed=s, selected_epoch=best))
+    return pd.concat(parts, ignore_index=True)[["method", "seed", "epoch", "train_auc", "val_auc", "selected_epoch"]]
 
 
 def dose_response_data(config: Mapping[str, Any], df: pd.DataFrame) -> pd.DataFrame:
@@ -406,31 +488,41 @@ def _score_maps(path: Path, slide_ids: list[str]) -> dict[str, dict[str, np.ndar
 
 
 #: the columns of the standard / ood / poison tables in their .md, .tex and .html (the CSV keeps all of them)
-BRIEF_COLUMNS = ("method", "n seeds", "seed-averaged slide AUC [95% CI]", "slide AUC", "accuracy", "F1",
-                 "patch AUC, any tumour (test tumour slides)", "FROC")
+BRIEF_COLUMNS = ("method", "n seeds", "slide AUC of seed-averaged scores [95% CI]", "slide AUC, mean ± sd of seeds",
+                 "accuracy, mean ± sd of seeds", "F1, mean ± sd of seeds",
+                 "patch AUC, any tumour (test tumour slides), mean ± sd of seeds", "FROC, mean ± sd of seeds")
 
 CAPTIONS = {
     "standard": "Standard protocol (clean features, the dataset's train/val/test split): test-split metrics per "
-    "method, mean ± std over seeds.",
+    "method.",
     "ood": "Out-of-distribution (CAMELYON17 protocol): trained and validated on the slides of some centres, tested "
-    "on the test slides of the others (section `ood`); mean ± std over seeds.",
+    "on the test slides of the others (section `ood`).",
     "poison": "FocusMIL's poison (green noise in the pixels of a fraction of the patches of normal training/"
-    "validation slides and of tumour test slides, features re-extracted): test-split metrics, mean ± std over seeds.",
-    "poison_comparison": "Test slide AUC on clean vs poisoned data per method, mean ± std over seeds. difference = "
-    "poisoned − clean; a model that learned 'poison means normal' falls below chance.",
-    "ood_comparison": "Test slide AUC on the dataset's own split vs out-of-distribution (train on some centres, "
-    "test on the others), mean ± std over seeds; difference = ood − standard.",
+    "validation slides and of tumour test slides, features re-extracted): test-split metrics.",
+    "poison_comparison": "Test slide AUC on clean vs poisoned data per method: the AUC of the seed-averaged scores "
+    "with its 95% interval (SUMMARY.md's and the cards' number), the change poisoned − clean with its 95% interval "
+    "(the same test slides resampled together when 'slides paired' says yes), and beside them the mean ± sd of the "
+    "seeds' own AUCs. A model that learned 'poison means normal' falls below chance.",
+    "ood_comparison": "Test slide AUC on the dataset's own split (standard) vs out of distribution (ood): the AUC of "
+    "the seed-averaged scores with its 95% interval (SUMMARY.md's and the cards' number), the change ood − standard "
+    "with its 95% interval (a test slide and its copy from the held-out hospital resampled together when 'slides "
+    "paired' says yes, the two slide sets independently otherwise), and beside them the mean ± sd of the seeds' own "
+    "AUCs.",
     "dtfd_ablation": "DTFD-MIL: test AUC against the number of pseudo-bags per slide. Tier 2 = slide AUC; Tier 1 = "
     "AUC over the test pseudo-bags, each labelled with its slide's label (as the official test loop computes it). "
-    "Mean ± std over seeds.",
-    "minet_curves": "Why mi-Net overfits: AUC of the selected model on the training, validation and test slides, "
-    "and the train − val gap, mean ± std over seeds. Per-epoch curves in figures/minet_curves.",
-    "focusmil_beta": "FocusMIL's KL weight beta: training, validation and test AUC of the selected epoch, mean ± std "
-    "over seeds (the run at wsimil's default beta, 0.01, unpublished, is the `focusmil` run of minet_curves).",
+    "The AUC of the seed-averaged scores (SUMMARY.md's number) and the mean ± sd of the seeds' own AUCs.",
+    "minet_curves": "Why mi-Net overfits: AUC of the selected model on the training, validation and test slides. "
+    "The train and validation AUC of the seed-averaged scores and their gap (SUMMARY.md's numbers), then the mean ± "
+    "sd of the seeds' own AUCs and the difference of their means. Per-epoch curves in figures/minet_curves.",
+    "focusmil_beta": "FocusMIL's KL weight beta: training, validation and test AUC of the selected epoch, mean ± sd "
+    "of the seeds' own AUCs (the run at wsimil's default beta, 0.01, unpublished, is the `focusmil` run of "
+    "minet_curves).",
     "dose_response": "Poison dose-response: test slide AUC against the poison strength (at the configured fraction) "
     "and against the fraction of patches poisoned (at the configured strength); value 0 = clean features. "
-    "Mean ± std over seeds.",
+    "Mean ± sd of the seeds' own AUCs.",
     "milunit": "Raff & Holt's single-concept MIL unit test: a poison instance only in negative training and "
     "validation bags and only in positive test bags. A model that respects the standard MIL assumption keeps its "
-    "validation AUC on test; one that learned 'poison means negative' falls towards 0. Mean ± std over seeds.",
+    "validation AUC on test; one that learned 'poison means negative' falls towards 0. Validation and test AUC of "
+    "the seed-averaged scores with 95% intervals and SUMMARY.md's reading, then the mean ± sd of the seeds' own "
+    "AUCs.",
 }

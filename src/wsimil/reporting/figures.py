@@ -36,6 +36,31 @@ def _save(fig: Figure, out_png: Path, dpi: int) -> list[Path]:
     return [out_png, out_pdf]
 
 
+#: what the marker and bar show when :func:`plot_metric_by_method` gets ``intervals``
+INTERVAL_KEY = "marker and bar: AUC of the seed-averaged scores, 95% CI"
+
+
+def _check_intervals(intervals: pd.DataFrame, data: pd.DataFrame, experiments: Sequence[str],
+                     methods: Sequence[str], metric: str) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """``(experiment, method) -> (value, low, high)`` for every pair with seeds in ``data``; a missing or
+    repeated pair is an error (a figure mixing two kinds of marker would be misread)."""
+    missing = [c for c in ("experiment", "method", "value", "low", "high") if c not in intervals.columns]
+    if missing:
+        raise FigureInputError(f"cannot plot {metric!r}: the intervals table lacks column(s) {missing}")
+    keys = list(zip(intervals["experiment"].astype(str), intervals["method"].astype(str)))
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise FigureInputError(f"cannot plot {metric!r}: the intervals table repeats {repeated}")
+    out = {k: (float(v), float(lo), float(hi))
+           for k, v, lo, hi in zip(keys, intervals["value"], intervals["low"], intervals["high"])}
+    shown = {(str(e), str(m)) for e, m in zip(data["experiment"], data["method"])
+             if e in experiments and m in methods}
+    lacking = sorted(shown - set(out))
+    if lacking:
+        raise FigureInputError(f"cannot plot {metric!r}: no interval for (experiment, method) {lacking}")
+    return out
+
+
 def plot_metric_by_method(
     df: pd.DataFrame,
     metric: str,
@@ -47,15 +72,22 @@ def plot_metric_by_method(
     title: str | None = None,
     ylabel: str | None = None,
     chance: float | None = None,
+    intervals: pd.DataFrame | None = None,
     figsize: tuple[float, float] = (6.0, 3.5),
     dpi: int = 200,
 ) -> list[Path]:
     """Strip plot of ``metric`` per method (x, in ``methods`` order) and experiment (colour, dodged).
 
-    ``df`` has one row per experiment x method x seed (:func:`wsimil.reporting.tables.collect_metrics`).
-    Small points are the seeds, the large marker their mean, its bar the range of the seeds (min to max: with
-    3 seeds a ± std bar would run past 0 or 1). AUC-like metrics span
-    0..1; ``chance`` draws a dashed line (default 0.5 for an AUC). Returns the PNG and PDF paths.
+    ``df`` has one row per experiment x method x seed (:func:`wsimil.reporting.tables.collect_metrics`); the
+    small dots are the seeds' own values. The large marker and its bar:
+
+    * with ``intervals`` (columns ``experiment, method, value, low, high``, one row per pair shown): ``value``,
+      the AUC of the seed-averaged scores, and ``low``-``high``, its 95% interval (SUMMARY's numbers);
+    * without: the mean of the seeds and their range (min to max: with 3 seeds a ± std bar would run past 0
+      or 1).
+
+    A key under the axes says which. AUC-like metrics span 0..1; ``chance`` draws a dashed line (default
+    0.5 for an AUC). Returns the PNG and PDF paths.
     """
     missing = [c for c in ("experiment", "method", metric) if c not in df.columns]
     if missing:
@@ -66,9 +98,11 @@ def plot_metric_by_method(
     if absent:
         raise WsimilError(f"cannot plot {metric!r}: no runs of experiments {absent} (have {sorted(set(df['experiment']))})")
     methods = list(methods) if methods is not None else list(dict.fromkeys(data["method"]))
+    ivs = _check_intervals(intervals, data, experiments, methods, metric) if intervals is not None else None
     experiment_labels = dict(experiment_labels or {})
     if chance is None and metric.endswith("auc"):
         chance = 0.5
+    quantity = "AUC" if metric.endswith("auc") else metric_label(metric)
 
     fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)
@@ -76,6 +110,7 @@ def plot_metric_by_method(
     colours = sns.color_palette("colorblind", n_colors=max(len(experiments), 2))
     width = 0.72
     step = width / len(experiments)
+    marker = {"fmt": "o", "ms": 5.5, "mec": "black", "mew": 0.6, "elinewidth": 1.4, "capsize": 3}
     for j, exp in enumerate(experiments):
         offset = (j - (len(experiments) - 1) / 2) * step
         colour = colours[j]
@@ -87,16 +122,24 @@ def plot_metric_by_method(
             finite = np.isfinite(v)
             ax.scatter(i + offset + jitter[finite], v[finite], s=12, color=colour, alpha=0.55,
                        edgecolors="none", clip_on=False, zorder=3)
-            if finite.all():  # the bar spans the seeds (min to max): never outside the metric's range
+            if ivs is not None:
+                m, lo, hi = ivs[(str(exp), str(method))]
+                if not np.isfinite(m):
+                    continue
+                # no interval (NaN bounds): the marker alone, never a bar of made-up length
+                yerr = [[m - lo], [hi - m]] if np.isfinite(lo) and np.isfinite(hi) else None
+            elif finite.all():  # the bar spans the seeds (min to max): never outside the metric's range
                 m = v.mean()
-                ax.errorbar(i + offset, m, yerr=[[m - v.min()], [v.max() - m]], fmt="o", ms=5.5, color=colour,
-                            mec="black", mew=0.6, ecolor=colour, elinewidth=1.4, capsize=3, clip_on=False, zorder=4)
+                yerr = [[m - v.min()], [v.max() - m]]
+            else:
+                continue
+            ax.errorbar(i + offset, m, yerr=yerr, color=colour, ecolor=colour, clip_on=False, zorder=4, **marker)
         # legend entry once per experiment
-        ax.errorbar([], [], yerr=[], fmt="o", ms=5.5, color=colour, mec="black", mew=0.6, capsize=3,
-                    label=experiment_labels.get(exp, exp))
+        ax.errorbar([], [], yerr=[], color=colour, label=experiment_labels.get(exp, exp),
+                    **{k: v for k, v in marker.items() if k != "elinewidth"})
 
     if chance is not None:
-        ax.axhline(chance, color="0.35", ls="--", lw=0.9, zorder=1)
+        ax.axhline(chance, color="0.35", ls="--", lw=0.9, zorder=1, gid="chance")
         ax.text(len(methods) - 0.5, chance, " chance", va="bottom", ha="right", fontsize=7, color="0.35")
     if any(metric.endswith(u) or f"_{u}_" in metric for u in _UNIT_METRICS):
         ax.set_ylim(0, 1)
@@ -116,6 +159,16 @@ def plot_metric_by_method(
     # above the axes, beside the title: never on top of data, wherever the values fall
     ax.legend(fontsize=8, frameon=False, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=len(experiments),
               borderaxespad=0.2, handletextpad=0.3, columnspacing=1.0)
+    # the key: what a dot, the marker and its bar are (grey: it holds for every colour)
+    from matplotlib.lines import Line2D
+
+    dot = Line2D([], [], ls="none", marker="o", ms=3.5, color="0.45", alpha=0.7, mec="none",
+                 label=f"dots: each seed's {quantity}")
+    summary = ax.errorbar([], [], yerr=[], color="0.45", ecolor="0.45",
+                          label=INTERVAL_KEY if ivs is not None else "marker and bar: mean of the seeds, min–max",
+                          **{k: v for k, v in marker.items() if k != "elinewidth"})
+    fig.legend(handles=[dot, summary], loc="outside lower center", ncols=2, fontsize=7.5, frameon=False,
+               handletextpad=0.3, columnspacing=1.5)
     return _save(fig, Path(out_png), dpi)
 
 
@@ -127,9 +180,12 @@ def plot_poison_comparison(
     *,
     metric: str = "slide_auc",
     methods: Sequence[str] | None = None,
+    intervals: pd.DataFrame | None = None,
     dpi: int = 200,
 ) -> list[Path]:
-    """Test slide AUC per method on clean vs poisoned data: seeds as points, their mean and range, chance 0.5."""
+    """Test slide AUC per method on clean vs poisoned data: seeds as dots, chance 0.5; the marker and bar the
+    AUC of the seed-averaged scores and its 95% interval when ``intervals`` (rows for ``clean`` and
+    ``poisoned``, see :func:`plot_metric_by_method`) is given, else the seeds' mean and range."""
     return plot_metric_by_method(
         df,
         metric,
@@ -140,6 +196,7 @@ def plot_poison_comparison(
         title="Clean vs poisoned data: test slide AUC",
         ylabel="test slide AUC",
         chance=0.5,
+        intervals=intervals,
         dpi=dpi,
     )
 
@@ -305,13 +362,16 @@ def _hide_inner_labels(axes: np.ndarray, n_used: int) -> None:
 def plot_roc_curves(
     preds: pd.DataFrame, out_png: str | os.PathLike, title: str | None = None, *, dpi: int = 200
 ) -> list[Path]:
-    """ROC curves of the test slides, one small panel per method (4 per row, in order of appearance).
+    """ROC curves of the test slides, one small panel per method (up to 5 in a row, in order of appearance).
 
     ``preds``: one row per method x seed x slide with ``method, seed, label, score`` (if it has a ``split``
-    column only its ``test`` rows are used). Thin lines are the seeds (``sklearn.metrics.roc_curve``), the bold
-    line their vertical average on a common false-positive-rate grid; the panel title gives the mean test AUC
-    (``roc_auc_score``) over seeds, the number of seeds and of test slides. Returns the PNG and PDF paths.
+    column only its ``test`` rows are used). Thin lines are each seed's ROC (``sklearn.metrics.roc_curve``),
+    the bold line their vertical mean (the seeds' true-positive rates averaged at each false-positive rate of
+    a common grid), in the family's line style; the panel title is the method and the mean ± sample sd of the
+    seeds' own test AUCs (``roc_auc_score``). A key under the panels says so, with the number of seeds and of
+    test slides. Returns the PNG and PDF paths.
     """
+    from matplotlib.lines import Line2D
     from sklearn.metrics import roc_auc_score, roc_curve
 
     _require(preds, ("method", "seed", "label", "score"), "ROC curves")
@@ -336,13 +396,16 @@ def plot_roc_curves(
         fpr, tpr, _ = roc_curve(y, s)
         curves.setdefault(method, []).append((fpr, tpr))
         aucs.setdefault(method, []).append(float(roc_auc_score(y, s)))
+    n_seeds = sorted({len(a) for a in aucs.values()})
+    n_slides = sorted(set(preds.groupby(["method", "seed"], sort=False).size()))
 
     # up to 5 methods in one row (the default's 5: no empty panels), else rows of 4
     nrows, ncols = _grid_shape(len(methods), max_cols=5 if len(methods) <= 5 else 4)
     width = 2.6 if ncols == 1 else COLUMN_IN if ncols == 2 else PAGE_IN
     side = width / ncols
+    wide = width >= PAGE_IN  # the key in one row; on a narrower figure one entry a row, under a two-line title
     with matplotlib.rc_context(_PAPER_RC):
-        fig = _figure(width, side * nrows + 0.45 + (0.2 if title else 0.0))
+        fig = _figure(width, side * nrows + (0.75 if wide else 1.25) + (0.2 if title else 0.0))
         axes = np.atleast_2d(fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False))
         for ax, method in zip(axes.flat, methods):
             st = styles[method]
@@ -353,8 +416,9 @@ def plot_roc_curves(
             mean_tpr[0] = 0.0
             ax.plot(grid, mean_tpr, color=st["color"], lw=1.6, ls=st["ls"], zorder=3)
             a = np.asarray(aucs[method])
-            n_slides = int(preds.loc[preds["method"] == method].groupby("seed").size().iloc[0])
-            ax.set_title(f"{method}\nAUC {a.mean():.3f} ({len(a)} seeds, {n_slides} slides)", fontsize=7.5, pad=3)
+            auc = f"AUC {a.mean():.3f} ± {_std(a):.3f}" if len(a) > 1 else f"AUC {a[0]:.3f}"
+            name = _wrap_name(method) if len(method) > 16 else method
+            ax.set_title(f"{name}\n{auc}", fontsize=7, pad=3)
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1.0)
             ax.set_aspect("equal")
@@ -365,33 +429,69 @@ def plot_roc_curves(
             ax.grid(color="0.92", lw=0.5)
             ax.set_axisbelow(True)
         _hide_inner_labels(axes, len(methods))
-        fig.supxlabel("false positive rate")
-        fig.supylabel("true positive rate")
+        for k, ax in enumerate(axes.flat):
+            if k >= len(methods):
+                fig.delaxes(ax)
+                continue
+            # per panel, not fig.supxlabel: an outside legend and a supxlabel share the bottom edge and overlap
+            if k + ncols >= len(methods):
+                ax.set_xlabel("false positive rate")
+            if k % ncols == 0:
+                ax.set_ylabel("true positive rate")
         if title:
             fig.suptitle(title)
+        seeds_txt = "–".join(map(str, (n_seeds[0], n_seeds[-1]) if len(n_seeds) > 1 else n_seeds))
+        slides_txt = "–".join(map(str, (n_slides[0], n_slides[-1]) if len(n_slides) > 1 else n_slides))
+        key = [Line2D([], [], color="0.35", lw=0.6, alpha=0.6, label=f"each seed's ROC ({seeds_txt} seeds)"),
+               Line2D([], [], color="0.35", lw=1.6, label="mean of the seeds' ROCs"),
+               Line2D([], [], color="0.6", lw=0.7, ls=":", label="chance")]
+        fig.legend(handles=key, loc="outside lower center", ncols=3 if wide else 1, frameon=False,
+                   title=f"panel titles: mean ± sd of the seeds' test AUCs;{' ' if wide else chr(10)}"
+                         f"{slides_txt} test slides", title_fontsize=7)
         return _save(fig, Path(out_png), dpi)
+
+
+def _panel_grid(n: int) -> tuple[int, int]:
+    """Rows and columns for ``n`` panels: one row up to 5, else rows of 4 or 3, whichever leaves fewer empty."""
+    if n <= 5:
+        return 1, n
+    ncols = min((4, 3), key=lambda c: (-n % c, -c))
+    return int(np.ceil(n / ncols)), ncols
 
 
 def plot_training_curves(history: pd.DataFrame, out_png: str | os.PathLike, *, dpi: int = 200) -> list[Path]:
     """Train (solid) and validation (dashed) AUC per epoch, one panel per method in order of appearance.
 
-    ``history``: ``method, seed, epoch, train_auc, val_auc`` (NaN where an epoch was not evaluated). Thin lines
-    are the seeds, bold lines the mean over the seeds evaluated at that epoch. Shows overfitting as a train
-    curve rising to 1 while the validation curve stays low. Returns the PNG and PDF paths.
+    ``history``: ``method, seed, epoch, train_auc, val_auc`` (NaN where an epoch was not evaluated), and
+    optionally ``selected_epoch`` (per method x seed: the epoch whose model was kept, ``run.json``'s
+    ``best_epoch``), marked on that seed's validation curve. Thin lines are the seeds, bold lines the mean
+    over the seeds evaluated at that epoch. Each panel's epoch axis spans the epochs its runs have (shared
+    only when every method ran about as long); no empty panels. Shows overfitting as a train curve rising to
+    1 while the validation curve stays low. Returns the PNG and PDF paths.
     """
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     _require(history, ("method", "seed", "epoch", "train_auc", "val_auc"), "training curves")
     methods = _order(history["method"])
     styles = method_styles(methods)
-    nrows, ncols = _grid_shape(len(methods))
+    spans = {m: (float(e.min()), float(e.max())) for m, e in history.groupby("method", sort=False)["epoch"]}
+    lengths = [hi - lo + 1 for lo, hi in spans.values()]
+    shared = max(lengths) <= 1.5 * min(lengths)  # else an 8-epoch run is a sliver on a 60-epoch axis
+    if shared:
+        lo, hi = min(s[0] for s in spans.values()), max(s[1] for s in spans.values())
+        spans = {m: (lo, hi) for m in methods}
+    selected = "selected_epoch" in history.columns
+    nrows, ncols = _panel_grid(len(methods))
     width = COLUMN_IN if ncols <= 2 else PAGE_IN
     panel_h = 1.45 if ncols > 2 else 1.6
     curves = (("train_auc", "-", "train"), ("val_auc", "--", "validation"))
     with matplotlib.rc_context(_PAPER_RC):
-        fig = _figure(width, panel_h * nrows + 0.6)
-        axes = np.atleast_2d(fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False))
-        for ax, method in zip(axes.flat, methods):
+        fig = _figure(width, panel_h * nrows + 0.75)
+        axes = fig.subplots(nrows, ncols, sharex=shared, sharey=True, squeeze=False)
+        for ax in axes.flat[len(methods):]:
+            fig.delaxes(ax)
+        for k, (ax, method) in enumerate(zip(axes.flat, methods)):
             colour = styles[method]["color"]
             h = history[history["method"] == method]
             for col, ls, _ in curves:
@@ -402,27 +502,51 @@ def plot_training_curves(history: pd.DataFrame, out_png: str | os.PathLike, *, d
                     ax.plot(s.index, s.to_numpy(), color=colour, lw=0.5, ls=ls, alpha=0.45)
                 mean = wide.mean(axis=1, skipna=True).dropna()
                 ax.plot(mean.index, mean.to_numpy(), color=colour, lw=1.6, ls=ls)
+            if selected:
+                for _, g in h.groupby("seed", sort=False):
+                    e = g["selected_epoch"].dropna()
+                    if e.empty:
+                        continue
+                    at = g.loc[g["epoch"] == e.iloc[0], "val_auc"].dropna()
+                    if not at.empty:
+                        ax.plot([e.iloc[0]], [at.iloc[0]], ls="none", marker="o", ms=4, mfc="white",
+                                mec=colour, mew=1.0, zorder=5, gid="selected_epoch")
             ax.axhline(0.5, color="0.6", lw=0.6, ls=":", zorder=0)
             ax.set_title(method, fontsize=7.5, pad=3)
+            lo, hi = spans[method]
+            pad = max(0.3, 0.03 * (hi - lo))
+            ax.set_xlim(lo - pad, hi + pad)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
             ax.set_ylim(0, 1.02)
             ax.set_yticks([0, 0.5, 1])
             ax.grid(color="0.92", lw=0.5)
             ax.set_axisbelow(True)
-        _hide_inner_labels(axes, len(methods))
-        fig.supxlabel("epoch")
-        fig.supylabel("slide AUC")
-        handles = [Line2D([], [], color="0.25", lw=1.6, ls=ls, label=f"{lab} (mean)") for _, ls, lab in curves]
+            ax.tick_params(labelbottom=True)
+            ax.set_xlabel("epoch")
+            if k % ncols == 0:
+                ax.set_ylabel("slide AUC")
+        handles = [Line2D([], [], color="0.25", lw=1.6, ls=ls, label=f"{lab} (mean of the seeds)")
+                   for _, ls, lab in curves]
         handles.append(Line2D([], [], color="0.25", lw=0.5, alpha=0.6, label="one seed"))
+        if selected:
+            handles.append(Line2D([], [], ls="none", marker="o", ms=4, mfc="white", mec="0.25", mew=1.0,
+                                  label="selected epoch (one per seed)"))
+        handles.append(Line2D([], [], color="0.6", lw=0.6, ls=":", label="chance"))
         fig.legend(handles=handles, loc="outside upper center", ncols=3, frameon=False)
         return _save(fig, Path(out_png), dpi)
+
+
+#: legend names of the DTFD-MIL tiers: Tier 1's AUC is over pseudo-bags (each with its slide's label)
+TIER_LABELS = {"Tier 2": "Tier 2: slide AUC", "Tier 1": "Tier 1: pseudo-bag AUC"}
 
 
 def plot_dtfd_ablation(df: pd.DataFrame, out_png: str | os.PathLike, *, dpi: int = 200) -> list[Path]:
     """DTFD-MIL test AUC against the number of pseudo-bags (log2 axis), one line per tier.
 
     ``df``: ``n_pseudo_bags, seed, tier, auc`` (tier ``"Tier 1"`` / ``"Tier 2"``). Points are the seeds, the
-    line and band mean ± sample std (clipped to [0, 1]); the y axis spans the AUC's range. Returns the PNG and
-    PDF paths.
+    line the mean over seeds and the band mean ± sample sd (clipped to [0, 1]); dotted grey: chance. The
+    y axis ("test AUC") spans the AUC's range; the legend, under the axes, names what each tier's AUC is over
+    (:data:`TIER_LABELS`): Tier 2 slides, Tier 1 pseudo-bags. Returns the PNG and PDF paths.
     """
     _require(df, ("n_pseudo_bags", "seed", "tier", "auc"), "the DTFD pseudo-bag ablation")
     if (df["n_pseudo_bags"] <= 0).any():
@@ -432,7 +556,7 @@ def plot_dtfd_ablation(df: pd.DataFrame, out_png: str | os.PathLike, *, dpi: int
     markers = ["o", "s", "^", "D"]
     ks = np.sort(df["n_pseudo_bags"].unique()).astype(float)
     with matplotlib.rc_context(_PAPER_RC):
-        fig = _figure(COLUMN_IN, 2.5)
+        fig = _figure(COLUMN_IN, 2.7)
         ax = fig.add_subplot()
         nt = len(tiers)
         for i, tier in enumerate(tiers):
@@ -447,20 +571,26 @@ def plot_dtfd_ablation(df: pd.DataFrame, out_png: str | os.PathLike, *, dpi: int
             ax.scatter(d["n_pseudo_bags"].astype(float) * dodge, d["auc"], s=9, color=colour, alpha=0.55,
                        edgecolors="none", zorder=3)
             ax.plot(x, mean.to_numpy(), color=colour, marker=marker, ms=4.5, lw=1.5, mec="white", mew=0.5,
-                    label=str(tier), zorder=4)
+                    label=TIER_LABELS.get(str(tier), str(tier)), zorder=4)
         ax.set_xscale("log", base=2)
         ax.set_xticks(ks)
         ax.set_xticklabels([f"{k:g}" for k in ks])
         ax.minorticks_off()
         ax.set_xlim(ks.min() / 1.25, ks.max() * 1.25)
         ax.set_xlabel("number of pseudo-bags per slide")
-        ax.set_ylabel("test slide AUC")
+        ax.set_ylabel("test AUC")
         ax.grid(axis="y", color="0.92", lw=0.5)
         ax.set_axisbelow(True)
         ax.set_ylim(0.0, 1.0)  # the AUC's whole range: a truncated axis exaggerates the tiers' differences
-        ax.axhline(0.5, color="0.6", lw=0.7, ls=":", zorder=1)
-        ax.legend(frameon=False, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=nt, borderaxespad=0.2)
-        ax.set_title("DTFD-MIL: pseudo-bag ablation", loc="left", pad=12)
+        ax.axhline(0.5, color="0.6", lw=0.7, ls=":", zorder=1, gid="chance")
+        ax.text(1.0, 0.5, "chance ", transform=ax.get_yaxis_transform(), ha="right", va="bottom",
+                fontsize=7, color="0.45")
+        handles, labels = ax.get_legend_handles_labels()
+        order = sorted(range(len(labels)), key=lambda j: labels[j], reverse=True)  # Tier 2 (the slide) first
+        # under the axes: the title sits above them, so the two never meet
+        fig.legend([handles[j] for j in order], [labels[j] for j in order], loc="outside lower center",
+                   ncols=nt if nt <= 2 else 2, frameon=False)
+        ax.set_title("DTFD-MIL: pseudo-bag ablation", loc="left")
         return _save(fig, Path(out_png), dpi)
 
 
@@ -499,10 +629,13 @@ def plot_dose_response(
     dpi: int = 200,
 ) -> list[Path]:
     """Poison dose-response: test AUC against poison strength (left) and against the fraction of patches
-    poisoned (right), one line per method (mean, with a ± sample std band over seeds), chance at 0.5.
+    poisoned (right), one line per method, chance at 0.5 (dotted grey line).
 
-    ``df``: ``method, seed, axis, value, auc`` with ``axis`` ``"strength"`` or ``"fraction"``. The fraction
-    held fixed on the strength sweep (and the other way round) can be named in the panel titles.
+    ``df``: ``method, seed, axis, value, auc`` with ``axis`` ``"strength"`` or ``"fraction"``. A marker is
+    the mean of the seeds' AUCs at one level, the band mean ± sample sd (clipped to [0, 1]); straight lines
+    join the levels measured, and each panel's x ticks are exactly those levels (nothing lies between them).
+    Line style and marker by family (max-pooling solid with circles, attention dashed with squares). The
+    fraction held fixed on the strength sweep (and the other way round) can be named in the panel titles.
     Returns the PNG and PDF paths.
     """
     _require(df, ("method", "seed", "axis", "value", "auc"), "the poison dose-response")
@@ -532,17 +665,24 @@ def plot_dose_response(
                     continue
                 mean, std = g.mean(), g.std(ddof=1).fillna(0.0)
                 x = mean.index.to_numpy(dtype=float)
-                ax.fill_between(x, mean - std, mean + std, color=st["color"], alpha=0.10, lw=0)
-                ax.plot(x, mean.to_numpy(), color=st["color"], ls=st["ls"], marker=st["marker"], ms=3.2,
-                        lw=1.2, mec="white", mew=0.4)
-            ax.axhline(0.5, color="0.45", lw=0.8, ls=":", zorder=1)
+                ax.fill_between(x, (mean - std).clip(0, 1), (mean + std).clip(0, 1), color=st["color"], alpha=0.10,
+                                lw=0)
+                ax.plot(x, mean.to_numpy(), color=st["color"], ls=st["ls"], marker=st["marker"], ms=4.5,
+                        lw=1.2, mec="white", mew=0.4, clip_on=False, zorder=3, gid=f"method:{method}")
+            ax.axhline(0.5, color="0.45", lw=0.8, ls=":", zorder=1, gid="chance")
             ax.text(1.0, 0.5, "chance ", transform=ax.get_yaxis_transform(), ha="right", va="bottom",
                     fontsize=7, color="0.45")
+            levels = np.sort(d["value"].astype(float).unique())
+            ax.set_xticks(levels)
+            ax.set_xticklabels([f"{v:g}" if v else "0 (clean)" for v in levels])  # no poison: the clean runs
+            ax.minorticks_off()
+            span = levels[-1] - levels[0] if len(levels) > 1 else 1.0
+            ax.set_xlim(levels[0] - 0.05 * span, levels[-1] + 0.05 * span)
             ax.set_xlabel(xlabel)
             ax.set_title(title, loc="left")
             ax.set_ylim(0, 1)
             ax.set_yticks(np.linspace(0, 1, 6))
-            ax.grid(color="0.92", lw=0.5)
+            ax.grid(axis="y", color="0.92", lw=0.5)
             ax.set_axisbelow(True)
         axes[0].set_ylabel("test slide AUC")
         _method_legend(fig, methods, styles, "outside lower center")

@@ -15,18 +15,27 @@ import pandas as pd
 
 from wsimil.experiments import dose_levels, experiment_cells, plan_cells
 from wsimil.io import WsimilError, write_text_atomic
-from wsimil.reporting.experiments import dtfd_ablation_data, load_metrics, summary_outputs
+from wsimil.reporting.experiments import load_metrics, summary_outputs
 from wsimil.reporting.tables import write_table
 
 
-#: published figures we know (docs/references.md names each source; where a figure could not be checked against the paper's PDF it says so)
+#: published figures we know, each with where it comes from and whether it was checked against the paper itself
+#: (docs/references.md gives every source)
+_DTFD_SOURCE = ("Zhang et al., CVPR 2022 (arXiv 2203.12081), main results table for the dataset; table number "
+                "not recorded")
+_DTFD_CHECK = "no: taken from a secondary summary of the paper, not from its PDF"
 PUBLISHED = [
     {"paper": "DTFD-MIL (CVPR 2022)", "dataset": "CAMELYON16", "method": "dtfd_afs", "metric": "slide AUC", "published": 0.946},
     {"paper": "DTFD-MIL (CVPR 2022)", "dataset": "CAMELYON16", "method": "dtfd_afs", "metric": "accuracy (test Youden)", "published": 0.908},
     {"paper": "DTFD-MIL (CVPR 2022)", "dataset": "TCGA-NSCLC", "method": "dtfd_maxmins", "metric": "slide AUC", "published": 0.961},
     {"paper": "DTFD-MIL (CVPR 2022)", "dataset": "TCGA-NSCLC", "method": "dtfd_maxmins", "metric": "accuracy (test Youden)", "published": 0.894},
 ]  # fmt: skip
-_METRIC_KEYS = {"slide AUC": "slide_auc", "accuracy (test Youden)": "slide_accuracy_youden_test"}
+_FOCUSMIL_SOURCE = "arXiv 2408.09449 (the abstract's poison experiment; version not recorded)"
+_FOCUSMIL_CHECK = "no: a qualitative finding from a summary of the abstract; the paper's numbers are unknown here"
+#: how this run's number of each published metric is named: the slide AUC of the seed-averaged scores (with
+#: its interval, as SUMMARY.md), the accuracy as the mean of the seeds' accuracies
+_METRIC_NAMES = {"slide AUC": "test slide AUC of seed-averaged scores",
+                 "accuracy (test Youden)": "accuracy at the test set's Youden threshold, mean of seeds"}
 #: the dataset names (config dataset.name) that are the published datasets themselves
 _SAME_DATA = {"CAMELYON16": ("camelyon16",), "TCGA-NSCLC": ("tcga-nsclc", "tcga_nsclc")}
 
@@ -46,33 +55,58 @@ def _f(x: float) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
-def paper_vs_reproduced(config: Mapping[str, Any], df: pd.DataFrame) -> pd.DataFrame:
-    """Published numbers beside this run's (standard experiment, mean over seeds), with a note whenever the
-    data differ (e.g. the synthetic mini-Camelyon vs the real CAMELYON16)."""
+def paper_vs_reproduced(config: Mapping[str, Any], df: pd.DataFrame, results: Path | None = None) -> pd.DataFrame:
+    """Published numbers beside this run's, one row per method and metric, with the paper's source, whether the
+    number was checked against the paper itself, and a note whenever the data differ (e.g. the synthetic
+    mini-Camelyon vs the real CAMELYON16). A slide AUC is that of the seed-averaged scores with its 95% interval
+    (SUMMARY.md's number; needs ``results``), an accuracy the mean of the seeds'."""
+    from wsimil.reporting import evidence as ev
+
     dataset = config["dataset"]["name"]
+    seeds = list(config["training"]["seeds"])
+    cells = {c.name: c for c in plan_cells(config)}
+    nan = math.nan
+
+    def seedavg(cell: str) -> dict[str, tuple[float, float, float]]:
+        if results is None or cell not in cells:
+            return {}
+        iv = ev.auc_intervals(results, cells[cell], seeds)
+        return {r.method: (r.slide_auc_seedavg, r.slide_auc_ci_low, r.slide_auc_ci_high) for r in iv.itertuples()}
+
+    std_auc = seedavg("standard")
     std = df[df["experiment"] == "standard"] if "experiment" in df.columns else df.iloc[:0]
     rows = []
     for p in PUBLISHED:
-        key = _METRIC_KEYS[p["metric"]]
         g = std[std["method"] == p["method"]]
-        ours = _mean(g[key]) if key in g.columns and len(g) else math.nan
+        if p["metric"] == "slide AUC":
+            ours = std_auc.get(p["method"], (nan, nan, nan))
+        else:
+            col = "slide_accuracy_youden_test"
+            ours = (_mean(g[col]) if col in g.columns and len(g) else nan, nan, nan)
         same = dataset.lower() in _SAME_DATA.get(p["dataset"], ())
         rows.append({
-            **p, "reproduced": ours, "n_seeds": int(g["seed"].nunique()) if len(g) else 0,
-            "our data": dataset,
+            **p, "metric": _METRIC_NAMES[p["metric"]], "reproduced_seedavg": ours[0], "reproduced_ci_low": ours[1],
+            "reproduced_ci_high": ours[2], "n_seeds": int(g["seed"].nunique()) if len(g) else 0, "our data": dataset,
+            "source": _DTFD_SOURCE, "checked against the paper": _DTFD_CHECK,
             "note": "same dataset" if same else "published figure on different data: not comparable as a number",
         })
+    pois_auc = seedavg("poison")
     if "poison" in set(df.get("experiment", [])):
         poisoned = df[df["experiment"] == "poison"]
-        for fam, claim in (("attention", "near 0"), ("max-pooling", "almost unaffected")):
-            ms = [m for m in dict.fromkeys(poisoned["method"]) if _family(m) == fam]
-            if ms:
-                rows.append({"paper": "FocusMIL (arXiv 2408.09449)", "dataset": "CAMELYON16 + poison",
-                             "method": f"{fam} family ({', '.join(ms)})", "metric": "poisoned test slide AUC",
-                             "published": claim, "reproduced": _mean(poisoned[poisoned["method"].isin(ms)]["slide_auc"]),
-                             "n_seeds": int(poisoned["seed"].nunique()), "our data": dataset,
-                             "note": "published as a qualitative finding (exact numbers unknown); different data"})
-    return pd.DataFrame(rows)
+        for m in dict.fromkeys(poisoned["method"]):
+            claim = {"attention": "near 0", "max-pooling": "almost unaffected"}.get(_family(m))
+            if claim is None:
+                continue
+            ours = pois_auc.get(m, (nan, nan, nan))
+            rows.append({"paper": "FocusMIL (arXiv 2408.09449)", "dataset": "CAMELYON16 + poison",
+                         "method": f"{m} ({_family(m)})", "metric": "poisoned " + _METRIC_NAMES["slide AUC"],
+                         "published": claim, "reproduced_seedavg": ours[0], "reproduced_ci_low": ours[1],
+                         "reproduced_ci_high": ours[2], "n_seeds": int(poisoned[poisoned["method"] == m]["seed"].nunique()),
+                         "our data": dataset, "source": _FOCUSMIL_SOURCE, "checked against the paper": _FOCUSMIL_CHECK,
+                         "note": "published as a qualitative finding for the family; different data"})
+    cols = ["paper", "dataset", "method", "metric", "published", "reproduced_seedavg", "reproduced_ci_low",
+            "reproduced_ci_high", "n_seeds", "our data", "source", "checked against the paper", "note"]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def _iv(iv) -> str:
@@ -95,7 +129,8 @@ def findings(config: Mapping[str, Any], df: pd.DataFrame, results: Path | None =
 
     def per_method(cell: str) -> str:
         if results is None:
-            return ", ".join(f"{m} {_f(_mean(g['slide_auc']))}" for m, g in df[df["experiment"] == cell].groupby("method", sort=False))
+            return ", ".join(f"{m} {_f(_mean(g['slide_auc']))} (mean of the seeds' AUCs)"
+                             for m, g in df[df["experiment"] == cell].groupby("method", sort=False))
         iv = ev.auc_intervals(results, cells[cell], seeds)
         return ", ".join(f"{r.method} {r.slide_auc_seedavg:.3f} [{r.slide_auc_ci_low:.3f}, {r.slide_auc_ci_high:.3f}]"
                          for r in iv.itertuples())
@@ -116,7 +151,7 @@ def findings(config: Mapping[str, Any], df: pd.DataFrame, results: Path | None =
         txt = ", ".join(f"{m} {_f(_mean(g[key]))}" for m, g in std.groupby("method", sort=False)) \
             if key in std.columns else "n/a"
         out.append(f"**FocusMIL: max-pooling localises tumour patches better than attention.** Patch AUC on the test "
-                   f"tumour slides, any tumour = positive (mean over seeds): {txt}. On the synthetic default this is the "
+                   f"tumour slides, any tumour = positive, mean of seeds: {txt}. On the synthetic default this is the "
                    "definition a supervised linear probe of the same features finds about as hard as real "
                    "PatchCamelyon (docs/data.md, Calibration); at ≥ 50 % tumour even the probe is at its ceiling. "
                    f"{claim_text('patch')}")
@@ -126,19 +161,18 @@ def findings(config: Mapping[str, Any], df: pd.DataFrame, results: Path | None =
     if "ood" in by_key:
         out.append(f"**Out of distribution: max-pooling is more robust to an unseen hospital (FocusMIL).** Test AUC at "
                    f"the held-out centre: {per_method('ood')}. {claim_text('ood')}")
-    if "dtfd_tier1" in by_key:
-        data = dtfd_ablation_data(df, experiment_cells(list(cells.values()), "dtfd_ablation"))
-        parts = [f"{tier}: " + ", ".join(f"M={m} {_f(v)}" for m, v in g.groupby("n_pseudo_bags")["auc"].mean().items())
-                 for tier, g in data.groupby("tier")]
-        out.append(f"**DTFD-MIL: more pseudo-bags hurt Tier 1, not Tier 2.** Mean test AUC over seeds by number of "
-                   f"pseudo-bags M — {'; '.join(parts)}. Tier 1: {claim_text('dtfd_tier1')} Tier 2: "
+    if "dtfd_tier1" in by_key and results is not None:
+        pts = ev.dtfd_points(results, experiment_cells(list(cells.values()), "dtfd_ablation"), seeds)
+        parts = [f"{tier}: " + ", ".join(f"M={r.n_pseudo_bags} {_f(r.auc_seedavg)}" for r in g.itertuples())
+                 for tier, g in pts.groupby("tier", sort=False)]
+        out.append(f"**DTFD-MIL: more pseudo-bags hurt Tier 1, not Tier 2.** Test AUC of the seed-averaged scores by "
+                   f"number of pseudo-bags M — {'; '.join(parts)}. Tier 1: {claim_text('dtfd_tier1')} Tier 2: "
                    f"{claim_text('dtfd_tier2')}")
-    if "minet_gap" in by_key:
-        g = df[df["experiment"] == "minet_curves"]
-        gap = {m: _mean(h["train_auc"]) - _mean(h["val_auc"]) for m, h in g.groupby("method", sort=False)}
-        txt = ", ".join(f"{m} {_f(v)}" for m, v in gap.items())
-        out.append(f"**Why mi-Net overfits.** Train − validation AUC of the selected model (mean over seeds): {txt}. "
-                   f"{claim_text('minet_gap')}")
+    if "minet_gap" in by_key and results is not None:
+        gaps = ev.train_val_gaps(results, cells["minet_curves"], seeds)
+        txt = ", ".join(f"{r.method} {_f(r.train_minus_val_seedavg)}" for r in gaps.itertuples())
+        out.append(f"**Why mi-Net overfits.** Train − validation AUC of the selected model's seed-averaged scores: "
+                   f"{txt}. {claim_text('minet_gap')}")
     if "dose_response" in exps:
         levels = dose_levels(config)
         out.append(f"**Poison dose-response (beyond the papers).** {len(levels)} poison levels; the curves are in "
@@ -260,17 +294,24 @@ def write_summary(config: Mapping[str, Any], results: str | os.PathLike,
     df = load_metrics(results, cells, seeds)
     dataset = config["dataset"]["name"]
     written: list[Path] = []
-    paper = paper_vs_reproduced(config, df)
+    paper = paper_vs_reproduced(config, df, results)
     written += write_table(paper, results / "tables" / "paper_vs_reproduced",
-                           f"Published numbers beside this run's (standard experiment, mean over seeds; {dataset}). "
-                           "A published figure on other data is context, not a target.")
+                           "Published numbers beside this run's: a slide AUC is that of the seed-averaged scores with "
+                           "its 95% interval (SUMMARY.md's number), an accuracy the mean of the seeds'. Each row names "
+                           "the paper's source and whether the number was checked against the paper itself. A published "
+                           f"figure on other data is context, not a target ({dataset}).")
+    from wsimil.reporting import evidence as ev
+
     shown = [e for e in ("standard", "ood", "poison") if e in {c.name for c in cells}]
     if not shown:
         raise WsimilError("figures/slide_auc needs one of the experiments standard, ood, poison")
+    by_name = {c.name: c for c in cells}
+    ivs = pd.concat([ev.auc_intervals(results, by_name[e], seeds).assign(experiment=e) for e in shown], ignore_index=True)
+    ivs = ivs.rename(columns={"slide_auc_seedavg": "value", "slide_auc_ci_low": "low", "slide_auc_ci_high": "high"})
     written += plot_metric_by_method(df, "slide_auc", results / "figures" / "slide_auc.png", experiments=shown,
                                      methods=config["training"]["methods"],
+                                     intervals=ivs[["experiment", "method", "value", "low", "high"]],
                                      title=f"Test slide AUC per method ({dataset})", ylabel="test slide AUC", chance=0.5)
-    from wsimil.reporting import evidence as ev
 
     checked = ev.claims(config, results)
     claims_df = pd.DataFrame([c.row() for c in checked], columns=ev.CLAIM_COLUMNS)

@@ -37,7 +37,6 @@ LABELS: dict[str, str] = {
     "test_auc": "test AUC",
     "slide_auc_ci_low": "AUC 95% CI low",
     "slide_auc_ci_high": "AUC 95% CI high",
-    "slide_auc_seedavg": "seed-averaged slide AUC",
     "patch_auc_tumour_slides_any": "patch AUC, any tumour (test tumour slides)",
     "patch_ap_tumour_slides_any": "patch AP, any tumour (test tumour slides)",
     "patch_auc_all_slides_any": "patch AUC, any tumour (all test slides)",
@@ -48,9 +47,22 @@ LABELS: dict[str, str] = {
     "slide_f1_youden_test": "F1 (test Youden)",
     "froc": "FROC",
     "n_seeds": "n seeds",
-    "difference": "difference (poisoned − clean)",
-    "difference_ood": "difference (ood − standard)",
+    "difference": "difference of the seeds' means (poisoned − clean)",
+    "difference_ood": "difference of the seeds' means (ood − standard)",
+    "change_poison_seedavg": "change of the seed-averaged AUC (poisoned − clean)",
+    "change_ood_seedavg": "change of the seed-averaged AUC (ood − standard)",
+    "auc": "test AUC",
+    "reproduced_seedavg": "reproduced",
+    "val_minus_test_seedavg": "val − test AUC of seed-averaged scores",
+    "train_minus_val_seedavg": "train − val AUC of seed-averaged scores",
+    "train_minus_val_auc": "train − val AUC, mean of seeds",
 }
+#: the two slide AUCs a run of several seeds has, and their names everywhere (tables, cards, SUMMARY, figures):
+#: ``<metric>_seedavg`` is the AUC of each slide's mean score over the seeds ("... of seed-averaged scores",
+#: with a bootstrap interval over the slides), ``<metric>_mean`` / ``_std`` the mean and sd of the seeds' own
+#: AUCs ("..., mean ± sd of seeds"). They differ; a number is never shown under the other's name.
+SEEDAVG = " of seed-averaged scores"
+SEED_MEAN = ", mean ± sd of seeds"
 
 #: metrics of the main summary table, in column order
 SUMMARY_METRICS: tuple[str, ...] = ("slide_auc", "slide_accuracy", "slide_f1", "patch_auc_tumour_slides")
@@ -58,10 +70,14 @@ SUMMARY_METRICS: tuple[str, ...] = ("slide_auc", "slide_accuracy", "slide_f1", "
 
 def metric_label(col: str) -> str:
     """The human label of a results column (`slide_auc` -> "slide AUC", `clean_slide_auc` -> "clean slide AUC")."""
+    if col in LABELS:
+        return LABELS[col]
     for prefix in ("clean_", "poisoned_", "standard_", "ood_"):
         if col.startswith(prefix):
             return f"{prefix[:-1]} {metric_label(col[len(prefix):])}"
-    return LABELS.get(col, col.replace("_", " "))
+    if col.endswith("_seedavg"):
+        return metric_label(col[: -len("_seedavg")]) + SEEDAVG
+    return col.replace("_", " ")
 
 
 # --------------------------------------------------------------------------------------------- collect
@@ -208,8 +224,10 @@ def _fmt(x, digits: int, signed: bool = False) -> str:
 
 
 def format_table(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """The display form: ``<m>_mean`` + ``<m>_std`` -> one column ``"0.912 ± 0.021"`` (just the mean when
-    std is NaN, i.e. one seed; "–" when the mean is NaN), labelled columns, floats to ``digits``.
+    """The display form: ``<m>_mean`` + ``<m>_std`` -> one column ``"<label>, mean ± sd of seeds"`` holding
+    ``"0.912 ± 0.021"`` (just the mean when std is NaN, i.e. one seed; "–" when the mean is NaN);
+    ``<m>_seedavg`` + ``<m>_ci_low`` / ``_ci_high`` -> ``"<label> of seed-averaged scores [95% CI]"`` holding
+    ``"0.905 [0.829, 0.966]"``; other columns labelled, floats to ``digits``.
     """
     out: dict[str, list[str] | pd.Series] = {}
     cols = list(df.columns)
@@ -219,15 +237,16 @@ def format_table(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
         if col.endswith(("_ci_low", "_ci_high")) and col.rsplit("_ci_", 1)[0] + "_seedavg" in cols:
             continue  # shown with its point estimate: "0.905 [0.829, 0.966]"
         if col.endswith("_seedavg") and col[:-8] + "_ci_low" in cols and col[:-8] + "_ci_high" in cols:
-            base = col[:-8]
+            base, sg = col[:-8], col.startswith("change")
             out[metric_label(col) + " [95% CI]"] = [
-                _fmt(v, digits) if math.isnan(lo) or math.isnan(hi) else f"{_fmt(v, digits)} [{_fmt(lo, digits)}, {_fmt(hi, digits)}]"
+                _fmt(v, digits, sg) if math.isnan(lo) or math.isnan(hi)
+                else f"{_fmt(v, digits, sg)} [{_fmt(lo, digits, sg)}, {_fmt(hi, digits, sg)}]"
                 for v, lo, hi in zip(df[col].astype(float), df[base + "_ci_low"].astype(float), df[base + "_ci_high"].astype(float))
             ]
             continue
         if col.endswith("_mean") and col[:-5] + "_std" in cols:
             base = col[:-5]
-            out[metric_label(base)] = [
+            out[metric_label(base) + SEED_MEAN] = [
                 _fmt(m, digits) if math.isnan(s) or math.isnan(m) else f"{_fmt(m, digits)} ± {_fmt(s, digits)}"
                 for m, s in zip(df[col].astype(float), df[base + "_std"].astype(float))
             ]
@@ -293,7 +312,7 @@ def write_table(df: pd.DataFrame, stem: str | os.PathLike, caption: str, digits:
             caption = f"{caption} Columns shown: {len(keep)} of {len(df.columns)}; all of them in {csv.name}."
     text = {metric_label(c) for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])}
     colalign = ["left" if c in ("experiment", "method") or c in text else "right" for c in display.columns]
-    write_text_atomic(md, f"Table: {caption}\n\n{display.to_markdown(index=False, colalign=colalign)}\n")
+    write_text_atomic(md, f"Table: {caption}\n\n{display.to_markdown(index=False, colalign=colalign, disable_numparse=True)}\n")
     write_text_atomic(tex, to_latex(display, caption, label=f"tab:{stem.name}"))
     from wsimil.reporting.html import write_table_html
 
