@@ -79,7 +79,12 @@ def test_tables_figures_and_run_directories_exist(ci_run):
     assert list(unit["method"]) == ["maxpool", "abmil", "focusmil"]
     assert unit["val_auc_mean"].between(0, 1).all() and unit["test_auc_mean"].between(0, 1).all()
     comp = pd.read_csv(out / "tables" / "poison_comparison.csv")
-    assert set(comp.columns) >= {"method", "clean_slide_auc_mean", "poisoned_slide_auc_mean", "difference"}
+    assert set(comp.columns) >= {"method", "clean_slide_auc_seedavg", "poisoned_slide_auc_seedavg", "change_poison_seedavg",
+                                 "change_poison_ci_low", "change_poison_ci_high", "clean_slide_auc_mean", "poisoned_slide_auc_mean"}
+    np.testing.assert_allclose(comp["change_poison_seedavg"],
+                               comp["poisoned_slide_auc_seedavg"] - comp["clean_slide_auc_seedavg"], atol=1e-12)
+    assert (comp["change_poison_ci_low"] <= comp["change_poison_seedavg"]).all()
+    assert (comp["change_poison_seedavg"] <= comp["change_poison_ci_high"]).all()
     for fig in ("poison_comparison.png", "slide_auc.png"):
         assert (out / "figures" / fig).stat().st_size > 10_000
     assert any((out / "logs" / "train" / "standard").glob("*.log"))
