@@ -31,14 +31,6 @@ def caption(name: str, config: dict) -> str:
     return " ".join(caption_text((CAPTIONS / f"{name}.rst").read_text(), config).split())
 
 
-@pytest.fixture
-def drawn(monkeypatch) -> list:
-    figs = []
-    save = F._save
-    monkeypatch.setattr(F, "_save", lambda fig, out, dpi: figs.append(fig) or save(fig, out, dpi))
-    return figs
-
-
 def _line(ax, gid: str):
     (line,) = [ln for ln in ax.get_lines() if ln.get_gid() == gid]
     return line

@@ -40,15 +40,6 @@ def _check_written(paths: list[Path], out: Path, width_in: tuple[float, float], 
     assert not list(out.parent.glob(".*.tmp")), "temporary files left behind"
 
 
-@pytest.fixture
-def drawn(monkeypatch) -> list:
-    """The Figures the plotting functions save (in order), to read their Axes back."""
-    figs = []
-    save = F._save
-    monkeypatch.setattr(F, "_save", lambda fig, out, dpi: figs.append(fig) or save(fig, out, dpi))
-    return figs
-
-
 def _errorbars(ax) -> list[tuple[float, float, tuple[float, float] | None]]:
     """``(x, y, (bar low, bar high) or None)`` of every drawn error bar marker (legend-only ones skipped)."""
     from matplotlib.container import ErrorbarContainer
