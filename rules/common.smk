@@ -145,9 +145,9 @@ def get_results_dir(wildcards, output):
     return str(first.parent.parent if first.parent.name in ("tables", "figures") else first.parent)
 
 
-def get_input_dir(wildcards, input):
-    """The folder of a rule's first feature file (the feature folder its CLI reads)."""
-    return str(Path(input.features[0]).parent)
+def get_input_dir(wildcards):
+    """The feature folder a cell's CLI reads."""
+    return features_dir(wildcards.cell)
 
 
 # Cluster resources (profiles/slurm; docs/cluster.md). A stage asks for a GPU only when its device may use
@@ -195,6 +195,21 @@ def patch_slides_per_job():
     if per_job == "auto":
         return 20 if SOURCE == "synthetic" else 1
     return per_job
+
+
+# Job groups exist for the cluster: profiles/slurm packs many small jobs into one SLURM job with
+# `group-components` (and `groups`), and only a run given such settings groups jobs. A local run ignores groups
+# ("Group jobs: inactive") but Snakemake still builds them while planning, and its readiness check sums over
+# the dependencies of every job of a group (snakemake/dag.py, DAG._ready), quadratic in the group's size: on a
+# large cohort that dominated every `snakemake` call. Spawned cluster jobs get the same settings back from
+# Snakemake (spawn_jobs.py), so their rules keep their groups.
+GROUP_JOBS = bool(workflow.group_settings is not None and (workflow.group_settings.group_components
+                                                            or workflow.group_settings.overwrite_groups))
+
+
+def job_group(name):
+    """The rule's job group when this run groups jobs (a cluster profile), else none."""
+    return name if GROUP_JOBS else None
 
 
 def groups_of(items, per_job):
@@ -412,11 +427,15 @@ def _alternatives(names):
     return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or "^$"
 
 
+def cell_features(wildcards):
+    """Every feature file a cell's runs read."""
+    return expand("{dir}/{slide}.h5", dir=features_dir(wildcards.cell), slide=cell_slides(wildcards.cell))
+
+
 def _cell_inputs(wildcards):
-    return {
-        "features": expand("{dir}/{slide}.h5", dir=features_dir(wildcards.cell), slide=cell_slides(wildcards.cell)),
-        "sheet": cell_sheet(wildcards.cell),
-    }
+    # the cell's feature manifest (written by feature_manifest in rules/train.smk) stands for its feature files,
+    # one input instead of one per slide, which keeps planning linear in the slides (benchmarks/planning.py)
+    return {"features": f"{OUT}/manifests/{wildcards.cell}.tsv", "sheet": cell_sheet(wildcards.cell)}
 
 
 def _check_method(wildcards):

@@ -36,7 +36,7 @@ if SOURCE == "synthetic":
             benchmark:
                 f"{BENCH}/synth/{group_name(_group)}.tsv"
             group:
-                "slides"
+                job_group("slides")
             resources:
                 mem_mb=mem_mb(2000),
                 runtime=30,

@@ -4,6 +4,24 @@
 # (`--set-resources train:mem_mb=16000`, `--allowed-rules train`); the SLURM profile packs its jobs in groups.
 # A cell whose training would repeat another's (models_from: the synthetic ood cell) is scored, rule `score`.
 
+rule feature_manifest:
+    """One file standing for a cell's feature files (wsimil.features.store.write_manifest): the train, score,
+    evaluate and geojson jobs take it instead of a list of every slide's file."""
+    input:
+        cell_features,
+    output:
+        f"{OUT}/manifests/{{cell}}.tsv",
+    wildcard_constraints:
+        cell=_alternatives(CELLS),
+    log:
+        f"{LOGS}/manifests/{{cell}}.log",
+    localrule: True
+    run:
+        from wsimil.features.store import write_manifest
+
+        write_manifest(list(input), output[0])
+
+
 rule train:
     input:
         unpack(_cell_inputs),
@@ -26,7 +44,7 @@ rule train:
     benchmark:
         f"{BENCH}/train/{{cell}}/{{method}}.tsv"
     group:
-        "train"
+        job_group("train")
     resources:
         mem_mb=mem_mb(8000),
         runtime=240,
@@ -61,7 +79,7 @@ rule score:
     benchmark:
         f"{BENCH}/train/{{cell}}/{{method}}.tsv"
     group:
-        "train"
+        job_group("train")
     resources:
         mem_mb=mem_mb(8000),
         runtime=60,

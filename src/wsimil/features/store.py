@@ -178,3 +178,22 @@ def read_features(path: str | os.PathLike, expected_dim: int | None = None) -> F
         tf = f["tumor_fraction"][:] if "tumor_fraction" in f else None
         attrs = {k: _attr(v) for k, v in f.attrs.items()}
     return FeatureBag(features=feats, coords=coords, tumor_fraction=tf, attrs=attrs)
+
+
+def write_manifest(paths: list[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """One file standing for a set of feature files (tab-separated slide_id, bytes; one row per file, in order).
+
+    The workflow's training, scoring, evaluation and GeoJSON jobs take this file instead of every feature file of
+    their cell: Snakemake then resolves each feature file once per cell rather than once per job, which keeps
+    planning a large cohort linear in its slides (benchmarks/planning.py). It is rewritten whenever a feature
+    file is, so the jobs downstream still rerun when one changes."""
+    from wsimil.io import write_text_atomic
+
+    lines = ["slide_id\tbytes"]
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise WsimilError(f"feature file not found: {p}")
+        lines.append(f"{p.stem}\t{p.stat().st_size}")
+    out = Path(out)
+    write_text_atomic(out, "\n".join(lines) + "\n")
+    return out
