@@ -38,3 +38,14 @@ def test_training_benchmark_runs_every_variant_at_toy_scale(tmp_path):
     assert x16.dtype == np.float16 and x32.dtype == torch.float32
     np.testing.assert_array_equal(x16.astype(np.float32), x32.numpy())
 
+
+
+def test_planning_benchmark_counts_jobs_and_measures_the_plan(tmp_path):
+    """benchmarks/planning.py at toy scale: one row per sheet size, more slides more jobs, CPU and memory read."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "planning.py"), "--slides", "4", "12"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [ln.strip("|").split("|") for ln in res.stdout.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
+    assert [int(r[0].replace(",", "")) for r in rows] == [4, 12]
+    jobs = [int(r[1].replace(",", "")) for r in rows]
+    assert 0 < jobs[0] < jobs[1] and all(float(r[2]) > 0 and float(r[4]) > 50 for r in rows), res.stdout

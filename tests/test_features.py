@@ -337,3 +337,22 @@ def test_extract_rejects_wrong_slide_id_and_empty(slide, effnet, tmp_path):
         extract_slide(slide, pf, tmp_path / "x.h5", effnet, slide_id="s2", num_workers=0, progress=False)
     with pytest.raises(WsimilError, match="slide file not found"):
         extract_slide(tmp_path / "none.tif", pf, tmp_path / "x.h5", effnet, num_workers=0, progress=False)
+
+
+def test_a_feature_manifest_lists_every_file_in_order_and_refuses_a_missing_one(tmp_path):
+    """write_manifest (the workflow's one input for a cell's feature files): slide id and size per file."""
+    from wsimil.features.store import write_features, write_manifest
+    from wsimil.io import WsimilError
+
+    paths = []
+    for sid, n in (("b_002", 3), ("a_001", 5)):
+        p = tmp_path / "feats" / f"{sid}.h5"
+        write_features(p, np.ones((n, 4), np.float32), np.zeros((n, 2), np.int64))
+        paths.append(p)
+    out = write_manifest(paths, tmp_path / "manifests" / "cell.tsv")
+    rows = [ln.split("\t") for ln in out.read_text().splitlines()]
+    assert rows == [["slide_id", "bytes"], ["b_002", str(paths[0].stat().st_size)], ["a_001", str(paths[1].stat().st_size)]]
+    with pytest.raises(WsimilError, match="feature file not found: .*c_003.h5"):
+        write_manifest([*paths, tmp_path / "feats" / "c_003.h5"], tmp_path / "manifests" / "other.tsv")
+    assert not (tmp_path / "manifests" / "other.tsv").exists()
+
