@@ -197,21 +197,6 @@ def patch_slides_per_job():
     return per_job
 
 
-# Job groups exist for the cluster: profiles/slurm packs many small jobs into one SLURM job with
-# `group-components` (and `groups`), and only a run given such settings groups jobs. A local run ignores groups
-# ("Group jobs: inactive") but Snakemake still builds them while planning, and its readiness check sums over
-# the dependencies of every job of a group (snakemake/dag.py, DAG._ready), quadratic in the group's size: on a
-# large cohort that dominated every `snakemake` call. Spawned cluster jobs get the same settings back from
-# Snakemake (spawn_jobs.py), so their rules keep their groups.
-GROUP_JOBS = bool(workflow.group_settings is not None and (workflow.group_settings.group_components
-                                                            or workflow.group_settings.overwrite_groups))
-
-
-def job_group(name):
-    """The rule's job group when this run groups jobs (a cluster profile), else none."""
-    return name if GROUP_JOBS else None
-
-
 def groups_of(items, per_job):
     """``items`` (slides, methods) in consecutive groups of at most ``per_job``, as equal as possible."""
     n = -(-len(items) // max(1, per_job)) if items else 0

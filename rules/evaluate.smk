@@ -19,7 +19,7 @@ rule evaluate:
     log:
         f"{LOGS}/evaluate/{{cell}}/{{method}}.log",
     group:
-        job_group("evaluate")
+        "evaluate"
     resources:
         mem_mb=mem_mb(4000),
         runtime=30,

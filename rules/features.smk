@@ -22,7 +22,7 @@ if SOURCE != "features" and config["features"]["slides_per_job"] == 1:
         benchmark:
             f"{BENCH}/extract/{{slide}}.tsv"
         group:
-            job_group("extract")
+            "extract"
         resources:
             mem_mb=mem_mb(8000),
             runtime=120,
@@ -56,7 +56,7 @@ elif SOURCE != "features":
             benchmark:
                 f"{BENCH}/extract/{group_name(_group)}.tsv"
             group:
-                job_group("extract")
+                "extract"
             resources:
                 mem_mb=mem_mb(8000),
                 runtime=120,

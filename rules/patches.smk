@@ -26,7 +26,7 @@ if SOURCE != "features" and patch_slides_per_job() == 1:
         benchmark:
             f"{BENCH}/patch/{{slide}}.tsv"
         group:
-            job_group("slides")
+            "slides"
         resources:
             mem_mb=mem_mb(4000),
             runtime=30,
@@ -62,7 +62,7 @@ elif SOURCE != "features":
             benchmark:
                 f"{BENCH}/patch/{group_name(_group)}.tsv"
             group:
-                job_group("slides")
+                "slides"
             resources:
                 mem_mb=mem_mb(4000),
                 runtime=30 * len(_group),

@@ -55,7 +55,7 @@ if SOURCE != "features":
             benchmark:
                 f"{BENCH}/poison/{{tag}}/{{slide}}.tsv"
             group:
-                job_group("poison")
+                "poison"
             resources:
                 mem_mb=mem_mb(8000),
                 runtime=120,
@@ -93,7 +93,7 @@ if SOURCE != "features":
                 benchmark:
                     f"{BENCH}/poison/{_tag}/{group_name(_group)}.tsv"
                 group:
-                    job_group("poison")
+                    "poison"
                 resources:
                     mem_mb=mem_mb(8000),
                     runtime=120,

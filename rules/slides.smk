@@ -36,7 +36,7 @@ if SOURCE == "synthetic":
             benchmark:
                 f"{BENCH}/synth/{group_name(_group)}.tsv"
             group:
-                job_group("slides")
+                "slides"
             resources:
                 mem_mb=mem_mb(2000),
                 runtime=30,

@@ -44,7 +44,7 @@ rule train:
     benchmark:
         f"{BENCH}/train/{{cell}}/{{method}}.tsv"
     group:
-        job_group("train")
+        "train"
     resources:
         mem_mb=mem_mb(8000),
         runtime=240,
@@ -79,7 +79,7 @@ rule score:
     benchmark:
         f"{BENCH}/train/{{cell}}/{{method}}.tsv"
     group:
-        job_group("train")
+        "train"
     resources:
         mem_mb=mem_mb(8000),
         runtime=60,
