@@ -9,9 +9,9 @@ and the cost grows no faster than the number of jobs.
 
 The sheet holds N dummy slides (empty files: planning reads the sheet, never a slide) in the real-data overlay
 configs/slides.yaml (one slide per patching and extraction job, every method, five seeds). ``--cluster`` adds
-the group settings of profiles/slurm (``--group-components``), under which the rules group their jobs for
-SLURM. Time and memory are those of the snakemake process (GNU time's user + system seconds and maximum
-resident set), one run per size.
+the grouping of profiles/slurm (its ``groups`` and ``group-components``), as a SLURM run plans it. Time and
+memory are those of the snakemake process (GNU time's user + system seconds and maximum resident set), one run
+per size.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 GNU_TIME = Path("/usr/bin/time") if Path("/usr/bin/time").is_file() else None  # GNU time: the child's peak RSS
@@ -55,7 +57,9 @@ def plan(n: int, cluster: bool) -> dict[str, float]:
         cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "16", "--snakefile", str(ROOT / "Snakefile"),
                "--directory", str(work), "--configfile", str(ROOT / "configs" / "slides.yaml"), str(overlay)]
         if cluster:
-            cmd += ["--group-components", "slides=20", "extract=20", "poison=20", "train=1", "evaluate=20"]
+            profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+            cmd += ["--groups", *(f"{r}={g}" for r, g in profile["groups"].items()),
+                    "--group-components", *(f"{g}={n}" for g, n in profile["group-components"].items())]
         if not GNU_TIME:
             raise SystemExit("GNU time (/usr/bin/time) is needed to measure the snakemake process")
         proc = subprocess.run([str(GNU_TIME), "-f", "WSIMIL_TIME %U %S %M", *cmd], capture_output=True, text=True,

@@ -9,10 +9,10 @@ import pandas as pd
 from pathlib import Path
 
 from wsimil.config import check_results_folder, validate_config, write_run_record
-from wsimil.datasets.sheet import read_sheet, relocate, resolve
-from wsimil.datasets.sources import SOURCES, plan_source, sheet_for
+from wsimil.datasets.sheet import workflow_sheet
 from wsimil.experiments import EXPERIMENTS as ALL_EXPERIMENTS
-from wsimil.experiments import cell_overrides, features_root, features_subdir, ood_sheet, patch_tag, plan_cells
+from wsimil.experiments import (cell_overrides, feature_set, features_root, features_subdir, manifest_subpath, ood_sheet,
+                                patch_tag, plan_cells, reused_models, train_val_rows)
 from wsimil.io import SLIDE_ID_PATTERN, copy_atomic, spreadsheet_safe_frame, write_text_atomic
 from wsimil.limits import ENV as LIMITS_ENV, Limits
 from wsimil.models.base import list_methods
@@ -69,40 +69,8 @@ def report_text():
     return os.path.relpath(landing.resolve(), workflow.basedir)
 
 
-def load_sheet():
-    """The sample sheet at parse time, with every slide's image and annotation file, and the download plan
-    (None unless dataset.source is a public dataset: wsimil.datasets.sources)."""
-    if SOURCE == "synthetic":
-        from wsimil.slides.synthetic import plan_dataset
-
-        if EXCLUDE:
-            raise ValueError("config key 'dataset.exclude': for real data; every synthetic slide is readable")
-        sheet = plan_dataset(config["synthetic"])
-        d = f"{OUT}/data"
-        files = {s: f"{d}/slides/{s}.tif" for s in sheet["slide_id"]}
-        notes = {s: (f"{d}/annotations/{s}.xml" if a else "") for s, a in zip(sheet["slide_id"], sheet["annotation"])}
-        return sheet, files, notes, None, {}
-    if SOURCE in SOURCES:
-        plan = plan_source(config)
-        sheet = sheet_for(plan, SHEET_PATH)
-        files = {r.slide_id: str(plan.local(r.path)) for r in plan.sheet.itertuples()}
-        notes = {r.slide_id: str(plan.local(r.annotation)) if r.annotation else "" for r in plan.sheet.itertuples()}
-        return sheet, files, notes, plan, plan.left_out
-    user_sheet = config["dataset"]["sheet"]
-    if not user_sheet:
-        raise ValueError(f"config key 'dataset.sheet': required when dataset.source is {SOURCE!r}")
-    sheet = read_sheet(user_sheet)
-    unknown = sorted(set(EXCLUDE) - set(sheet["slide_id"]))
-    if unknown:
-        raise ValueError(f"config key 'dataset.exclude': not in {user_sheet}: {unknown[:10]}")
-    sheet = sheet[~sheet["slide_id"].isin(EXCLUDE)].reset_index(drop=True)
-    files = {r.slide_id: str(resolve(user_sheet, r.path) or "") for r in sheet.itertuples()}
-    notes = {r.slide_id: str(resolve(user_sheet, r.annotation) or "") for r in sheet.itertuples()}
-    sheet = relocate(sheet, user_sheet, SHEET_PATH)
-    return sheet, files, notes, None, {s: "dataset.exclude" for s in EXCLUDE}
-
-
-SHEET, SLIDE_FILES, ANNOTATION_FILES, PLAN, LEFT_OUT = load_sheet()
+_WS = workflow_sheet(config, OUT)  # wsimil.datasets.sheet: the synthetic plan, a public dataset's, or the user's sheet
+SHEET, SLIDE_FILES, ANNOTATION_FILES, PLAN, LEFT_OUT = _WS.sheet, _WS.files, _WS.notes, _WS.plan, _WS.left_out
 
 
 def write_sample_sheet(output, params, log):
@@ -120,7 +88,6 @@ EXTERNAL_SHEET_PATH = f"{OUT}/data/slides_external.csv" if EXTERNAL.any() else N
 ALL_SLIDES = list(SHEET["slide_id"])
 MAIN_SHEET = SHEET[~EXTERNAL].reset_index(drop=True)
 SLIDES = list(MAIN_SHEET["slide_id"])
-_ROWS = SHEET.set_index("slide_id")
 TUMOUR_SYNTH = [s for s in ALL_SLIDES if ANNOTATION_FILES[s]] if SYNTH_DIR else []
 
 
@@ -140,14 +107,39 @@ def get_milunit_dir(wildcards, output):
 
 
 def get_results_dir(wildcards, output):
-    """results/<dataset>, from a report rule's first output (tables/<name>.csv or SUMMARY.md)."""
+    """results/<dataset>, from a report rule's first output (tables/<name>.csv, cards/cards.csv or SUMMARY.md)."""
     first = Path(output[0])
-    return str(first.parent.parent if first.parent.name in ("tables", "figures") else first.parent)
+    return str(first.parent.parent if first.parent.name in ("tables", "figures", "cards") else first.parent)
 
 
-def get_input_dir(wildcards):
-    """The feature folder a cell's CLI reads."""
-    return features_dir(wildcards.cell)
+def table_stem(wildcards, output):
+    """tables/<name> of a table rule whose second output is tables/<name>.csv (the CLI adds the suffixes)."""
+    return output[1].removesuffix(".csv")
+
+
+def patch_folder(wildcards, input):
+    """The folder of the patch files (slide_table reads every slide's)."""
+    return str(Path(input.patches[0]).parent)
+
+
+def study_table_stem(wildcards, output):
+    return next(f for f in output if f.endswith(".csv")).removesuffix(".csv")
+
+
+def study_figure(wildcards, output):
+    return next(f for f in output if f.endswith("focusmil_sensitivity.png"))
+
+
+def download_url(wildcards):
+    return PLAN.files[wildcards.rel].url
+
+
+def download_md5(wildcards):
+    return PLAN.files[wildcards.rel].md5 or "-"
+
+
+def download_size(wildcards):
+    return PLAN.files[wildcards.rel].size or "-"
 
 
 # Cluster resources (profiles/slurm; docs/cluster.md). A stage asks for a GPU only when its device may use
@@ -209,6 +201,21 @@ def groups_of(items, per_job):
     return groups
 
 
+def address_as_stage(rule_name, stage):
+    """Give a rule generated per slide group (patch_<group>, extract_<group>, ...) the --set-resources and
+    --set-threads of its stage's name, a profile's set-resources and set-threads included, as Snakemake gives them
+    to the one-slide rule of that name (snakemake/workflow.py, Workflow.rule: `_parsed_overwrite_resources`), so
+    `extract:mem_mb=16000` reaches every extraction job whatever `features.slides_per_job`. A setting for the
+    generated name itself still wins (Snakemake applied it when the rule was defined; it is applied again here)."""
+    settings = workflow.resource_settings
+    generated = workflow.get_rule(rule_name)
+    for name in (stage, rule_name):
+        generated.resources.update(settings._parsed_overwrite_resources.get(name, {}))
+        threads = settings._parsed_overwrite_threads.get(name)
+        if threads is not None:
+            generated.resources["_cores"] = threads
+
+
 def group_name(group):
     """Rule-name-safe name of a group of slides: its first slide id, and the count when several."""
     first = re.sub(r"[^A-Za-z0-9_]", "_", group[0])
@@ -235,10 +242,6 @@ def slide_inputs(slides):
     return [f for s in slides for f in as_input(slide_path(s))]
 
 
-def get_slide(wildcards):
-    return as_input(slide_path(wildcards.slide))
-
-
 def imported_source(slide):
     """The user's feature file of a slide (dataset.source features; DSMIL also <class>/<slide>.csv); [] when
     there is none, so that only its import job fails, naming the path it expected."""
@@ -247,20 +250,45 @@ def imported_source(slide):
     return [str(h) for h in hits if h.is_file()][:1]
 
 
-def get_slide_path(wildcards):
-    return slide_path(wildcards.slide)
+LABELS = dict(zip(SHEET["slide_id"], SHEET["label"].astype(int)))
+SPLITS = dict(zip(SHEET["slide_id"], SHEET["split"]))
 
 
-def get_annotation_path(wildcards):
-    return annotation_path(wildcards.slide)
+# Input functions of the per-slide rules. Their `slide` wildcard takes any id (SLIDE_ID_PATTERN): a constraint
+# listing every slide would be a regular expression as long as the sheet, which Snakemake substitutes into the
+# rule's paths on every lookup (snakemake/io/__init__.py, apply_wildcards), so planning grew with slides x jobs.
+# A job asked for a slide the sheet does not list is refused here instead.
+
+def known_slide(wildcards):
+    """The slide of a per-slide job; refused unless the sheet lists it."""
+    if wildcards.slide not in SLIDE_FILES:
+        raise WorkflowError(f"slide {wildcards.slide!r} is not in the sample sheet ({SHEET_PATH})")
+    return wildcards.slide
+
+
+def get_slide(wildcards):
+    return as_input(slide_path(known_slide(wildcards)))
 
 
 def get_annotation(wildcards):
-    return as_input(get_annotation_path(wildcards))
+    return as_input(annotation_path(known_slide(wildcards)))
+
+
+def quoted_slide_path(wildcards):
+    return shlex.quote(slide_path(known_slide(wildcards)))
+
+
+def quoted_annotation_path(wildcards):
+    return shlex.quote(annotation_path(known_slide(wildcards)))
 
 
 def get_label(wildcards):
-    return int(_ROWS.loc[wildcards.slide, "label"])
+    return str(LABELS[known_slide(wildcards)])
+
+
+def cell_test_slides(wildcards):
+    """The test slides of a cell, as one argument list."""
+    return " ".join(s for s in cell_slides(wildcards.cell) if SPLITS.get(s) == "test")
 
 
 MILUNIT = f"{OUT}/milunit/seed{config['milunit']['seed']}"
@@ -278,30 +306,13 @@ OOD_SLIDES = list(ood_sheet(SHEET, config["ood"]["train_centers"])["slide_id"]) 
 # the main sheet (SHEET_PATH) and the external one together are SHEET: ood_sheet() sees every slide
 
 
-def _train_val(sheet):
-    rows = sheet[sheet["split"].isin(["train", "val"])]
-    return list(zip(rows["slide_id"], rows["label"].astype(int), rows["split"]))
+# A cell whose training would repeat another's scores that cell's models instead (wsimil.experiments.reused_models).
+MODELS_FROM = reused_models(config, CELLS, SHEET, MAIN_SHEET)
 
 
 def models_from(cell):
-    """The cell whose trained models ``cell`` scores instead of training its own, or None: the standard cell,
-    when ``cell`` trains a subset of its methods on the same features and the same training and validation
-    slides, in the same order, with the same effective hyperparameters (the synthetic ood cell, whose held-out
-    hospital stains only test slides; the DTFD ablation's point at the default number of pseudo-bags), so that
-    training again would give the same models bit for bit (same seeds, same data)."""
-    from wsimil.models.base import get_method
-
-    if cell == "standard" or "standard" not in CELLS:
-        return None
-    c, std = CELLS[cell], CELLS["standard"]
-    if c.features != std.features or not set(c.methods) <= set(std.methods) or c.sheet not in ("main", "ood"):
-        return None
-    if any(get_method(m).hparams(cell_overrides(config, c, m)) != get_method(m).hparams(cell_overrides(config, std, m))
-           for m in c.methods):
-        return None
-    if c.sheet == "ood" and _train_val(ood_sheet(SHEET, config["ood"]["train_centers"])) != _train_val(MAIN_SHEET):
-        return None
-    return "standard"
+    """The cell whose trained models ``cell`` scores instead of training its own, or None."""
+    return MODELS_FROM[cell]
 
 
 def features_dir(cell):
@@ -317,7 +328,8 @@ def cell_slides(cell):
     return {"main": SLIDES, "ood": OOD_SLIDES, "milunit": milunit_ids()}[CELLS[cell].sheet]
 
 
-RUN_FILES = ["predictions.csv", "instance_scores.h5", "score_maps.h5", "history.csv", "model.pt", "run.json"]
+RUN_FILES = ["predictions.csv", "instance_scores.h5", "score_maps.h5", "pseudo_bags.csv", "history.csv", "model.pt",
+             "run.json"]
 
 
 def run_dir(cell, method, seed):
@@ -340,6 +352,21 @@ def experiment_inputs(experiment):
     """What an experiment's tables and figures are made from: the metrics of its cells and of the cells it
     compares with (wsimil.reporting.experiments.needs)."""
     return metrics_files(needs(config, experiment))
+
+
+REPORTED_RUN_FILES = [f for f in RUN_FILES if f != "model.pt"]
+
+
+def run_files(cells):
+    """What the report jobs read of the runs of ``cells`` besides their metrics (predictions for the intervals,
+    instance scores and score maps for patch AUCs and heatmaps, DTFD's pseudo-bags for the Tier-1 claim,
+    histories and run records for the curves), so that a changed run makes its tables and figures stale."""
+    return [f"{run_dir(c, m, s)}/{f}" for c in cells for m, s in cell_runs(c) for f in REPORTED_RUN_FILES]
+
+
+def manifest_files(cells):
+    """The feature manifests of ``cells``: the report jobs read patch labels and coordinates through them."""
+    return list(dict.fromkeys(f"{OUT}/{manifest_subpath(CELLS[c])}" for c in cells))
 
 
 def get_final_output():
@@ -412,15 +439,31 @@ def _alternatives(names):
     return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or "^$"
 
 
-def cell_features(wildcards):
-    """Every feature file a cell's runs read."""
-    return expand("{dir}/{slide}.h5", dir=features_dir(wildcards.cell), slide=cell_slides(wildcards.cell))
+# one cell standing for each feature set (wsimil.experiments.feature_set): the manifests' wildcard
+FEATURE_SETS = {}
+for _c in CELLS.values():
+    FEATURE_SETS.setdefault(feature_set(_c), _c.name)
+
+
+def cell_feature_files(cell):
+    """Slide id -> the feature file a cell's runs read: in the cell's feature folder, except that a poison level
+    takes the clean file of every slide the poison does not target (rules/poison.smk)."""
+    folder = features_dir(cell)
+    if not CELLS[cell].features.startswith("poison_"):
+        return {s: f"{folder}/{s}.h5" for s in cell_slides(cell)}
+    clean = f"{OUT}/{features_subdir(config, 'clean')}"
+    return {s: f"{folder if s in _TARGETS else clean}/{s}.h5" for s in cell_slides(cell)}
+
+
+def set_features(wildcards):
+    """Every feature file of a feature set (the feature_manifest job's inputs), in its slide order."""
+    return list(cell_feature_files(FEATURE_SETS[wildcards.feature_set]).values())
 
 
 def _cell_inputs(wildcards):
     # the cell's feature manifest (written by feature_manifest in rules/train.smk) stands for its feature files,
     # one input instead of one per slide, which keeps planning linear in the slides (benchmarks/planning.py)
-    return {"features": f"{OUT}/manifests/{wildcards.cell}.tsv", "sheet": cell_sheet(wildcards.cell)}
+    return {"features": f"{OUT}/{manifest_subpath(CELLS[wildcards.cell])}", "sheet": cell_sheet(wildcards.cell)}
 
 
 def _check_method(wildcards):
@@ -436,6 +479,25 @@ def _train_overrides(wildcards):
 
 def _run_outputs():
     return [f"{OUT}/runs/{{cell}}/{{method}}/seed{s}/{f}" for s in SEEDS for f in RUN_FILES]
+
+
+def quoted_run_dirs(wildcards):
+    """The run folders of a cell and method, every seed, as shell arguments."""
+    return " ".join(shlex.quote(run_dir(wildcards.cell, _check_method(wildcards), s)) for s in SEEDS)
+
+
+def quoted_source_run_dirs(wildcards):
+    """The run folders whose models a scored cell takes (models_from), every seed, as shell arguments."""
+    return " ".join(shlex.quote(run_dir(models_from(wildcards.cell), _check_method(wildcards), s)) for s in SEEDS)
+
+
+def run_dir_template(wildcards):
+    """A training job's run folder with ``{seed}`` left for the CLI to fill in."""
+    return f"{OUT}/runs/{wildcards.cell}/{wildcards.method}/seed{{seed}}"
+
+
+def parent_of_run_input(wildcards, input):
+    return str(Path(input.run).parent)
 
 
 def _source_runs(wildcards):
@@ -458,7 +520,7 @@ def sensitivity_inputs(wildcards):
         ids = [b for b in milunit_ids() if not b.startswith("test_")]
         return {"sheet": f"{MILUNIT}/slides.csv", "features": [f"{MILUNIT}/features/{b}.h5" for b in ids]}
     if wildcards.problem == "standard":
-        ids = [s for s, _, _ in _train_val(MAIN_SHEET)]
+        ids = [s for s, _, _ in train_val_rows(MAIN_SHEET)]
         return {"sheet": SHEET_PATH, "features": [f"{OUT}/{features_subdir(config, 'clean')}/{s}.h5" for s in ids]}
     return {}
 

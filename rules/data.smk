@@ -37,9 +37,9 @@ if PLAN is not None:
         wildcard_constraints:
             rel="|".join(re.escape(r) for r in PLAN.files) or "^$",
         params:
-            url=lambda w: PLAN.files[w.rel].url,
-            md5=lambda w: PLAN.files[w.rel].md5 or "-",
-            size=lambda w: PLAN.files[w.rel].size or "-",
+            url=download_url,
+            md5=download_md5,
+            size=download_size,
             retries=config["download"]["retries"],
             timeout=config["download"]["timeout_s"],
         log:
@@ -81,3 +81,5 @@ if SOURCE == "features":
             shell:
                 "wsimil import-features --format {params.fmt} --src-dir {params.src:q} --sheet {input.sheet:q}"
                 " --slide-id {params.ids} {params.size} --dtype {params.dtype} --out {output:q} 2> {log}"
+
+        address_as_stage(f"import_features_{group_name(_group)}", "import_features")

@@ -12,21 +12,18 @@ rule evaluate:
         method=_alternatives(list_methods()),
     params:
         plugins=PLUGIN_ARGS,
-        runs=lambda w: " ".join(shlex.quote(run_dir(w.cell, w.method, s)) for s in SEEDS),
-        features=get_input_dir,
+        runs=quoted_run_dirs,
         threshold=config["evaluation"]["threshold"],
         positive=config["evaluation"]["patch_positive_fraction"],
     log:
         f"{LOGS}/evaluate/{{cell}}/{{method}}.log",
-    group:
-        "evaluate"
     resources:
         mem_mb=mem_mb(4000),
         runtime=30,
     conda:
         "../envs/wsimil.yaml"
     shell:
-        "wsimil {params.plugins} evaluate {params.runs} --features {params.features} --sheet {input.sheet:q}"
+        "wsimil {params.plugins} evaluate {params.runs} --features {input.features:q} --sheet {input.sheet:q}"
         " --threshold {params.threshold} --patch-positive-fraction {params.positive} 2> {log}"
 
 
@@ -43,13 +40,12 @@ rule geojson:
         method=_alternatives(list_methods()),
     params:
         plugins=PLUGIN_ARGS,
-        run=lambda w, input: str(Path(input.run).parent),
-        features=get_input_dir,
-        slides=lambda w: " ".join(s for s in cell_slides(w.cell) if _ROWS.loc[s, "split"] == "test"),
+        run=parent_of_run_input,
+        slides=cell_test_slides,
     log:
         f"{LOGS}/geojson/{{cell}}/{{method}}.log",
     conda:
         "../envs/wsimil.yaml"
     shell:
-        "wsimil {params.plugins} geojson --run {params.run:q} --features {params.features} --out {output:q}"
+        "wsimil {params.plugins} geojson --run {params.run:q} --features {input.features:q} --out {output:q}"
         " --slide-id {params.slides} 2> {log}"

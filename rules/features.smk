@@ -7,14 +7,12 @@ if SOURCE != "features" and config["features"]["slides_per_job"] == 1:
     rule extract:
         """One job per slide, one named rule (`--set-resources extract:mem_mb=...`): the real-data default."""
         input:
-            slides=lambda w: slide_inputs([w.slide]),
+            slides=get_slide,
             patches=f"{PATCHES}/{{slide}}.h5",
         output:
             f"{FEATURES}/clean/{{slide}}.h5",
-        wildcard_constraints:
-            slide=_alternatives(ALL_SLIDES),
         params:
-            slides=lambda w: shlex.quote(slide_path(w.slide)),
+            slides=quoted_slide_path,
             features=as_json("features"),
         threads: 1
         log:
@@ -67,3 +65,5 @@ elif SOURCE != "features":
             shell:
                 "wsimil extract --slide {params.slides} --slide-id {params.ids} --patches {input.patches:q}"
                 " --params {params.features:q} --threads {threads} --no-progress --out {output:q} 2> {log}"
+
+        address_as_stage(f"extract_{group_name(_group)}", "extract")

@@ -29,6 +29,8 @@ for _exp in [e for e in EXPERIMENTS if e != "focusmil_sensitivity"]:  # rules/st
         input:
             config=rules.run_config.output.config,
             metrics=experiment_inputs(_exp),
+            manifests=manifest_files(needs(config, _exp)),
+            runs=run_files(needs(config, _exp)),
             slides=heatmap_inputs(_exp),
             sheet=[SHEET_PATH] if HAS_SLIDES else [],
         output:
@@ -61,6 +63,8 @@ rule report_summary:
         config=rules.run_config.output.config,
         software=rules.run_config.output.software,
         metrics=metrics_files(CELLS),
+        manifests=manifest_files(CELLS),
+        runs=run_files(CELLS),
         sheet=SHEET_PATH,
         excluded=[EXCLUDED_PATH] if SOURCE != "synthetic" else [],
     output:
@@ -88,7 +92,7 @@ rule run_table:
         report(f"{OUT}/tables/runs.html", caption="../report/captions/runs.rst", category=report_category("run records")),
     params:
         plugins=PLUGIN_ARGS,
-        stem=lambda w, output: output[1].removesuffix(".csv"),
+        stem=table_stem,
     log:
         f"{LOGS}/report/runs.log",
     conda:
@@ -112,17 +116,22 @@ rule figures:
         [f"{OUT}/{f}" for f in all_outputs(config, HAS_SLIDES) if f.startswith("figures/")],
 
 
+CARD_CELLS = [c for c in ("standard", "poison", "ood", "milunit") if c in CELLS]
+
+
 rule report_cards:
     """A robustness card per method (wsimil.reporting.cards): `snakemake --cores N cards`."""
     input:
         config=rules.run_config.output.config,
-        metrics=metrics_files([c for c in ("standard", "poison", "ood", "milunit") if c in CELLS]),
+        metrics=metrics_files(CARD_CELLS),
+        manifests=manifest_files(CARD_CELLS),
+        runs=run_files(CARD_CELLS),
         sheet=SHEET_PATH,  # the annotations of the FROC's resamples
     output:
         _reported(card_outputs(config), "cards"),
     params:
         plugins=PLUGIN_ARGS,
-        out=lambda w, output: str(Path(output[0]).parent.parent),  # results/<dataset>: cards/cards.csv is first
+        out=get_results_dir,  # cards/cards.csv is first
     log:
         f"{LOGS}/report/cards.log",
     conda:

@@ -8,18 +8,16 @@ if SOURCE != "features" and patch_slides_per_job() == 1:
     rule patch:
         """One job per slide, one named rule (`--set-resources patch:mem_mb=...`): a user's slides."""
         input:
-            slides=lambda w: slide_inputs([w.slide]),
-            annotations=lambda w: as_input(annotation_path(w.slide)),
+            slides=get_slide,
+            annotations=get_annotation,
         output:
             patches=f"{PATCHES}/{{slide}}.h5",
             qc=f"{PATCHES}/qc/{{slide}}.png",
-        wildcard_constraints:
-            slide=_alternatives(ALL_SLIDES),
         params:
-            slides=lambda w: shlex.quote(slide_path(w.slide)),
+            slides=quoted_slide_path,
             patching=stage_params("patching"),
-            annotations=lambda w: shlex.quote(annotation_path(w.slide)),
-            labels=lambda w: str(int(_ROWS.loc[w.slide, "label"])),
+            annotations=quoted_annotation_path,
+            labels=get_label,
         threads: 1
         log:
             f"{LOGS}/patch/{{slide}}.log",
@@ -55,7 +53,7 @@ elif SOURCE != "features":
                 ids=" ".join(_group),
                 patching=stage_params("patching"),
                 annotations=" ".join(shlex.quote(annotation_path(s)) for s in _group),
-                labels=" ".join(str(int(_ROWS.loc[s, "label"])) for s in _group),
+                labels=" ".join(str(LABELS[s]) for s in _group),
             threads: 1
             log:
                 f"{LOGS}/patch/{group_name(_group)}.log",
@@ -73,6 +71,8 @@ elif SOURCE != "features":
                 " --label {params.labels} --params {params.patching:q} --out {output.patches:q}"
                 " --qc {output.qc:q} 2> {log}"
 
+        address_as_stage(f"patch_{group_name(_group)}", "patch")
+
 if SOURCE != "features":
 
     rule slide_table:
@@ -87,8 +87,8 @@ if SOURCE != "features":
             report(f"{OUT}/tables/slides.html", caption="../report/captions/slides.rst",
                    category=report_category("run records")),
         params:
-            patches=lambda w, input: str(Path(input.patches[0]).parent),
-            stem=lambda w, output: output[1].removesuffix(".csv"),
+            patches=patch_folder,
+            stem=table_stem,
         log:
             f"{LOGS}/report/slides.log",
         conda:

@@ -1,64 +1,67 @@
 # FocusMIL's semi-synthetic poison: green noise in the pixels of the target slides' patches, features
-# re-extracted (one job per level and group of `features.slides_per_job` target slides); every other slide
-# keeps its clean features (copied inside Snakemake, one local job per level). One feature folder per poison
-# level (the poison experiment's, and each point of the dose-response curves).
+# re-extracted at every poison level (the poison experiment's and each point of the dose-response curves) by one
+# job per target slide (or group of `features.slides_per_job` targets), the network built once for all levels.
+# A slide the poison does not target keeps its clean features: a poison cell's feature manifest lists its clean
+# file (rules/train.smk), so no copy is made.
 
 if SOURCE != "features":
 
     POISON_TARGETS = select_poisoned_slides(MAIN_SHEET, config["poison"]["targets"])
-
+    _TARGETS = set(POISON_TARGETS)
     POISON_LEVELS = {c.features: c.params for c in CELLS.values() if c.features.startswith("poison_")}
-    KEPT_CLEAN = [s for s in SLIDES if s not in POISON_TARGETS]
+    _LEVEL_TAGS = list(POISON_LEVELS)
 
-    for _tag in POISON_LEVELS:
 
-        rule:
-            """The slides the poison does not target keep their clean features: copied inside Snakemake (no
-            process), one job per poison level."""
-            name:
-                f"poison_copy_{re.sub(r'[^A-Za-z0-9_]', '_', _tag)}"
-            input:
-                [f"{FEATURES}/clean/{s}.h5" for s in KEPT_CLEAN],
-            output:
-                [f"{FEATURES}/{_tag}/{s}.h5" for s in KEPT_CLEAN],
-            log:
-                f"{LOGS}/poison/{_tag}/copied.log",
-            localrule: True
-            run:
-                for src, dst in zip(input, output):
-                    copy_atomic(src, dst)
-                Path(log[0]).write_text(f"{len(output)} slides are not poison targets: clean features copied\n")
+    def poison_target(wildcards):
+        """The slide of a poison job; refused unless the poison targets it."""
+        if known_slide(wildcards) not in _TARGETS:
+            raise WorkflowError(f"slide {wildcards.slide!r} is not a poison target: its clean features are used")
+        return wildcards.slide
+
+
+    def get_poison_target(wildcards):
+        return as_input(slide_path(poison_target(wildcards)))
+
+
+    def poison_params(levels):
+        """Every poison level's config section as one JSON argument each, in ``levels`` order."""
+        return " ".join(shlex.quote(json.dumps({**config["poison"], "strength": float(POISON_LEVELS[t]["strength"]),
+                                                "fraction": float(POISON_LEVELS[t]["fraction"])}, sort_keys=True))
+                        for t in levels)
+
+
+    def poison_outputs(slides):
+        """The poisoned feature files of ``slides`` (ids or a wildcard pattern), level by level: the order of
+        `wsimil poison --out`."""
+        return [f"{FEATURES}/{t}/{s}.h5" for t in _LEVEL_TAGS for s in slides]
 
 
     if config["features"]["slides_per_job"] == 1 and POISON_LEVELS:
 
         rule poison_extract:
-            """One job per poison level and target slide, one named rule (`--set-resources poison_extract:...`; `poison` is the experiment target)."""
+            """One job per target slide, every level, one named rule (`--set-resources poison_extract:...`;
+            `poison` is the experiment target)."""
             input:
-                slides=lambda w: slide_inputs([w.slide]),
+                slides=get_poison_target,
                 patches=f"{PATCHES}/{{slide}}.h5",
                 clean=f"{FEATURES}/clean/{{slide}}.h5",
                 sheet=SHEET_PATH,
             output:
-                f"{FEATURES}/{{tag}}/{{slide}}.h5",
-            wildcard_constraints:
-                tag=_alternatives(POISON_LEVELS),
-                slide=_alternatives([s for s in SLIDES if s in POISON_TARGETS]),
+                poison_outputs(["{slide}"]),
             params:
-                slides=lambda w: shlex.quote(slide_path(w.slide)),
+                slides=quoted_slide_path,
                 features=as_json("features"),
-                poison=lambda w: json.dumps({**config["poison"], "strength": float(POISON_LEVELS[w.tag]["strength"]),
-                                             "fraction": float(POISON_LEVELS[w.tag]["fraction"])}, sort_keys=True),
+                poison=poison_params(_LEVEL_TAGS),
             threads: 1
             log:
-                f"{LOGS}/poison/{{tag}}/{{slide}}.log",
+                f"{LOGS}/poison/{{slide}}.log",
             benchmark:
-                f"{BENCH}/poison/{{tag}}/{{slide}}.tsv"
+                f"{BENCH}/poison/{{slide}}.tsv"
             group:
                 "poison"
             resources:
                 mem_mb=mem_mb(8000),
-                runtime=120,
+                runtime=120 * len(_LEVEL_TAGS),
                 gpu=gpus("features"),
                 gres=gres("features"),
             conda:
@@ -66,42 +69,43 @@ if SOURCE != "features":
             shell:
                 "wsimil poison --slide {params.slides} --slide-id {wildcards.slide} --patches {input.patches:q}"
                 " --clean {input.clean:q} --sheet {input.sheet:q} --params {params.features:q}"
-                " --poison {params.poison:q} --threads {threads} --no-progress --out {output:q} 2> {log}"
+                " --poison {params.poison} --threads {threads} --no-progress --out {output:q} 2> {log}"
 
-    for _tag, _level in POISON_LEVELS.items() if config["features"]["slides_per_job"] > 1 else ():
-        for _group in groups_of([s for s in SLIDES if s in POISON_TARGETS], config["features"]["slides_per_job"]):
+    for _group in groups_of(POISON_TARGETS, config["features"]["slides_per_job"]) \
+            if config["features"]["slides_per_job"] > 1 and POISON_LEVELS else ():
 
-            rule:
-                name:
-                    f"{re.sub(r'[^A-Za-z0-9_]', '_', _tag)}_{group_name(_group)}"
-                input:
-                    slides=slide_inputs(_group),
-                    patches=[f"{PATCHES}/{s}.h5" for s in _group],
-                    clean=[f"{FEATURES}/clean/{s}.h5" for s in _group],
-                    sheet=SHEET_PATH,
-                output:
-                    [f"{FEATURES}/{_tag}/{s}.h5" for s in _group],
-                params:
-                    slides=" ".join(shlex.quote(slide_path(s)) for s in _group),
-                    features=as_json("features"),
-                    poison=json.dumps({**config["poison"], "strength": float(_level["strength"]),
-                                       "fraction": float(_level["fraction"])}, sort_keys=True),
-                    ids=" ".join(_group),
-                threads: 1
-                log:
-                    f"{LOGS}/poison/{_tag}/{group_name(_group)}.log",
-                benchmark:
-                    f"{BENCH}/poison/{_tag}/{group_name(_group)}.tsv"
-                group:
-                    "poison"
-                resources:
-                    mem_mb=mem_mb(8000),
-                    runtime=120,
-                    gpu=gpus("features"),
-                    gres=gres("features"),
-                conda:
-                    conda_env("features")
-                shell:
-                    "wsimil poison --slide {params.slides} --slide-id {params.ids} --patches {input.patches:q}"
-                    " --clean {input.clean:q} --sheet {input.sheet:q} --params {params.features:q}"
-                    " --poison {params.poison:q} --threads {threads} --no-progress --out {output:q} 2> {log}"
+        rule:
+            name:
+                f"poison_{group_name(_group)}"
+            input:
+                slides=slide_inputs(_group),
+                patches=[f"{PATCHES}/{s}.h5" for s in _group],
+                clean=[f"{FEATURES}/clean/{s}.h5" for s in _group],
+                sheet=SHEET_PATH,
+            output:
+                poison_outputs(_group),
+            params:
+                slides=" ".join(shlex.quote(slide_path(s)) for s in _group),
+                features=as_json("features"),
+                poison=poison_params(_LEVEL_TAGS),
+                ids=" ".join(_group),
+            threads: 1
+            log:
+                f"{LOGS}/poison/{group_name(_group)}.log",
+            benchmark:
+                f"{BENCH}/poison/{group_name(_group)}.tsv"
+            group:
+                "poison"
+            resources:
+                mem_mb=mem_mb(8000),
+                runtime=120 * len(_LEVEL_TAGS),
+                gpu=gpus("features"),
+                gres=gres("features"),
+            conda:
+                conda_env("features")
+            shell:
+                "wsimil poison --slide {params.slides} --slide-id {params.ids} --patches {input.patches:q}"
+                " --clean {input.clean:q} --sheet {input.sheet:q} --params {params.features:q}"
+                " --poison {params.poison} --threads {threads} --no-progress --out {output:q} 2> {log}"
+
+        address_as_stage(f"poison_{group_name(_group)}", "poison_extract")

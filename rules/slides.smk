@@ -29,7 +29,7 @@ if SOURCE == "synthetic":
                 + [f"{OUT}/data/slides/{s}.tif" for s in _group],  # the slide last: it marks the job done
             params:
                 synthetic=stage_params("synthetic"),
-                out=lambda w, output: str(Path(output[-1]).parents[1]),
+                out=get_dataset_dir,
                 slides=" ".join(f"--slide {s}" for s in _group),
             log:
                 f"{LOGS}/synth/{group_name(_group)}.log",
@@ -44,3 +44,5 @@ if SOURCE == "synthetic":
                 "../envs/wsimil.yaml"
             shell:
                 "wsimil synth --params {params.synthetic:q} --out {params.out} {params.slides} 2> {log}"
+
+        address_as_stage(f"synth_{group_name(_group)}", "synth")

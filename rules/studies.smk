@@ -40,8 +40,8 @@ rule report_focusmil_sensitivity:
     output:
         _reported(experiment_outputs(config, "focusmil_sensitivity", HAS_SLIDES), "focusmil_sensitivity"),
     params:
-        table=lambda w, output: next(f for f in output if f.endswith(".csv")).removesuffix(".csv"),
-        figure=lambda w, output: next(f for f in output if f.endswith("focusmil_sensitivity.png")),
+        table=study_table_stem,
+        figure=study_figure,
         captions=CAPTIONS_DIR,
     log:
         f"{LOGS}/report/focusmil_sensitivity.log",

@@ -5,21 +5,22 @@
 # A cell whose training would repeat another's (models_from: the synthetic ood cell) is scored, rule `score`.
 
 rule feature_manifest:
-    """One file standing for a cell's feature files (wsimil.features.store.write_manifest): the train, score,
-    evaluate and geojson jobs take it instead of a list of every slide's file."""
+    """One file standing for the feature files of a feature set (wsimil.features.store.write_manifest; one per
+    features x sheet, shared by the cells on it): the train, score, evaluate, geojson and report jobs read the
+    features through it (`--features <manifest>`) instead of taking a list of every slide's file."""
     input:
-        cell_features,
+        set_features,
     output:
-        f"{OUT}/manifests/{{cell}}.tsv",
+        f"{OUT}/manifests/{{feature_set}}.tsv",
     wildcard_constraints:
-        cell=_alternatives(CELLS),
+        feature_set=_alternatives(FEATURE_SETS),
     log:
-        f"{LOGS}/manifests/{{cell}}.log",
+        f"{LOGS}/manifests/{{feature_set}}.log",
     localrule: True
     run:
         from wsimil.features.store import write_manifest
 
-        write_manifest(list(input), output[0])
+        write_manifest(cell_feature_files(FEATURE_SETS[wildcards.feature_set]), output[0])
 
 
 rule train:
@@ -32,8 +33,7 @@ rule train:
         method=_alternatives(list_methods()),
     params:
         plugins=PLUGIN_ARGS,
-        features=get_input_dir,
-        out=lambda w: f"{OUT}/runs/{w.cell}/{w.method}/seed{{seed}}",  # the CLI fills in the seed
+        out=run_dir_template,
         seeds=" ".join(map(str, SEEDS)),
         overrides=_train_overrides,
         device=config["training"]["device"],
@@ -43,8 +43,6 @@ rule train:
         f"{LOGS}/train/{{cell}}/{{method}}.log",
     benchmark:
         f"{BENCH}/train/{{cell}}/{{method}}.tsv"
-    group:
-        "train"
     resources:
         mem_mb=mem_mb(8000),
         runtime=240,
@@ -53,7 +51,7 @@ rule train:
     conda:
         conda_env("training")
     shell:
-        "wsimil {params.plugins} train --features {params.features} --slides {input.sheet:q} --method {wildcards.method}"
+        "wsimil {params.plugins} train --features {input.features:q} --slides {input.sheet:q} --method {wildcards.method}"
         " --seed {params.seeds} --out {params.out:q} --overrides-per-method {params.overrides:q}"
         " --experiment {wildcards.cell} --device {params.device} --precision {params.precision}"
         " --threads {threads} --no-progress 2> {log}"
@@ -70,23 +68,20 @@ rule score:
         method=_alternatives(list_methods()),
     params:
         plugins=PLUGIN_ARGS,
-        features=get_input_dir,
-        runs=lambda w: " ".join(shlex.quote(run_dir(models_from(w.cell), _check_method(w), s)) for s in SEEDS),
-        outs=lambda w: " ".join(shlex.quote(run_dir(w.cell, w.method, s)) for s in SEEDS),
+        runs=quoted_source_run_dirs,
+        outs=quoted_run_dirs,
     threads: config["training"]["threads"]
     log:
         f"{LOGS}/train/{{cell}}/{{method}}.log",
     benchmark:
         f"{BENCH}/train/{{cell}}/{{method}}.tsv"
-    group:
-        "train"
     resources:
         mem_mb=mem_mb(8000),
         runtime=60,
     conda:
         conda_env()
     shell:
-        "wsimil {params.plugins} score --run {params.runs} --features {params.features} --slides {input.sheet:q}"
+        "wsimil {params.plugins} score --run {params.runs} --features {input.features:q} --slides {input.sheet:q}"
         " --out {params.outs} --experiment {wildcards.cell} --threads {threads} 2> {log}"
 
 

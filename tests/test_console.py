@@ -137,13 +137,13 @@ def test_a_dry_run_lists_every_planned_job_once():
 
 
 @pytest.mark.parametrize("rule, wildcards, output, line", [
-    ("poison_s0_1_f0_5_seed0_normal_021_and_18", {},
-     [f"r/features/p/e/poison_s0.1_f0.5_seed0/normal_{i:03d}.h5" for i in range(21, 40)],
-     "poison   strength 0.1, fraction 0.5 · 19 slides: normal_021 … (+18)"),
-    ("poison_copy_poison_s0_25_f0_5_seed0", {}, [f"r/features/p/e/poison_s0.25_f0.5_seed0/n_{i}.h5" for i in range(40)],
-     "poison   copy · strength 0.25, fraction 0.5 · 40 slides: n_0 … (+39)"),
-    ("poison_extract", {"tag": "poison_s0.5_f1_seed0", "slide": "test_001"}, ["r/f/poison_s0.5_f1_seed0/test_001.h5"],
-     "poison   extract · strength 0.5, fraction 1 · slide test_001"),
+    ("poison_normal_021_and_18", {},
+     [f"r/features/p/e/poison_s{s}_f0.5_seed0/normal_{i:03d}.h5" for s in (0.1, 0.5) for i in range(21, 40)],
+     "poison   2 poison levels · 19 slides: normal_021 … (+18)"),
+    ("poison_normal_021", {}, ["r/features/p/e/poison_s0.1_f0.5_seed0/normal_021.h5"],
+     "poison   strength 0.1, fraction 0.5 · slide normal_021"),
+    ("poison_extract", {"slide": "test_001"}, [f"r/f/poison_s{s}_f1_seed0/test_001.h5" for s in (0.5, 1, 2)],
+     "poison   extract · 3 poison levels · slide test_001"),
     ("extract", {"slide": "tumor_001"}, ["r/features/p/e/clean/tumor_001.h5"], "extract  slide tumor_001"),
     ("patch_normal_001", {}, ["r/patches/p/normal_001.h5", "r/patches/p/qc/normal_001.png"], "patch    slide normal_001"),
     ("evaluate", {"cell": "ood", "method": "dsmil"}, ["r/runs/ood/dsmil/seed0/metrics.json", "r/runs/ood/dsmil/seed2/metrics.json"],

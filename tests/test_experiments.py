@@ -94,3 +94,58 @@ def test_declared_outputs_follow_the_experiments_and_the_slides():
     assert "SUMMARY.md" in outs and len(outs) == len(set(outs))
     with pytest.raises(WsimilError, match="unknown experiment 'nope'"):
         experiment_outputs(cfg, "nope")
+
+
+def _centre_sheet(centers):
+    rows = [{"slide_id": f"s{i:02d}", "label": i % 2, "split": ("train", "val", "test")[i % 3], "center": c,
+             "path": f"s{i:02d}.tif", "annotation": ""} for i, c in enumerate(centers)]
+    return pd.DataFrame(rows)
+
+
+def test_a_cell_reuses_the_standard_models_only_when_training_again_would_repeat_them():
+    """reused_models (the workflow's `score` rule instead of `train`): the DTFD ablation's point at the default
+    number of pseudo-bags and an ood cell with the same training slides score the standard cell's models; a
+    point with other hyperparameters, or an ood cell whose training slides differ, trains its own."""
+    from wsimil.experiments import reused_models
+
+    cfg = _config(training={"methods": ["maxpool", "dtfd_afs"], "seeds": [0]}, experiments=["standard", "ood",
+                  "dtfd_ablation"], dtfd_ablation={"pseudo_bags": [1, 4]}, ood={"train_centers": [0]})
+    cells = {c.name: c for c in plan_cells(cfg)}
+    default_m = validate_config({})["training"]  # the default M is whatever dtfd_afs publishes
+    from wsimil.models.base import get_method
+
+    published = get_method("dtfd_afs").hparams({})["model"]["n_pseudo_bags"]
+    main = _centre_sheet([0] * 12)
+    with_external = pd.concat([main, _centre_sheet([1] * 6).assign(slide_id=lambda d: "x" + d["slide_id"],
+                                                            split="test")], ignore_index=True)
+    got = reused_models(cfg, cells, with_external, main)
+    assert got["standard"] is None and default_m
+    assert got["dtfd_ablation_m4"] == ("standard" if published == 4 else None)
+    assert got["dtfd_ablation_m1"] == ("standard" if published == 1 else None)
+    assert got["ood"] == "standard"  # centre 1 holds only test slides: the training slides are the standard's
+    mixed = _centre_sheet([0, 0, 1, 1] * 3)  # centre 1 now holds training slides too: ood trains on fewer
+    assert reused_models(cfg, cells, mixed, mixed)["ood"] is None
+    assert reused_models(cfg, {k: v for k, v in cells.items() if k != "standard"}, main, main) == {
+        k: None for k in cells if k != "standard"}
+
+
+def test_the_workflow_sheet_of_a_user_resolves_files_and_leaves_out_the_excluded(tmp_path):
+    """workflow_sheet (what the rules read at parse time): a user's sheet, paths resolved against it for the jobs
+    and relative to results/<dataset>/data/slides.csv in the copy, excluded slides named, unknown ones refused."""
+    from wsimil.datasets.sheet import workflow_sheet
+
+    (tmp_path / "in").mkdir()
+    sheet = _centre_sheet([0] * 4).assign(annotation=["", "a/s01.xml", "", ""])
+    sheet.to_csv(tmp_path / "in" / "slides.csv", index=False)
+    cfg = validate_config({"dataset": {"name": "mine", "source": "sheet", "sheet": str(tmp_path / "in" / "slides.csv"),
+                                       "exclude": ["s02"]}})
+    ws = workflow_sheet(cfg, tmp_path / "results" / "mine")
+    assert list(ws.sheet["slide_id"]) == ["s00", "s01", "s03"] and ws.left_out == {"s02": "dataset.exclude"}
+    assert ws.files["s01"] == str(tmp_path / "in" / "s01.tif") and ws.notes["s01"] == str(tmp_path / "in" / "a/s01.xml")
+    assert ws.notes["s00"] == "" and ws.plan is None
+    assert ws.sheet.loc[0, "path"] == "../../../in/s00.tif"  # relative to results/mine/data/slides.csv
+    cfg["dataset"]["exclude"] = ["nope"]
+    with pytest.raises(WsimilError, match="dataset.exclude.*not in"):
+        workflow_sheet(cfg, tmp_path / "results" / "mine")
+    synthetic = workflow_sheet(validate_config({}), "results/x")
+    assert synthetic.files[synthetic.sheet["slide_id"][0]].startswith("results/x/data/slides/")

@@ -122,3 +122,24 @@ def test_cli_extract_and_poison_use_the_features_precision(slide_and_patches, tm
     clean, pois = read_features(tmp_path / "clean.h5"), read_features(tmp_path / "pois.h5")
     assert clean.attrs["precision"] == pois.attrs["precision"] == "bf16"
     assert pois.attrs["poisoned"] and not clean.attrs["poisoned"]
+
+
+def test_cli_poison_writes_every_level_as_separate_calls_would(slide_and_patches, tmp_path, capsys):
+    """`wsimil poison` with two levels in one call (the workflow's one job per target slide) writes, level by
+    level, the same features as one call per level."""
+    slide, pf = slide_and_patches
+    pd.DataFrame([{"slide_id": "s1", "label": 0, "split": "train", "center": 0, "path": "", "annotation": ""}]).to_csv(
+        tmp_path / "slides.csv", index=False)
+    params = json.dumps({"precision": "fp32", "num_workers": 0, "device": "cpu", "batch_size": 8})
+    common = ["--slide", str(slide), "--slide-id", "s1", "--patches", str(pf), "--params", params, "--no-progress"]
+    assert main(["extract", *common, "--out", str(tmp_path / "clean.h5")]) == 0
+    levels = [json.dumps({"strength": st, "fraction": 0.5, "seed": 0, "targets": None}) for st in (0.1, 1.0)]
+    poison = [*common, "--sheet", str(tmp_path / "slides.csv"), "--clean", str(tmp_path / "clean.h5")]
+    assert main(["poison", *poison, "--poison", *levels, "--out", str(tmp_path / "a.h5"), str(tmp_path / "b.h5")]) == 0
+    for lv, name in zip(levels, ("a", "b")):
+        assert main(["poison", *poison, "--poison", lv, "--out", str(tmp_path / f"one_{name}.h5")]) == 0
+        together, alone = read_features(tmp_path / f"{name}.h5"), read_features(tmp_path / f"one_{name}.h5")
+        np.testing.assert_array_equal(together.features, alone.features)
+    assert not np.array_equal(read_features(tmp_path / "a.h5").features, read_features(tmp_path / "b.h5").features)
+    assert main(["poison", *poison, "--poison", *levels, "--out", str(tmp_path / "c.h5")]) == 2
+    assert "one --out per slide and poison level: 1 slides x 2 levels, got 1" in capsys.readouterr().err

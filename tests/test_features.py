@@ -8,15 +8,15 @@ import h5py
 import numpy as np
 import pytest
 import torch
-import yaml
 
+from wsimil.config import load_schema
 from wsimil.features import extractors as ex
 from wsimil.features.extract import extract_slide, magnification_for_mpp
 from wsimil.features.store import PatchSet, PatchSpec, read_features, write_patches
 from wsimil.io import WsimilError
+from wsimil.names import BUILTIN_EXTRACTORS
 from wsimil.poison import PoisonSpec, poisoned_patch_mask
 
-ROOT = Path(__file__).resolve().parents[1]
 CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 CUP_CLASSES = {504, 967, 968}  # coffee mug, espresso, cup
 
@@ -68,14 +68,14 @@ def effnet():
 # -- registry -------------------------------------------------------------------------------------------------
 
 
-def test_registry_lists_the_five():
-    assert ex.list_extractors() == ["ctranspath", "efficientnet_lite0", "resnet18", "resnet50_trunc", "uni"]
+def test_registry_lists_the_builtin_names():
+    assert ex.list_extractors() == sorted(BUILTIN_EXTRACTORS)
     for name, info in ex.EXTRACTORS.items():
         assert info.name == name and info.dim > 0 and info.description
 
 
 def test_schema_enum_matches_registry():
-    schema = yaml.safe_load((ROOT / "schemas" / "features.schema.yaml").read_text())
+    schema = load_schema("features.schema.yaml")
     feats = schema["properties"]["features"]
     assert feats["properties"]["extractor"]["enum"] == ex.list_extractors()
     for section in ("features", "poison"):
@@ -87,7 +87,7 @@ def test_schema_enum_matches_registry():
 
 def test_schema_defaults_validate_and_unknown_keys_fail():
     jsonschema = pytest.importorskip("jsonschema")
-    schema = yaml.safe_load((ROOT / "schemas" / "features.schema.yaml").read_text())
+    schema = load_schema("features.schema.yaml")
     props = schema["properties"]
     cfg = {sec: {k: v["default"] for k, v in props[sec]["properties"].items()} for sec in ("features", "poison")}
     jsonschema.validate(cfg, schema)
@@ -340,19 +340,53 @@ def test_extract_rejects_wrong_slide_id_and_empty(slide, effnet, tmp_path):
 
 
 def test_a_feature_manifest_lists_every_file_in_order_and_refuses_a_missing_one(tmp_path):
-    """write_manifest (the workflow's one input for a cell's feature files): slide id and size per file."""
-    from wsimil.features.store import write_features, write_manifest
+    """write_manifest (how the workflow's jobs read a cell's features): slide id, path relative to the manifest
+    and size per file, in the order given; a slide may take its file from another folder (a poison level's clean
+    slides)."""
+    from wsimil.features.store import feature_path, read_features, write_features, write_manifest
     from wsimil.io import WsimilError
 
-    paths = []
-    for sid, n in (("b_002", 3), ("a_001", 5)):
-        p = tmp_path / "feats" / f"{sid}.h5"
-        write_features(p, np.ones((n, 4), np.float32), np.zeros((n, 2), np.int64))
-        paths.append(p)
+    paths = {}
+    for sid, n, folder in (("b_002", 3, "poison_x"), ("a_001", 5, "clean")):
+        p = tmp_path / "features" / folder / f"{sid}.h5"
+        write_features(p, np.full((n, 4), n, np.float32), np.zeros((n, 2), np.int64))
+        paths[sid] = p
     out = write_manifest(paths, tmp_path / "manifests" / "cell.tsv")
     rows = [ln.split("\t") for ln in out.read_text().splitlines()]
-    assert rows == [["slide_id", "bytes"], ["b_002", str(paths[0].stat().st_size)], ["a_001", str(paths[1].stat().st_size)]]
+    assert rows == [["slide_id", "path", "bytes"],
+                    ["b_002", "../features/poison_x/b_002.h5", str(paths["b_002"].stat().st_size)],
+                    ["a_001", "../features/clean/a_001.h5", str(paths["a_001"].stat().st_size)]]
+    assert feature_path(out, "a_001") == tmp_path / "manifests" / "../features/clean/a_001.h5"
+    assert read_features(feature_path(out, "b_002")).features.shape == (3, 4)
+    with pytest.raises(WsimilError, match="no row for slide 'c_003'"):
+        feature_path(out, "c_003")
     with pytest.raises(WsimilError, match="feature file not found: .*c_003.h5"):
-        write_manifest([*paths, tmp_path / "feats" / "c_003.h5"], tmp_path / "manifests" / "other.tsv")
-    assert not (tmp_path / "manifests" / "other.tsv").exists()
+        write_manifest({**paths, "c_003": tmp_path / "features" / "clean" / "c_003.h5"}, tmp_path / "manifests" / "o.tsv")
+    assert not (tmp_path / "manifests" / "o.tsv").exists()
+
+
+def test_a_feature_manifest_that_is_stale_or_points_away_is_refused(tmp_path):
+    """read_manifest: a listed file whose size changed (the manifest is stale), an absolute path, or a path
+    leaving the results folder above the manifest's is refused, naming the manifest and the line."""
+    from wsimil.features.store import feature_path, write_features, write_manifest
+    from wsimil.io import WsimilError
+
+    p = tmp_path / "res" / "features" / "clean" / "a_001.h5"
+    write_features(p, np.ones((3, 4), np.float32), np.zeros((3, 2), np.int64))
+    man = write_manifest({"a_001": p}, tmp_path / "res" / "manifests" / "cell.tsv")
+    write_features(p, np.ones((9, 4), np.float32), np.zeros((9, 2), np.int64))
+    with pytest.raises(WsimilError, match=r"cell.tsv, line 2: .*a_001.h5. is \d+ bytes, not the \d+ it lists: .*stale"):
+        feature_path(man, "a_001")
+    outside = tmp_path / "elsewhere.h5"
+    write_features(outside, np.ones((3, 4), np.float32), np.zeros((3, 2), np.int64))
+    size = outside.stat().st_size
+    for rel, why in ((str(outside), "relative .h5 path"), ("../../elsewhere.h5", "the path leaves")):
+        bad = tmp_path / "res" / "manifests" / f"bad{len(rel)}.tsv"
+        bad.write_text(f"slide_id\tpath\tbytes\na_001\t{rel}\t{size}\n")
+        with pytest.raises(WsimilError, match=why):
+            feature_path(bad, "a_001")
+    wrong = tmp_path / "res" / "manifests" / "old.tsv"
+    wrong.write_text("slide_id\tbytes\na_001\t10\n")
+    with pytest.raises(WsimilError, match="first line must be the columns slide_id, path, bytes"):
+        feature_path(wrong, "a_001")
 

@@ -209,6 +209,9 @@ def _patch_cells(root, cfg, good: set[str]):
         with h5py.File(feats / f"{s}.h5", "w") as f:
             f["features"] = np.zeros((40, 4), np.float32)
             f["tumor_fraction"] = tf[s]
+    from wsimil.features.store import write_manifest
+
+    write_manifest({s: feats / f"{s}.h5" for s in slides}, root / "manifests" / "clean.tsv")
     for m in METHODS:
         for seed in (0, 1):
             _write_run(root, "standard", m, seed, slides, labels, ["test"] * len(labels), labels * 0.5 + 0.2)
@@ -236,4 +239,5 @@ def test_the_patch_claim_pairs_every_method_on_the_same_tumour_slides(tmp_path, 
     for p in (tmp_path / "features").rglob("*.h5"):
         p.unlink()
     (claim,) = [c for c in ev.claims(cfg, tmp_path) if c.key == "patch"]
-    assert claim.verdict == "inconclusive" and "feature files of 8 test tumour slides" in claim.rule
+    assert claim.verdict == "inconclusive" and "feature files of the test tumour slides" in claim.rule
+    assert "is missing: the manifest is stale" in claim.rule

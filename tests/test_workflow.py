@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from wsimil.datasets.sheet import read_sheet
+from wsimil.features.store import feature_path
 from wsimil.poison import select_poisoned_slides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,15 +171,21 @@ def test_poison_reaches_exactly_the_target_slides(ci_run):
     assert targets == expected and targets
     clean_dir = next((out / "features").rglob("clean"))
     poison_dir = next(p for p in clean_dir.parent.iterdir() if p.name.startswith("poison"))
+    # the poison cell reads its features through its manifest: the poisoned file of a target, the clean file of
+    # every other slide (no copy is made)
+    assert {p.stem for p in poison_dir.glob("*.h5")} == targets & set(sheet["slide_id"])
+    manifest = out / "manifests" / f"{poison_dir.name}.tsv"
     for sid in sheet["slide_id"]:
-        with h5py.File(clean_dir / f"{sid}.h5") as c, h5py.File(poison_dir / f"{sid}.h5") as p:
+        with h5py.File(clean_dir / f"{sid}.h5") as c, h5py.File(feature_path(manifest, sid)) as p:
             clean, poisoned = c["features"][:], p["features"][:]
             if sid in targets:
+                assert feature_path(manifest, sid).resolve() == (poison_dir / f"{sid}.h5").resolve()
                 mask = p["poisoned"][:]
                 assert 0 < mask.sum() < len(mask)
                 assert not np.array_equal(clean[mask], poisoned[mask]), sid
                 np.testing.assert_array_equal(clean[~mask], poisoned[~mask])
             else:
+                assert feature_path(manifest, sid).resolve() == (clean_dir / f"{sid}.h5").resolve()
                 np.testing.assert_array_equal(clean, poisoned)
 
 
@@ -463,3 +470,51 @@ def test_a_number_shown_in_two_places_is_the_same_number(ci_run):
     gap_txt = _summary_paragraph(out, "**Why mi-Net overfits")
     for m, v in minet["train − val AUC of seed-averaged scores"].items():
         assert f"{m} {v}" in gap_txt, (m, v, gap_txt)
+
+
+def _planned_job(work: Path, rule: str, target: str) -> dict[str, list[str] | str]:
+    """The declared input, output and log files and the shell command of ``rule``'s job, from a dry run that forces
+    it (``target``: a file or rule it makes)."""
+    out = snakemake(work, "-n", "-p", "--cores", "2", "--forcerun", rule, "--", target).stdout
+    block = out[out.index(f"rule {rule}:\n"):]
+    block = block[: block.index("Shell command:") + 2000]
+    fields = {}
+    for key in ("input", "output", "log"):
+        line = next((ln for ln in block.splitlines() if ln.strip().startswith(f"{key}: ")), "")
+        fields[key] = [p.strip() for p in line.split(":", 1)[1].split(", ")] if line else []
+    fields["shell"] = block[block.index("Shell command:") + len("Shell command:"):].splitlines()[0].strip()
+    return fields
+
+
+@pytest.mark.parametrize("rule, target", [("report_standard", "standard"), ("report_poison", "poison"),
+                                          ("report_dtfd_ablation", "dtfd_ablation"), ("report_summary", "summary"),
+                                          ("report_cards", "cards")])
+def test_a_report_job_reads_only_what_its_rule_declares(ci_run, tmp_path, rule, target):
+    """Run a report job in a folder that holds only its declared inputs (a feature manifest with the files it lists,
+    which it stands for) and the repository's captions: it succeeds and writes the same tables, so Snakemake knows
+    every file a table or figure depends on and reruns it when one changes."""
+    from wsimil.features.store import read_manifest
+
+    work, out = ci_run
+    job = _planned_job(work, rule, target)
+    box = tmp_path / "box"
+    needed = set(job["input"])
+    for f in job["input"]:
+        if f.endswith(".tsv") and "/manifests/" in f:
+            for _, rel, _, _ in read_manifest(work / f).values():
+                needed.add(str(Path(f).parent / rel))
+    for f in sorted(needed):
+        src, dst = work / f, box / f
+        assert src.is_file(), f
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+    for f in job["output"] + job["log"]:
+        (box / f).parent.mkdir(parents=True, exist_ok=True)
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(box)}
+    proc = subprocess.run(["bash", "-c", job["shell"]], cwd=box, capture_output=True, text=True, env=env, timeout=600)
+    log = "".join((box / f).read_text() for f in job["log"] if (box / f).is_file())
+    assert proc.returncode == 0, f"{job['shell']}\n{proc.stderr[-3000:]}\n{log[-3000:]}"
+    tables = [f for f in job["output"] if f.endswith(".csv")]
+    assert tables, job["output"]
+    for f in tables:
+        assert (box / f).read_bytes() == (work / f).read_bytes(), f

@@ -106,6 +106,15 @@ def _poison_level(tag: str) -> str:
     return f"strength {m.group(1)}, fraction {m.group(2)}" if m else tag
 
 
+def _levels(output: Sequence[str]) -> list[str]:
+    """The poison level of a job's outputs in words, or how many levels they span (a poison job writes every
+    level of its slides)."""
+    levels = list(dict.fromkeys(m.group(0) for o in output if (m := _POISON_TAG.search(o))))
+    if not levels:
+        return []
+    return [_poison_level(levels[0])] if len(levels) == 1 else [f"{len(levels)} poison levels"]
+
+
 def _seeds(seeds: Sequence[int]) -> str:
     if len(seeds) == 1:
         return f"seed {seeds[0]}"
@@ -133,11 +142,10 @@ def describe(rule: str, wildcards: Optional[Mapping[str, Any]] = None, output: I
         if ids:
             group = _sanitized(ids[0]) + (f"_and_{len(ids) - 1}" if len(ids) > 1 else "")
             rest = rest.removesuffix("_" + group)
-            level = next((m.group(0) for o in output if (m := _POISON_TAG.search(o))), None)
-            if level and "tag" not in wildcards:
-                rest = rest.replace(_sanitized(level), "")
-                parts.append(_poison_level(level))
+            parts += _levels(output) if "tag" not in wildcards else []
             parts.append(_slides(ids))
+    elif stage == "poison" and "tag" not in wildcards:
+        parts = _levels(output) + parts
     if "seed" not in wildcards:
         seeds = sorted({int(m.group(1)) for o in output if (m := _SEED_DIR.search(o))})
         if seeds:

@@ -148,16 +148,18 @@ def _slide_jobs(args: argparse.Namespace, *extra: str) -> list[tuple]:
     return list(zip(*lists))
 
 
-def _extract(args: argparse.Namespace, poison_of=None) -> None:
+def _extract(args: argparse.Namespace, poison_of=None, built: dict | None = None) -> None:
     """Extract the features of one or more slides with one network (built once: a job of several slides pays
-    the start-up once). ``poison_of(slide_id)``: the PoisonSpec of a slide, or None to copy its clean file."""
+    the start-up once). ``poison_of(slide_id)``: the PoisonSpec of a slide, or None to copy its clean file;
+    ``built``: holds the network between calls (every poison level of a job uses the one network)."""
     from wsimil.features.extract import extract_slide
     from wsimil.features.extractors import build_extractor
 
     cfg = _section(args, "features")
     _set_threads(args.threads)
     jobs = _slide_jobs(args, "clean") if poison_of else _slide_jobs(args)
-    ext = None
+    built = {} if built is None else built
+    ext = built.get("extractor")
     for job in jobs:
         slide, sid, patches, out = job[:4]
         spec = poison_of(sid) if poison_of else None
@@ -166,8 +168,9 @@ def _extract(args: argparse.Namespace, poison_of=None) -> None:
             log.info("%s is not a poison target: clean features copied", sid)
             continue
         if ext is None:
-            ext = build_extractor(cfg["extractor"], weights=cfg["weights"], device=cfg["device"],
-                                  input_size=cfg["input_size"], weights_sha256=cfg.get("weights_sha256"))
+            ext = built["extractor"] = build_extractor(
+                cfg["extractor"], weights=cfg["weights"], device=cfg["device"], input_size=cfg["input_size"],
+                weights_sha256=cfg.get("weights_sha256"))
         s = extract_slide(
             slide, patches, out, ext, batch_size=cfg["batch_size"], num_threads=args.threads, poison=spec,
             slide_id=sid, num_workers=cfg["num_workers"], dtype=cfg["dtype"], progress=not args.no_progress,
@@ -182,15 +185,24 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 
 def cmd_poison(args: argparse.Namespace) -> None:
-    """Poisoned features of one or more slides: re-extracted with green noise if the slide is a target, else
-    its clean file copied."""
+    """Poisoned features of one or more slides at one or more poison levels (``--poison`` once per level, ``--out``
+    level by level, each level's files in slide order): re-extracted with green noise if the slide is a target,
+    else its clean file copied. The network is built once for every level."""
     from wsimil.datasets.sheet import read_sheet
     from wsimil.poison import PoisonSpec, select_poisoned_slides
 
-    pcfg = json.loads(args.poison) if args.poison else _poison_defaults()
-    targets = set(select_poisoned_slides(read_sheet(args.sheet), pcfg.get("targets")))
-    spec = PoisonSpec(strength=pcfg["strength"], fraction=pcfg["fraction"], seed=pcfg["seed"])
-    _extract(args, lambda sid: spec if sid in targets else None)
+    levels = [json.loads(p) for p in args.poison] if args.poison else [_poison_defaults()]
+    n = len(args.slide_id)
+    if len(args.out) != n * len(levels):
+        raise WsimilError(f"give one --out per slide and poison level: {n} slides x {len(levels)} levels, "
+                          f"got {len(args.out)}")
+    sheet = read_sheet(args.sheet)
+    outs, built = list(args.out), {}
+    for i, pcfg in enumerate(levels):
+        targets = set(select_poisoned_slides(sheet, pcfg.get("targets")))
+        spec = PoisonSpec(strength=pcfg["strength"], fraction=pcfg["fraction"], seed=pcfg["seed"])
+        args.out = outs[i * n : (i + 1) * n]
+        _extract(args, lambda sid, spec=spec, targets=targets: spec if sid in targets else None, built)
 
 
 def _poison_defaults() -> dict:
@@ -391,8 +403,11 @@ def cmd_run_table(args: argparse.Namespace) -> None:
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
-    from wsimil.models.base import get_method, list_methods
+    from wsimil.models.base import get_method, list_methods, methods_markdown
 
+    if args.markdown:
+        print(methods_markdown())
+        return
     for name in list_methods():
         spec = get_method(name)
         d = spec.defaults
@@ -405,8 +420,11 @@ def cmd_methods(args: argparse.Namespace) -> None:
 
 
 def cmd_extractors(args: argparse.Namespace) -> None:
-    from wsimil.features.extractors import EXTRACTORS, list_extractors
+    from wsimil.features.extractors import EXTRACTORS, extractors_markdown, list_extractors
 
+    if args.markdown:
+        print(extractors_markdown())
+        return
     for name in list_extractors():
         info = EXTRACTORS[name]
         print(f"{name}  dim={info.dim}  {info.description}")
@@ -477,7 +495,8 @@ def _add_import_features_parser(sub: Any) -> None:
     s.add_argument("--sheet", type=Path, required=True, help="sample sheet slides.csv (labels; annotation paths "
                    "relative to its folder; path may be empty)")
     s.add_argument("--slide-id", nargs="+", required=True)
-    s.add_argument("--out", type=Path, nargs="+", required=True, help="each slide's feature HDF5")
+    s.add_argument("--out", type=Path, nargs="+", required=True,
+                       help="each slide's feature HDF5 (poison: level by level, each in slide order)")
     s.add_argument("--patch-size-level0", type=int, help="patch side in level-0 px (default: from the h5 attributes)")
     s.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored feature dtype")
     s.set_defaults(func=cmd_import_features)
@@ -530,18 +549,20 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--slide", type=Path, nargs="+", required=True, help="slide file(s)")
         s.add_argument("--slide-id", nargs="+", required=True, help="one id per slide")
         s.add_argument("--patches", type=Path, nargs="+", required=True, help="each slide's patch HDF5")
-        s.add_argument("--out", type=Path, nargs="+", required=True, help="each slide's feature HDF5")
+        s.add_argument("--out", type=Path, nargs="+", required=True,
+                       help="each slide's feature HDF5 (poison: level by level, each in slide order)")
         s.add_argument("--threads", type=int, help="torch CPU threads")
         s.add_argument("--no-progress", action="store_true")
         if name == "poison":
             s.add_argument("--sheet", type=Path, required=True, help="slides.csv (decides which slides are poisoned)")
             s.add_argument("--clean", type=Path, nargs="+", required=True,
                            help="each slide's clean feature file, copied for non-targets")
-            s.add_argument("--poison", help="the `poison:` config section as JSON (default: the schema defaults)")
+            s.add_argument("--poison", nargs="+", help="the `poison:` config section as JSON, once per poison level "
+                           "(default: the schema defaults)")
         s.set_defaults(func=func)
 
     s = sub.add_parser("train", help="train one or more methods on one or more seeds -> run directories")
-    s.add_argument("--features", type=Path, required=True, help="folder of <slide_id>.h5 feature files")
+    s.add_argument("--features", type=Path, required=True, help="folder of <slide_id>.h5 feature files, or a feature manifest (.tsv)")
     s.add_argument("--slides", type=Path, required=True, help="sample sheet slides.csv")
     s.add_argument("--method", nargs="+", required=True, help="one or more names from `wsimil methods` (the "
                    "features are loaded once for all)")
@@ -562,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("score", help="a run directory for other slides, scored by a finished run's model (no training)")
     s.add_argument("--run", type=Path, nargs="+", required=True, help="finished run directories (model.pt, run.json)")
-    s.add_argument("--features", type=Path, required=True, help="folder of <slide_id>.h5 feature files")
+    s.add_argument("--features", type=Path, required=True, help="folder of <slide_id>.h5 feature files, or a feature manifest (.tsv)")
     s.add_argument("--slides", type=Path, required=True, help="sample sheet of the slides to score")
     s.add_argument("--out", type=Path, nargs="+", required=True, help="one new run directory per --run")
     s.add_argument("--experiment", default="adhoc", help="experiment name recorded in run.json")
@@ -571,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("evaluate", help="metrics.json for finished run directories")
     s.add_argument("run_dirs", nargs="+", type=Path)
-    s.add_argument("--features", type=Path, required=True, help="feature folder with tumor_fraction (patch metrics)")
+    s.add_argument("--features", type=Path, required=True, help="feature folder or manifest (.tsv) with tumor_fraction (patch metrics)")
     s.add_argument("--threshold", type=float, default=0.5)
     s.add_argument("--patch-positive-fraction", type=float, default=0.5)
     s.add_argument("--sheet", type=Path, help="sample sheet slides.csv: its annotation column (ASAP XML, relative to "
@@ -626,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("geojson", help="a run's instance scores as QuPath-readable GeoJSON tiles, one file per slide")
     s.add_argument("--run", type=Path, required=True, help="a finished run directory (instance_scores.h5, run.json)")
-    s.add_argument("--features", type=Path, required=True, help="the feature folder it was scored on (coords, "
+    s.add_argument("--features", type=Path, required=True, help="the feature folder or manifest it was scored on (coords, "
                    "patch size at level 0, tumour fraction)")
     s.add_argument("--out", type=Path, required=True, help="folder for <slide_id>.geojson")
     s.add_argument("--slide-id", nargs="+", help="only these slides (default: every slide the run scored)")
@@ -668,8 +689,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True, help="output stem: <out>.csv, .md, .tex")
     s.set_defaults(func=cmd_run_table)
 
-    sub.add_parser("methods", help="list methods and their published defaults").set_defaults(func=cmd_methods)
-    sub.add_parser("extractors", help="list feature extractors").set_defaults(func=cmd_extractors)
+    s = sub.add_parser("methods", help="list methods and their published defaults")
+    s.add_argument("--markdown", action="store_true", help="print the built-in methods by family as README.md's "
+                   "Markdown table instead")
+    s.set_defaults(func=cmd_methods)
+
+    s = sub.add_parser("extractors", help="list feature extractors")
+    s.add_argument("--markdown", action="store_true", help="print docs/methods.md's Markdown table of the "
+                   "extractors instead")
+    s.set_defaults(func=cmd_extractors)
+
     s = sub.add_parser("validate-config", help="validate a workflow config (and overlays on it) against the schema",
                        description="Merge the files in order as Snakemake does (config.yaml, then each "
                        "--configfile overlay: nested keys update, lists replace) and validate the result.")

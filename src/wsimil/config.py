@@ -17,6 +17,7 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 from wsimil.io import WsimilError, excerpt, schema_message
+from wsimil.names import schema_enum, schema_list
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 
@@ -50,10 +51,30 @@ def _resolve_refs(node: Any, base: Path, doc: Any) -> Any:
     return node
 
 
+def _fill_enums(node: Any) -> Any:
+    """Replace every ``enum: {$wsimil: <list>}`` with the built-in names it stands for, sorted, and every
+    ``default: {$wsimil: <list>}`` with them in registry order (:mod:`wsimil.names`)."""
+    if isinstance(node, dict):
+        for key, names in (("enum", schema_enum), ("default", schema_list)):
+            marker = node.get(key)
+            if isinstance(marker, dict) and "$wsimil" in marker:
+                if set(marker) != {"$wsimil"}:
+                    raise WsimilError(f"schema: a {key} mapping must be {{$wsimil: <list>}}, got {marker!r}")
+                try:
+                    node = {**node, key: names(marker["$wsimil"])}
+                except KeyError as exc:
+                    raise WsimilError(str(exc.args[0])) from None
+        return {k: _fill_enums(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fill_enums(v) for v in node]
+    return node
+
+
 @lru_cache(maxsize=None)
 def load_schema(name: str = "config.schema.yaml") -> dict:
+    """The schema ``schemas/<name>`` with its ``$ref``s inlined and its enums of built-in names filled in."""
     doc = yaml.safe_load((SCHEMA_DIR / name).read_text())
-    resolved = _resolve_refs(doc, SCHEMA_DIR, doc)
+    resolved = _fill_enums(_resolve_refs(doc, SCHEMA_DIR, doc))
     resolved.pop("$defs", None)
     return resolved
 
@@ -94,7 +115,7 @@ def _with_plugin_methods(config: dict, schema: dict) -> dict:
     """Methods from other packages: resolve ``package.module:attribute`` entries of the method lists into the
     names they register, and let every enum of method names accept the installed plugins' methods. Touches
     nothing (and imports no model) when the config names built-in methods only."""
-    builtin = schema["properties"]["training"]["properties"]["methods"]["items"]["enum"]
+    builtin = schema_enum("methods")
     named = [m for a, b in _METHOD_LISTS for m in ((config.get(a) or {}).get(b) or []) if isinstance(m, str)]
     named += list(((config.get("training") or {}).get("overrides") or {}))
     plugins = config.get("plugins") or []
@@ -120,6 +141,7 @@ def _with_plugin_methods(config: dict, schema: dict) -> dict:
     if plugins:
         config["plugins"] = plugins
     names = list_methods()
+    schema = copy.deepcopy(schema)  # load_schema's cached copy keeps the built-in enums
 
     def widen(node):
         if isinstance(node, dict):

@@ -68,6 +68,18 @@ def features_subdir(config: Mapping[str, Any], kind: str) -> str:
     return f"{features_root(config)}/{kind}"
 
 
+def feature_set(cell: Cell) -> str:
+    """The name of a cell's feature set: its features on its sheet's slides (``clean``, ``clean_ood``, a poison
+    tag, ``milunit``). Cells on the same set read the same files through one manifest."""
+    return cell.features if cell.sheet in ("main", cell.features) else f"{cell.features}_{cell.sheet}"
+
+
+def manifest_subpath(cell: Cell) -> str:
+    """A cell's feature manifest under ``results/<dataset>/`` (wsimil.features.store.write_manifest): the file
+    through which every job after extraction reads the cell's features, one per feature set."""
+    return f"manifests/{feature_set(cell)}.tsv"
+
+
 def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in extra.items():
@@ -191,3 +203,41 @@ def ood_sheet(sheet: pd.DataFrame, train_centers: Sequence[Any] | None) -> pd.Da
 
 def experiment_cells(cells: Sequence[Cell], experiment: str) -> list[Cell]:
     return [c for c in cells if c.experiment == experiment]
+
+
+def train_val_rows(sheet: pd.DataFrame) -> list[tuple[str, int, str]]:
+    """(slide id, label, split) of the training and validation slides of ``sheet``, in sheet order."""
+    rows = sheet[sheet["split"].isin(["train", "val"])]
+    return list(zip(rows["slide_id"], rows["label"].astype(int), rows["split"]))
+
+
+def reused_models(config: Mapping[str, Any], cells: Mapping[str, Cell], sheet: pd.DataFrame,
+                  main_sheet: pd.DataFrame) -> dict[str, str | None]:
+    """Cell name -> the cell whose trained models it scores instead of training its own, or None.
+
+    A cell reuses the standard cell's models when it trains a subset of its methods on the same features and the
+    same training and validation slides, in the same order, with the same effective hyperparameters (the
+    synthetic ood cell, whose held-out hospital stains only test slides; the DTFD ablation's point at the default
+    number of pseudo-bags), so that training again would give the same models bit for bit (same seeds, same
+    data). ``sheet``: every slide (ood_sheet sees the external copies too); ``main_sheet``: the standard cell's."""
+    std = cells.get("standard")
+    out: dict[str, str | None] = {name: None for name in cells}
+    if std is None:
+        return out
+    from wsimil.models.base import get_method  # the registry imports torch: only when a cell may reuse
+
+    ood_rows = None
+    for name, c in cells.items():
+        if name == "standard" or c.features != std.features or not set(c.methods) <= set(std.methods) \
+                or c.sheet not in ("main", "ood"):
+            continue
+        if any(get_method(m).hparams(cell_overrides(config, c, m)) != get_method(m).hparams(cell_overrides(config, std, m))
+               for m in c.methods):
+            continue
+        if c.sheet == "ood":
+            if ood_rows is None:
+                ood_rows = train_val_rows(ood_sheet(sheet, config["ood"]["train_centers"]))
+            if ood_rows != train_val_rows(main_sheet):
+                continue
+        out[name] = "standard"
+    return out

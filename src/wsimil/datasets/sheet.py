@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -83,3 +85,57 @@ def relocate(df: pd.DataFrame, from_sheet: str | os.PathLike, to_sheet: str | os
         out[col] = [os.path.relpath(resolve(from_sheet, v), base) if v and not Path(v).is_absolute() else v
                     for v in out[col]]
     return out
+
+
+@dataclass
+class WorkflowSheet:
+    """The slides a workflow run plans for (rules/common.smk reads it once, at parse time).
+
+    ``sheet``: the sample sheet as the rules write it (paths relative to ``sheet_path``); ``files`` /
+    ``notes``: slide id -> its image / ASAP annotation file ("" when none), as the jobs open them; ``plan``:
+    the download plan of a public dataset (wsimil.datasets.sources), else None; ``left_out``: slide id -> why
+    it is not in the sheet."""
+
+    sheet: pd.DataFrame
+    files: dict[str, str]
+    notes: dict[str, str]
+    plan: Any = None
+    left_out: dict[str, str] = field(default_factory=dict)
+
+
+def workflow_sheet(config: Mapping[str, Any], out: str | os.PathLike) -> WorkflowSheet:
+    """The sheet of a run with results folder ``out``, by ``dataset.source``: the synthetic plan
+    (data/slides/<id>.tif), a public dataset's download plan, or the user's sheet (``dataset.sheet``, less
+    ``dataset.exclude``; files resolved against it)."""
+    source, exclude = config["dataset"]["source"], config["dataset"]["exclude"]
+    sheet_path = Path(out) / "data" / "slides.csv"
+    if source == "synthetic":
+        from wsimil.slides.synthetic import plan_dataset
+
+        if exclude:
+            raise WsimilError("config key 'dataset.exclude': for real data; every synthetic slide is readable")
+        sheet = plan_dataset(config["synthetic"])
+        d = f"{out}/data"
+        files = {s: f"{d}/slides/{s}.tif" for s in sheet["slide_id"]}
+        notes = {s: (f"{d}/annotations/{s}.xml" if a else "") for s, a in zip(sheet["slide_id"], sheet["annotation"])}
+        return WorkflowSheet(sheet, files, notes)
+    from wsimil.datasets.sources import SOURCES, plan_source, sheet_for
+
+    if source in SOURCES:
+        plan = plan_source(config)
+        sheet = sheet_for(plan, str(sheet_path))
+        files = {r.slide_id: str(plan.local(r.path)) for r in plan.sheet.itertuples()}
+        notes = {r.slide_id: str(plan.local(r.annotation)) if r.annotation else "" for r in plan.sheet.itertuples()}
+        return WorkflowSheet(sheet, files, notes, plan, dict(plan.left_out))
+    user_sheet = config["dataset"]["sheet"]
+    if not user_sheet:
+        raise WsimilError(f"config key 'dataset.sheet': required when dataset.source is {source!r}")
+    sheet = read_sheet(user_sheet)
+    unknown = sorted(set(exclude) - set(sheet["slide_id"]))
+    if unknown:
+        raise WsimilError(f"config key 'dataset.exclude': not in {user_sheet}: {[excerpt(u) for u in unknown[:10]]}")
+    sheet = sheet[~sheet["slide_id"].isin(exclude)].reset_index(drop=True)
+    files = {r.slide_id: str(resolve(user_sheet, r.path) or "") for r in sheet.itertuples()}
+    notes = {r.slide_id: str(resolve(user_sheet, r.annotation) or "") for r in sheet.itertuples()}
+    sheet = relocate(sheet, user_sheet, sheet_path)
+    return WorkflowSheet(sheet, files, notes, None, {s: "dataset.exclude" for s in exclude})

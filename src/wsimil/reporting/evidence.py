@@ -40,7 +40,7 @@ import pandas as pd
 from wsimil.evaluation.evaluate import ANY_TUMOUR, read_instance_scores, read_predictions, read_tumor_fraction
 from wsimil.evaluation.intervals import (Interval, cluster_auc_matrix, cluster_aucs, contrast_interval, seed_averaged,
                                          stratified_counts, verdict)
-from wsimil.experiments import Cell, experiment_cells, features_subdir, plan_cells
+from wsimil.experiments import Cell, experiment_cells, manifest_subpath, plan_cells
 from wsimil.features.store import feature_path
 from wsimil.io import WsimilError
 
@@ -245,12 +245,13 @@ def patch_auc_draws(config: Mapping[str, Any], results: Path, cell: Cell, seeds:
     cluster bootstrap shared by every method and seed). Returns ``(point (M,), boot (N_BOOT, M), what)`` or the
     reason it cannot be computed."""
     test = cell_scores(results, cell, seeds, methods=methods)
-    features = Path(results) / features_subdir(config, cell.features)
+    features = Path(results) / manifest_subpath(cell)
     tumour = [s for s in test.index if test.loc[s, "label"] == 1]
-    absent = [s for s in tumour if not feature_path(features, s).is_file()]
-    if absent:  # e.g. feature files deleted after training to save disk
-        return f"the feature files of {len(absent)} test tumour slides (patch labels) are not in {features}"
-    fractions = {s: read_tumor_fraction(feature_path(features, s)) for s in tumour}
+    try:
+        files = {s: feature_path(features, s) for s in tumour}
+    except WsimilError as exc:  # e.g. feature files deleted after training to save disk
+        return f"the feature files of the test tumour slides (patch labels) cannot be read: {exc}"
+    fractions = {s: read_tumor_fraction(files[s]) for s in tumour}
     tumour = [s for s in tumour if fractions[s] is not None]
     if len(tumour) < 2:
         return "fewer than two test tumour slides have patch labels (tumor_fraction)"
@@ -291,7 +292,7 @@ def froc_draws(config: Mapping[str, Any], results: Path, cell: Cell, seeds: Sequ
     labels = {s: int(test.loc[s, "label"]) for s in slides}
     sheet = Path(results) / "data" / "slides.csv"
     annotations = annotations_from_sheet(sheet) if sheet.is_file() else None
-    features = Path(results) / features_subdir(config, cell.features)
+    features = Path(results) / manifest_subpath(cell)
     counts, lesion_cache = None, {}
     point, boot = np.zeros(len(methods)), np.zeros((N_BOOT, len(methods)))
     for j, m in enumerate(methods):

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from wsimil.evaluation.evaluate import read_instance_scores, read_predictions
-from wsimil.experiments import Cell, dose_cell, dose_levels, experiment_cells, features_subdir, plan_cells
+from wsimil.experiments import Cell, dose_cell, dose_levels, experiment_cells, manifest_subpath, plan_cells
 from wsimil.features.store import feature_path
 from wsimil.h5gate import open_h5
 from wsimil.io import WsimilError
@@ -434,7 +434,7 @@ def _heatmaps(results: Path, cell: Cell, sheet: pd.DataFrame, slide_ids: Sequenc
 
     rows = sheet.set_index("slide_id")
     sheet_path = Path(sheet.attrs.get("path", "slides.csv"))  # relative paths in it are relative to its folder
-    feats_dir = results / features_subdir(config, cell.features)
+    feats_dir = results / manifest_subpath(cell)
     slides, scores, marked = [], {}, {}
     for sid in slide_ids:
         with open_h5(feature_path(feats_dir, sid)) as f:

@@ -3,7 +3,8 @@
 ``<run_dir>/``: ``predictions.csv`` (slide_id,label,split,score), ``instance_scores.h5`` (one dataset per
 slide, same order as its feature file), ``history.csv``, ``model.pt`` (weights_only-loadable), ``run.json``;
 ``score_maps.h5`` (a group per other heatmap quantity of the model, ``MILModel.score_maps``: DSMIL's and
-DTFD's attention, CLAM-MB's A_raw of the predicted class; empty for the others), for DTFD also ``pseudo_bags.csv`` (slide_id,label,split,pseudo_bag,score: Tier-1 score of each pseudo-bag).
+DTFD's attention, CLAM-MB's A_raw of the predicted class; empty for the others), ``pseudo_bags.csv``
+(slide_id,label,split,pseudo_bag,score: DTFD's Tier-1 score of each pseudo-bag; the header alone for the others).
 """
 
 from __future__ import annotations
@@ -67,13 +68,14 @@ def write_run(run_dir: str | os.PathLike, bags: BagSet, result: TrainResult, met
         write_csv_atomic(pd.DataFrame({
             "slide_id": bags.slide_ids, "label": bags.labels, "split": bags.splits, "score": pred.probs,
         }), tmp / "predictions.csv", float_format="%.6g")
-        if pred.group_scores is not None:  # DTFD: Tier-1 score of every pseudo-bag (the ablation's Tier-1 AUC)
-            write_csv_atomic(pd.DataFrame([
-                {"slide_id": sid, "label": lab, "split": sp, "pseudo_bag": k, "score": float(v)}
-                for sid, lab, sp, g in zip(bags.slide_ids, bags.labels, bags.splits, pred.group_scores)
-                for k, v in enumerate(g)
-            ], columns=["slide_id", "label", "split", "pseudo_bag", "score"]), tmp / "pseudo_bags.csv",
-                float_format="%.6g")
+        # DTFD: Tier-1 score of every pseudo-bag (the ablation's Tier-1 AUC); the columns alone for a model without
+        # pseudo-bags, so that every run folder holds the same files (the workflow declares them all)
+        write_csv_atomic(pd.DataFrame([
+            {"slide_id": sid, "label": lab, "split": sp, "pseudo_bag": k, "score": float(v)}
+            for sid, lab, sp, g in zip(bags.slide_ids, bags.labels, bags.splits, pred.group_scores or ())
+            for k, v in enumerate(g)
+        ], columns=["slide_id", "label", "split", "pseudo_bag", "score"]), tmp / "pseudo_bags.csv",
+            float_format="%.6g")
         with h5py.File(tmp / "instance_scores.h5", "w") as f:
             for sid, scores in zip(bags.slide_ids, pred.instance_scores):
                 f.create_dataset(sid, data=scores.astype(np.float32))
