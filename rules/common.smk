@@ -204,7 +204,7 @@ def groups_of(items, per_job):
 def address_as_stage(rule_name, stage):
     """Give a rule generated per slide group (patch_<group>, extract_<group>, ...) the --set-resources and
     --set-threads of its stage's name, a profile's set-resources and set-threads included, as Snakemake gives them
-    to the one-slide rule of that name (snakemake/workflow.py, Workflow.rule: `_parsed_overwrite_resources`), so
+    to the one-slide rule of that name (snakemake/workflow.py, `Workflow.rule`, `_parsed_overwrite_resources`), so
     `extract:mem_mb=16000` reaches every extraction job whatever `features.slides_per_job`. A setting for the
     generated name itself still wins (Snakemake applied it when the rule was defined; it is applied again here)."""
     settings = workflow.resource_settings
@@ -362,6 +362,12 @@ def run_files(cells):
     instance scores and score maps for patch AUCs and heatmaps, DTFD's pseudo-bags for the Tier-1 claim,
     histories and run records for the curves), so that a changed run makes its tables and figures stale."""
     return [f"{run_dir(c, m, s)}/{f}" for c in cells for m, s in cell_runs(c) for f in REPORTED_RUN_FILES]
+
+
+def annotation_files():
+    """Every slide's annotation XML that exists (or is made): the FROC of the cards and the summary reads the
+    lesions of the test slides."""
+    return [f for s in ALL_SLIDES for f in as_input(annotation_path(s))]
 
 
 def manifest_files(cells):
@@ -529,6 +535,39 @@ def sensitivity_args(wildcards, input):
     if wildcards.problem == "toy":
         return ""
     return f"--slides {input.sheet} --features {Path(input.features[0]).parent}"
+
+
+# The poison (rules/poison.smk): the slides it targets and its levels (the poison cell's and the dose-response
+# points'), none without slides.
+POISON_TARGETS = select_poisoned_slides(MAIN_SHEET, config["poison"]["targets"]) if SOURCE != "features" else []
+_TARGETS = set(POISON_TARGETS)
+POISON_LEVELS = {c.features: c.params for c in CELLS.values() if c.features.startswith("poison_")
+                 and SOURCE != "features"}
+_LEVEL_TAGS = list(POISON_LEVELS)
+
+
+def poison_target(wildcards):
+    """The slide of a poison job; refused unless the poison targets it."""
+    if known_slide(wildcards) not in _TARGETS:
+        raise WorkflowError(f"slide {wildcards.slide!r} is not a poison target: its clean features are used")
+    return wildcards.slide
+
+
+def get_poison_target(wildcards):
+    return as_input(slide_path(poison_target(wildcards)))
+
+
+def poison_params(levels):
+    """Every poison level's config section as one JSON argument each, in ``levels`` order."""
+    return " ".join(shlex.quote(json.dumps({**config["poison"], "strength": float(POISON_LEVELS[t]["strength"]),
+                                            "fraction": float(POISON_LEVELS[t]["fraction"])}, sort_keys=True))
+                    for t in levels)
+
+
+def poison_outputs(slides):
+    """The poisoned feature files of ``slides`` (ids or a wildcard pattern), level by level: the order of
+    `wsimil poison --out`."""
+    return [f"{FEATURES}/{t}/{s}.h5" for t in _LEVEL_TAGS for s in slides]
 
 
 # Last, after every check of the config itself: an overlay never silently replaces another configuration's

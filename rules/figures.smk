@@ -66,6 +66,7 @@ rule report_summary:
         manifests=manifest_files(CELLS),
         runs=run_files(CELLS),
         sheet=SHEET_PATH,
+        annotations=annotation_files(),
         excluded=[EXCLUDED_PATH] if SOURCE != "synthetic" else [],
     output:
         _reported(summary_outputs(), "SUMMARY"),
@@ -126,7 +127,8 @@ rule report_cards:
         metrics=metrics_files(CARD_CELLS),
         manifests=manifest_files(CARD_CELLS),
         runs=run_files(CARD_CELLS),
-        sheet=SHEET_PATH,  # the annotations of the FROC's resamples
+        sheet=SHEET_PATH,
+        annotations=annotation_files(),  # the lesions of the FROC's resamples
     output:
         _reported(card_outputs(config), "cards"),
     params:

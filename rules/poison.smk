@@ -6,36 +6,6 @@
 
 if SOURCE != "features":
 
-    POISON_TARGETS = select_poisoned_slides(MAIN_SHEET, config["poison"]["targets"])
-    _TARGETS = set(POISON_TARGETS)
-    POISON_LEVELS = {c.features: c.params for c in CELLS.values() if c.features.startswith("poison_")}
-    _LEVEL_TAGS = list(POISON_LEVELS)
-
-
-    def poison_target(wildcards):
-        """The slide of a poison job; refused unless the poison targets it."""
-        if known_slide(wildcards) not in _TARGETS:
-            raise WorkflowError(f"slide {wildcards.slide!r} is not a poison target: its clean features are used")
-        return wildcards.slide
-
-
-    def get_poison_target(wildcards):
-        return as_input(slide_path(poison_target(wildcards)))
-
-
-    def poison_params(levels):
-        """Every poison level's config section as one JSON argument each, in ``levels`` order."""
-        return " ".join(shlex.quote(json.dumps({**config["poison"], "strength": float(POISON_LEVELS[t]["strength"]),
-                                                "fraction": float(POISON_LEVELS[t]["fraction"])}, sort_keys=True))
-                        for t in levels)
-
-
-    def poison_outputs(slides):
-        """The poisoned feature files of ``slides`` (ids or a wildcard pattern), level by level: the order of
-        `wsimil poison --out`."""
-        return [f"{FEATURES}/{t}/{s}.h5" for t in _LEVEL_TAGS for s in slides]
-
-
     if config["features"]["slides_per_job"] == 1 and POISON_LEVELS:
 
         rule poison_extract:

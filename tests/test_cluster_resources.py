@@ -39,7 +39,7 @@ def first(jobs: dict, prefix: str) -> dict[str, str]:
 
 def test_cpu_run_asks_for_no_gpu(tmp_path):
     jobs = planned(tmp_path, 'features={"device": "cpu"}', 'training={"device": "cpu"}')
-    for prefix in ("extract_", "poison_s", "train"):
+    for prefix in ("extract_", "poison_", "train"):
         assert first(jobs, prefix)["gpu"] == "0" and first(jobs, prefix)["gres"] == "", prefix
     extract, train, evaluate = first(jobs, "extract_"), first(jobs, "train"), first(jobs, "evaluate")
     assert (extract["mem_mb"], extract["runtime"]) == ("8000", "120")
@@ -50,7 +50,7 @@ def test_cpu_run_asks_for_no_gpu(tmp_path):
 
 def test_gpu_requested_per_stage_as_gpus_or_gres(tmp_path):
     jobs = planned(tmp_path, 'features={"device": "cuda"}', 'training={"device": "cpu"}')
-    assert first(jobs, "extract_")["gpu"] == "1" and first(jobs, "poison_s")["gpu"] == "1"
+    assert first(jobs, "extract_")["gpu"] == "1" and first(jobs, "poison_")["gpu"] == "1"
     assert first(jobs, "train")["gpu"] == "0"  # training stays on the CPU: no GPU asked
     assert "gpu" not in first(jobs, "evaluate") and "gpu" not in first(jobs, "patch_")
 
@@ -120,3 +120,26 @@ def test_per_slide_stages_are_named_rules_at_one_slide_per_job(tmp_path):
         res = re.findall(rf"^\s*rule {rule}:\n(?:.*\n)*?\s*resources: (.*)$", out, re.M)
         assert res and all(f"mem_mb={mem}" in r for r in res), (rule, res[:2])
     assert not re.search(r"^\s*rule (extract|patch)_\w+:", out, re.M)
+
+
+def test_rules_generated_per_slide_group_take_their_stage_names_settings(tmp_path):
+    """At several slides per job (the synthetic default) synthesis, patching, extraction and poisoning run as
+    rules generated per slide group (synth_<group>, patch_<group>, ...): --set-resources and --set-threads of the
+    stage's name reach every one of them (rules/common.smk, address_as_stage), as a profile's set-resources do."""
+    jobs = planned(tmp_path, 'training={"device": "cpu"}')
+    assert any(n.startswith("extract_") for n in jobs) and "extract" not in jobs  # ci.yaml: one group per stage
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--verbose", "--cores", "4", "--snakefile", str(ROOT / "Snakefile"),
+           "--directory", str(tmp_path), "--configfile", str(ROOT / "configs" / "ci.yaml"), "--set-resources",
+           "synth:mem_mb=1111", "patch:mem_mb=2222", "extract:mem_mb=3333", "poison_extract:mem_mb=4444",
+           "--set-threads", "extract=3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path)})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-2000:]
+    for prefix, mem in (("synth_", "1111"), ("patch_", "2222"), ("extract_", "3333"), ("poison_", "4444")):
+        res = re.findall(rf"^\s*rule ({prefix}\w+):\n(?:.*\n)*?\s*resources: (.*)$", out, re.M)
+        res = [r for name, r in res if name != "synth_sheet"]
+        assert res and all(f"mem_mb={mem}" in r for r in res), (prefix, res[:2])
+    threads = re.findall(r"^\s*rule extract_\w+:\n(?:.*\n)*?\s*threads: (\d+)$", out, re.M)
+    assert threads and set(threads) == {"3"}, threads
