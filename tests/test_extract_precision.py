@@ -108,15 +108,22 @@ def test_bad_precision_is_rejected_before_writing(slide_and_patches, effnet, tmp
     assert validate_config({})["features"]["precision"] == "fp32"
 
 
-def test_cli_extract_and_poison_use_the_features_precision(slide_and_patches, tmp_path):
-    """`wsimil extract` and `wsimil poison` read `features.precision` from the same section: clean and poisoned
-    files of a workflow are computed alike."""
+def _extract_clean(slide_and_patches, tmp_path, precision: str) -> list[str]:
+    """A one-slide sheet and the slide's clean features (tmp_path/clean.h5) by `wsimil extract`; the arguments
+    that `wsimil poison` shares with it."""
     slide, pf = slide_and_patches
     pd.DataFrame([{"slide_id": "s1", "label": 0, "split": "train", "center": 0, "path": "", "annotation": ""}]).to_csv(
         tmp_path / "slides.csv", index=False)
-    params = json.dumps({"precision": "bf16", "num_workers": 0, "device": "cpu", "batch_size": 8})
+    params = json.dumps({"precision": precision, "num_workers": 0, "device": "cpu", "batch_size": 8})
     common = ["--slide", str(slide), "--slide-id", "s1", "--patches", str(pf), "--params", params, "--no-progress"]
     assert main(["extract", *common, "--out", str(tmp_path / "clean.h5")]) == 0
+    return common
+
+
+def test_cli_extract_and_poison_use_the_features_precision(slide_and_patches, tmp_path):
+    """`wsimil extract` and `wsimil poison` read `features.precision` from the same section: clean and poisoned
+    files of a workflow are computed alike."""
+    common = _extract_clean(slide_and_patches, tmp_path, "bf16")
     assert main(["poison", *common, "--sheet", str(tmp_path / "slides.csv"), "--clean", str(tmp_path / "clean.h5"),
                  "--out", str(tmp_path / "pois.h5")]) == 0
     clean, pois = read_features(tmp_path / "clean.h5"), read_features(tmp_path / "pois.h5")
@@ -127,12 +134,7 @@ def test_cli_extract_and_poison_use_the_features_precision(slide_and_patches, tm
 def test_cli_poison_writes_every_level_as_separate_calls_would(slide_and_patches, tmp_path, capsys):
     """`wsimil poison` with two levels in one call (the workflow's one job per target slide) writes, level by
     level, the same features as one call per level."""
-    slide, pf = slide_and_patches
-    pd.DataFrame([{"slide_id": "s1", "label": 0, "split": "train", "center": 0, "path": "", "annotation": ""}]).to_csv(
-        tmp_path / "slides.csv", index=False)
-    params = json.dumps({"precision": "fp32", "num_workers": 0, "device": "cpu", "batch_size": 8})
-    common = ["--slide", str(slide), "--slide-id", "s1", "--patches", str(pf), "--params", params, "--no-progress"]
-    assert main(["extract", *common, "--out", str(tmp_path / "clean.h5")]) == 0
+    common = _extract_clean(slide_and_patches, tmp_path, "fp32")
     levels = [json.dumps({"strength": st, "fraction": 0.5, "seed": 0, "targets": None}) for st in (0.1, 1.0)]
     poison = [*common, "--sheet", str(tmp_path / "slides.csv"), "--clean", str(tmp_path / "clean.h5")]
     assert main(["poison", *poison, "--poison", *levels, "--out", str(tmp_path / "a.h5"), str(tmp_path / "b.h5")]) == 0

@@ -483,7 +483,7 @@ def froc_inputs(
         if len(scores[s]) != len(coords):
             raise WsimilError(
                 f"{scores_path}: slide {s}: {len(scores[s])} instance scores but {len(coords)} coords in "
-                f"{features_dir / f'{s}.h5'} (instance scores must follow the feature file's patch order)"
+                f"{feature_path(features_dir, s)} (instance scores must follow the feature file's patch order)"
             )
         try:
             detections[s] = detections_from_heatmap(scores[s], coords, size)

@@ -71,10 +71,11 @@ def write_run_geojson(run_dir: str | os.PathLike, features_dir: str | os.PathLik
     method = json.loads((run_dir / "run.json").read_text()).get("method", run_dir.parent.name)
     written = []
     for sid in ids:
-        bag = read_features(feature_path(features_dir, sid))
+        path = feature_path(features_dir, sid)
+        bag = read_features(path)
         size = bag.attrs.get("level0_size")
         if size is None:
-            raise WsimilError(f"{features_dir / (sid + '.h5')}: no level0_size attribute: the patch squares are unknown")
+            raise WsimilError(f"{path}: no level0_size attribute: the patch squares are unknown")
         meas = {f"{method}: {score_name}": inst[sid]}
         meas.update({f"{method}: {k}": v[sid] for k, v in maps.items() if sid in v})
         if bag.tumor_fraction is not None:  # annotated slides (and normal ones: 0 everywhere)
