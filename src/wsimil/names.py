@@ -55,5 +55,7 @@ def schema_list(key: str) -> list[str]:
 
 
 def schema_enum(key: str) -> list[str]:
-    """:func:`schema_list` sorted, as an ``enum:`` of the schema lists it in error messages."""
-    return sorted(schema_list(key))
+    """The ``enum:`` of a schema, as error messages list it: names sorted, the experiments in the order a run
+    reports them."""
+    names = schema_list(key)
+    return names if key == "experiments" else sorted(names)
