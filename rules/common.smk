@@ -13,7 +13,7 @@ from wsimil.datasets.sheet import workflow_sheet
 from wsimil.experiments import EXPERIMENTS as ALL_EXPERIMENTS
 from wsimil.experiments import (cell_overrides, feature_set, features_root, features_subdir, manifest_subpath, ood_sheet,
                                 patch_tag, plan_cells, reused_models, train_val_rows)
-from wsimil.io import SLIDE_ID_PATTERN, copy_atomic, spreadsheet_safe_frame, write_text_atomic
+from wsimil.io import SLIDE_ID_PATTERN, spreadsheet_safe_frame, write_text_atomic
 from wsimil.limits import ENV as LIMITS_ENV, Limits
 from wsimil.models.base import list_methods
 from snakemake.exceptions import WorkflowError

@@ -495,8 +495,7 @@ def _add_import_features_parser(sub: Any) -> None:
     s.add_argument("--sheet", type=Path, required=True, help="sample sheet slides.csv (labels; annotation paths "
                    "relative to its folder; path may be empty)")
     s.add_argument("--slide-id", nargs="+", required=True)
-    s.add_argument("--out", type=Path, nargs="+", required=True,
-                       help="each slide's feature HDF5 (poison: level by level, each in slide order)")
+    s.add_argument("--out", type=Path, nargs="+", required=True, help="each slide's feature HDF5")
     s.add_argument("--patch-size-level0", type=int, help="patch side in level-0 px (default: from the h5 attributes)")
     s.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored feature dtype")
     s.set_defaults(func=cmd_import_features)
