@@ -10,9 +10,9 @@ from pathlib import Path
 
 from wsimil.config import check_results_folder, validate_config, write_run_record
 from wsimil.datasets.sheet import workflow_sheet
-from wsimil.experiments import EXPERIMENTS as ALL_EXPERIMENTS
-from wsimil.experiments import (cell_overrides, feature_set, features_root, features_subdir, manifest_subpath, ood_sheet,
-                                patch_tag, plan_cells, reused_models, train_val_rows)
+from wsimil.experiments import (cell_overrides, configured, derived_sheet, feature_set, features_root, features_subdir,
+                                get_experiment, list_experiments, manifest_subpath, patch_tag, plan_cells,
+                                reused_models, train_val_rows)
 from wsimil.io import SLIDE_ID_PATTERN, spreadsheet_safe_frame, write_text_atomic
 from wsimil.limits import ENV as LIMITS_ENV, Limits
 from wsimil.models.base import list_methods
@@ -292,7 +292,6 @@ def cell_test_slides(wildcards):
 
 
 MILUNIT = f"{OUT}/milunit/seed{config['milunit']['seed']}"
-OOD_SHEET = f"{OUT}/data/slides_ood.csv"
 
 
 def milunit_ids():
@@ -302,8 +301,11 @@ def milunit_ids():
 
 # Cells: the sets of runs of every experiment (wsimil.experiments; docs/experiments.md).
 CELLS = {c.name: c for c in plan_cells(config)}
-OOD_SLIDES = list(ood_sheet(SHEET, config["ood"]["train_centers"])["slide_id"]) if "ood" in EXPERIMENTS else []
-# the main sheet (SHEET_PATH) and the external one together are SHEET: ood_sheet() sees every slide
+# The sheets experiments derive from the main one (ood: train on some hospitals, test on the others; a plugin's
+# trial), by the experiment's name, each written to data/slides_<name>.csv by the cell_sheet job. The main sheet
+# (SHEET_PATH) and the external one together are SHEET: a derived sheet sees every slide.
+DERIVED_SHEETS = {c.sheet: derived_sheet(config, c.sheet, SHEET) for c in CELLS.values()
+                  if c.sheet not in ("main", "milunit")}
 
 
 # A cell whose training would repeat another's scores that cell's models instead (wsimil.experiments.reused_models).
@@ -320,12 +322,27 @@ def features_dir(cell):
     return f"{MILUNIT}/features" if kind == "milunit" else f"{OUT}/{features_subdir(config, kind)}"
 
 
+def derived_sheet_path(name):
+    return f"{OUT}/data/slides_{name}.csv"
+
+
 def cell_sheet(cell):
-    return {"main": SHEET_PATH, "ood": OOD_SHEET, "milunit": f"{MILUNIT}/slides.csv"}[CELLS[cell].sheet]
+    name = CELLS[cell].sheet
+    return {"main": SHEET_PATH, "milunit": f"{MILUNIT}/slides.csv"}.get(name) or derived_sheet_path(name)
 
 
 def cell_slides(cell):
-    return {"main": SLIDES, "ood": OOD_SLIDES, "milunit": milunit_ids()}[CELLS[cell].sheet]
+    name = CELLS[cell].sheet
+    if name in DERIVED_SHEETS:
+        return list(DERIVED_SHEETS[name]["slide_id"])
+    return {"main": SLIDES, "milunit": milunit_ids()}[name]
+
+
+def derived_sheet_section(wildcards):
+    """The config section of the experiment that derives sheet ``wildcards.sheet``, as one JSON argument: its
+    sheet() reads only that section, so only a change of it rewrites the sheet."""
+    section = get_experiment(wildcards.sheet).section
+    return shlex.quote(json.dumps({section: config[section]} if section else {}, sort_keys=True))
 
 
 RUN_FILES = ["predictions.csv", "instance_scores.h5", "score_maps.h5", "pseudo_bags.csv", "history.csv", "model.pt",
@@ -393,14 +410,27 @@ HEATMAP_SLIDES = heatmap_slide_ids(MAIN_SHEET)  # two tumour and one normal test
 
 CAPTIONS_DIR = str(Path(workflow.basedir) / "report" / "captions")  # figure captions of the experiments' pages
 # the config's experiments first (its order), then any other an always-defined rule reports (none requested)
-REPORT_ORDER = (["SUMMARY"] + list(EXPERIMENTS) + [e for e in ALL_EXPERIMENTS if e not in EXPERIMENTS]
+REPORT_ORDER = (["SUMMARY"] + list(EXPERIMENTS) + [e for e in list_experiments() if e not in EXPERIMENTS]
                 + ["cards", "run records"])
+# the experiments whose report_<name> job writes their tables and figures (wsimil.experiments.Experiment.write);
+# the FocusMIL sensitivity study has rules of its own (rules/studies.smk)
+REPORTED_EXPERIMENTS = ([e for e in list_experiments(plugins=False) if get_experiment(e).report_rule]
+                        + [e.name for e in configured(config) if e.origin != "built-in" and e.report_rule])
 
 
 def report_category(name):
     """The report's menu sorts categories by name: SUMMARY first, the experiments in config order, the run
     records last."""
     return f"{REPORT_ORDER.index(name) + 1:02d} {name}"
+
+
+def _caption(stem, category):
+    """The .rst caption of a reported table or figure: an experiment's own captions_dir (a plugin's), else the
+    workflow's report/captions (a path relative to rules/, as report() wants)."""
+    exp = get_experiment(category) if category in list_experiments() else None
+    if exp is not None and exp.captions_dir is not None:
+        return str(Path(exp.captions_dir) / f"{stem}.rst")
+    return f"../report/captions/{stem}.rst"
 
 
 def _reported(files, category):
@@ -419,10 +449,10 @@ def _reported(files, category):
             out.append(report(f"{OUT}/{f}", caption="../report/captions/page.rst", category=report_category(category),
                               subcategory="1 page: everything with its caption"))
         elif f.startswith("tables/") and ext == ".html":
-            out.append(report(f"{OUT}/{f}", caption=f"../report/captions/{stem}.rst",
+            out.append(report(f"{OUT}/{f}", caption=_caption(stem, category),
                               category=report_category(category), subcategory="2 tables"))
         elif ext == ".png":
-            out.append(report(f"{OUT}/{f}", caption=f"../report/captions/{stem}.rst",
+            out.append(report(f"{OUT}/{f}", caption=_caption(stem, category),
                               category=report_category(category), subcategory="3 figures"))
         else:
             out.append(f"{OUT}/{f}")

@@ -21,7 +21,7 @@ localrules:
     run_config,
 
 
-for _exp in [e for e in EXPERIMENTS if e != "focusmil_sensitivity"]:  # rules/studies.smk
+for _exp in REPORTED_EXPERIMENTS:  # wsimil.experiments: each one's report job (the FocusMIL study: rules/studies.smk)
 
     rule:
         name:
@@ -117,7 +117,8 @@ rule figures:
         [f"{OUT}/{f}" for f in all_outputs(config, HAS_SLIDES) if f.startswith("figures/")],
 
 
-CARD_CELLS = [c for c in ("standard", "poison", "ood", "milunit") if c in CELLS]
+# the cells of the experiments on the cards (wsimil.experiments.Experiment.in_cards)
+CARD_CELLS = [c.name for c in CELLS.values() if get_experiment(c.experiment).in_cards]
 
 
 rule report_cards:

@@ -85,19 +85,24 @@ rule score:
         " --out {params.outs} --experiment {wildcards.cell} --threads {threads} 2> {log}"
 
 
-rule ood_sheet:
+rule cell_sheet:
+    """The sample sheet an experiment derives from the main one for its cells (ood: the held-out hospitals' slides
+    become the test slides; a plugin's trial): wsimil.experiments.Experiment.sheet, by the experiment's name."""
     input:
         sheet=SHEET_PATH,
         external=[EXTERNAL_SHEET_PATH] if EXTERNAL_SHEET_PATH else [],
     output:
-        OOD_SHEET,
+        f"{OUT}/data/slides_{{sheet}}.csv",
+    wildcard_constraints:
+        sheet=_alternatives(DERIVED_SHEETS),
     params:
-        centers=" ".join(map(str, config["ood"]["train_centers"] or [])),
+        plugins=PLUGIN_ARGS,
+        section=derived_sheet_section,
         external=f"--external {shlex.quote(EXTERNAL_SHEET_PATH)}" if EXTERNAL_SHEET_PATH else "",
     log:
-        f"{LOGS}/ood_sheet.log",
+        f"{LOGS}/cell_sheet/{{sheet}}.log",
     conda:
         "../envs/wsimil.yaml"
     shell:
-        "wsimil ood-sheet --sheet {input.sheet:q} {params.external} --train-centers {params.centers}"
-        " --out {output:q} 2> {log}"
+        "wsimil {params.plugins} cell-sheet --experiment {wildcards.sheet} --section {params.section}"
+        " --sheet {input.sheet:q} {params.external} --out {output:q} 2> {log}"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from wsimil.io import WsimilError, check_slide_id, copy_atomic
+from wsimil.names import BUILTIN_EXPERIMENTS
 
 log = logging.getLogger("wsimil")
 
@@ -348,6 +349,39 @@ def cmd_ood_sheet(args: argparse.Namespace) -> None:
     log.info("%s: %d slides (%s)", args.out, len(sheet), sheet.groupby("split").size().to_dict())
 
 
+def cmd_cell_sheet(args: argparse.Namespace) -> None:
+    from wsimil.datasets.sheet import read_sheet
+    from wsimil.experiments import derived_sheet
+    from wsimil.io import write_csv_atomic
+
+    sheet = read_sheet(args.sheet)
+    if args.external:  # a synthetic dataset's held-out hospitals (slides_external.csv, beside slides.csv)
+        import pandas as pd
+
+        sheet = pd.concat([sheet, read_sheet(args.external)], ignore_index=True)
+    try:
+        section = json.loads(args.section)
+    except json.JSONDecodeError as exc:
+        raise WsimilError(f"--section: not JSON ({exc.msg})") from None
+    if not isinstance(section, dict):
+        raise WsimilError("--section: a JSON object {section name: settings}")
+    out = derived_sheet(section, args.experiment, sheet)
+    write_csv_atomic(out, args.out)
+    log.info("%s: %d slides (%s)", args.out, len(out), out.groupby("split").size().to_dict())
+
+
+def cmd_experiments(args: argparse.Namespace) -> None:
+    from wsimil.experiments import experiments_markdown, get_experiment, list_experiments
+
+    if args.markdown:
+        print(experiments_markdown())
+        return
+    for name in list_experiments():
+        e = get_experiment(name)
+        where = "built-in" if e.origin == "built-in" else "plugin"
+        print(f"{name:22s} {where:9s} {e.description}" + ("" if where == "built-in" else f" [{e.origin}]"))
+
+
 def cmd_download(args: argparse.Namespace) -> None:
     from wsimil.datasets.download import FileSpec, download_all
 
@@ -601,8 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="one experiment's tables (csv, md, tex) and figures from its evaluated runs")
     s.add_argument("--config", type=Path, required=True, help="the workflow config (YAML or JSON; the experiments are "
                    "planned from it): results/<dataset>/config.yaml, written by the workflow")
-    s.add_argument("--experiment", required=True, help="standard, ood, poison, dtfd_ablation, minet_curves, "
-                   "dose_response or milunit")
+    s.add_argument("--experiment", required=True, help="a configured experiment with a report of its own: "
+                   + ", ".join(n for n in BUILTIN_EXPERIMENTS if n != "focusmil_sensitivity")
+                   + " or an installed plugin's (`wsimil experiments`)")
     s.add_argument("--out", type=Path, required=True, help="results/<dataset> (runs/ inside, tables/ and figures/ written)")
     s.add_argument("--sheet", type=Path, help="slides.csv, for the slide images and annotations of the heatmaps")
     s.add_argument("--heatmap-slides", nargs="*", help="test slides shown in the heatmap figures")
@@ -658,6 +693,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--external", type=Path, help="more slides of other centres (slides_external.csv, same folder)")
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(func=cmd_ood_sheet)
+    s = sub.add_parser("cell-sheet", help="the sample sheet an experiment derives for its cells (its sheet())")
+    s.add_argument("--experiment", required=True, help="the experiment that derives it (ood, or a plugin's)")
+    s.add_argument("--section", default="{}", help="JSON object {its config section: settings}: all sheet() reads")
+    s.add_argument("--sheet", type=Path, required=True, help="slides.csv")
+    s.add_argument("--external", type=Path, help="more slides of other centres (slides_external.csv, same folder)")
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(func=cmd_cell_sheet)
+
+    s = sub.add_parser("experiments", help="the experiments a config may name: built-in and installed plugins'")
+    s.add_argument("--markdown", action="store_true", help="the built-in experiments as the docs' Markdown table")
+    s.set_defaults(func=cmd_experiments)
     _add_import_features_parser(sub)
 
     s = sub.add_parser("download", help="fetch files over HTTP(S): resumable, retried, size/MD5-checked, atomic")

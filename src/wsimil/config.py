@@ -157,9 +157,35 @@ def _with_plugin_methods(config: dict, schema: dict) -> dict:
     return schema
 
 
+def _with_plugin_experiments(config: dict, schema: dict) -> dict:
+    """Experiments from other packages (entry points in the group ``wsimil.experiments``): when the config names
+    one, or has a top-level key the built-in schema does not know, let ``experiments:`` accept every installed
+    experiment and add each plugin's config section with its schema (defaults filled in like the built-ins')."""
+    named = config.get("experiments")
+    builtin = set(schema_list("experiments"))
+    wants = (isinstance(named, list) and any(isinstance(e, str) and e not in builtin for e in named)) \
+        or any(k not in schema["properties"] for k in config)
+    if not wants:
+        return schema
+    from wsimil.experiments.registry import EXPERIMENT_REGISTRY, list_experiments
+
+    names = list_experiments()
+    plugins = [EXPERIMENT_REGISTRY[n] for n in names if EXPERIMENT_REGISTRY[n].origin != "built-in"]
+    if not plugins:
+        return schema
+    schema = copy.deepcopy(schema)
+    schema["properties"]["experiments"]["items"]["enum"] = names
+    for e in plugins:
+        if e.section is not None:
+            section = copy.deepcopy(dict(e.section_schema or {}))
+            section.setdefault("default", {})
+            schema["properties"][e.section] = section
+    return schema
+
+
 def validate_config(config: dict, source: str | os.PathLike | None = None) -> dict:
     """Validate ``config`` in place (filling defaults, twice so nested defaults are validated too) and return it."""
-    schema = _with_plugin_methods(config, load_schema())
+    schema = _with_plugin_experiments(config, _with_plugin_methods(config, load_schema()))
     where = f" ({source})" if source else ""
     for _ in range(2):
         errors = sorted(_DefaultFiller(schema).iter_errors(config), key=lambda e: list(e.absolute_path))

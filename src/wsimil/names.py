@@ -1,4 +1,4 @@
-"""The names of the built-in methods and patch encoders, written once and readable without importing torch.
+"""The names of the built-in methods, patch encoders and experiments, written once and readable without importing torch.
 
 The registries read them: ``wsimil.models.base`` imports the modules named here and refuses a built-in method
 registered under a name (or from a module) not listed; ``wsimil.features.extractors`` refuses an encoder not
@@ -32,6 +32,19 @@ BUILTIN_METHODS: dict[str, str] = {
 BUILTIN_EXTRACTORS: tuple[str, ...] = ("efficientnet_lite0", "resnet18", "resnet50_trunc", "ctranspath", "uni")
 
 
+#: built-in experiment -> its module of ``wsimil.experiments``, in the order a run reports them
+BUILTIN_EXPERIMENTS: dict[str, str] = {
+    "standard": "standard",
+    "ood": "ood",
+    "poison": "poison",
+    "dtfd_ablation": "dtfd_ablation",
+    "minet_curves": "minet_curves",
+    "dose_response": "dose_response",
+    "milunit": "milunit",
+    "focusmil_sensitivity": "focusmil_sensitivity",
+}
+
+
 def builtin_methods(module: str | None = None) -> list[str]:
     """The built-in methods, or those one module of ``wsimil.models`` registers (``"dtfd"``), in table order."""
     return [name for name, mod in BUILTIN_METHODS.items() if module is None or mod == module]
@@ -40,14 +53,12 @@ def builtin_methods(module: str | None = None) -> list[str]:
 def schema_list(key: str) -> list[str]:
     """The names that ``{$wsimil: key}`` stands for in a schema, in registry order: ``methods`` (every built-in
     method), ``dtfd_methods`` (the DTFD-MIL variants), ``extractors`` or ``experiments``
-    (``wsimil.experiments.EXPERIMENTS``, the order a run reports them in)."""
-    from wsimil.experiments import EXPERIMENTS
-
+    (:data:`BUILTIN_EXPERIMENTS`, the order a run reports them in)."""
     lists = {
         "methods": builtin_methods(),
         "dtfd_methods": builtin_methods("dtfd"),
         "extractors": list(BUILTIN_EXTRACTORS),
-        "experiments": list(EXPERIMENTS),
+        "experiments": list(BUILTIN_EXPERIMENTS),
     }
     if key not in lists:
         raise KeyError(f"schema enum {{$wsimil: {key}}}: unknown list; known: {', '.join(lists)}")

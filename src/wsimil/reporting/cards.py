@@ -20,13 +20,13 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from wsimil.evaluation.intervals import Interval, contrast_interval, verdict
-from wsimil.experiments import plan_cells
+from wsimil.experiments import Cell, plan_cells
 from wsimil.io import WsimilError, write_text_atomic
 from wsimil.reporting import evidence as ev
 
@@ -141,7 +141,31 @@ def card_table(config: Mapping[str, Any], results: str | os.PathLike) -> pd.Data
         for row in r:
             row["method"] = m
         rows += r
-    return pd.DataFrame(rows)[["method", "quantity", "value", "ci_low", "ci_high", "reading"]]
+    cols = ["method", "quantity", "value", "ci_low", "ci_high", "reading"]
+    table = pd.DataFrame(rows)[cols]
+    from wsimil.experiments import configured
+
+    extra = [e.card_rows(config, results, cells, methods) for e in configured(config) if e.in_cards]
+    extra = [x[cols] for x in extra if len(x)]
+    if not extra:
+        return table
+    order = {m: i for i, m in enumerate(methods)}  # each method's rows together, the experiments' after the built-in
+    out = pd.concat([table, *extra], ignore_index=True)
+    return out.sort_values("method", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
+
+
+def change_rows(config: Mapping[str, Any], results: Path, base: Cell, other: Cell, quantity: str,
+                methods: Sequence[str]) -> pd.DataFrame:
+    """Card rows of each method's change in test slide AUC from ``base`` to ``other`` (other − base, paired where
+    the test slides are the same), read by the equivalence rule as the built-in changes are: for an experiment's
+    :meth:`~wsimil.experiments.Experiment.card_rows`."""
+    ch = ev.auc_changes(config, Path(results), base, other, list(config["training"]["seeds"]),
+                        [m for m in methods if m in other.methods and m in base.methods]).set_index("method")
+    rows = []
+    for m in methods:
+        row = _change_row(quantity, ch.loc[m]) if m in ch.index else _iv_row(quantity, None)
+        rows.append({"method": m, **row})
+    return pd.DataFrame(rows, columns=["method", "quantity", "value", "ci_low", "ci_high", "reading"])
 
 
 def _fmt(v: float, lo: float, hi: float, signed: bool = False) -> str:
@@ -169,7 +193,8 @@ def write_cards(config: Mapping[str, Any], results: str | os.PathLike) -> list[P
     written.append(out_dir / "cards.csv")
     methods = list(dict.fromkeys(table["method"]))
     wide = table.assign(cell=_cells(table))
-    wide = wide.pivot(index="quantity", columns="method", values="cell").loc[list(ROWS), methods]
+    quantities = list(dict.fromkeys(table["quantity"]))  # ROWS, then any experiment's own
+    wide = wide.pivot(index="quantity", columns="method", values="cell").loc[quantities, methods]
     dataset = config["dataset"]["name"]
     for m in methods:
         mine = table[table["method"] == m]

@@ -479,6 +479,28 @@ def milunit_readings(results: Path, cell: Cell, seeds: Sequence[int]) -> pd.Data
     return pd.DataFrame(rows)
 
 
+def family_change_claim(config: Mapping[str, Any], results: Path, base: Cell, other: Cell, key: str,
+                        claim: str) -> Claim:
+    """Max-pooling's change in test slide AUC from ``base`` to ``other`` (other − base) minus attention's, with
+    the paired interval (the same test slides, or the same tissue, resampled together) and the directional
+    verdict (claimed sign positive: max-pooling is hurt less): the form of the ood claim, for an experiment's
+    own trial (:meth:`wsimil.experiments.Experiment.claims`)."""
+    methods = [m for m in other.methods if m in base.methods]
+    if not _has_both_families(methods):
+        return _unavailable(key, claim, f"the {other.name} cell needs methods of both families")
+    seeds = list(config["training"]["seeds"])
+    a = cell_scores(results, base, seeds, methods=methods)
+    b, paired = aligned_to(config, a, cell_scores(results, other, seeds, methods=methods))
+    w = _family_weights(methods, {"max-pooling": 1.0, "attention": -1.0})
+    groups = [(a["label"].to_numpy(), a[methods].to_numpy()), (b["label"].to_numpy(), b[methods].to_numpy())]
+    iv = contrast_interval(groups, [-w, w], n_boot=N_BOOT, seed=BOOT_SEED,
+                           pair_keys=["test", "test"] if paired else ["base", "other"])
+    how = (f"paired on the {len(a)} test slides" if paired else
+           f"{len(a)} and {len(b)} test slides resampled independently")
+    return Claim(key, claim, f"max-pooling's change ({other.name} − {base.name} AUC) − attention's, {how}", iv,
+                 MARGIN, 1, verdict(iv, MARGIN, 1), _rule(1))
+
+
 def clean_context(results: Path, cell: Cell, seeds: Sequence[int]) -> Interval | None:
     """Max-pooling mean AUC − attention mean AUC on the clean test slides (context, not a claim)."""
     if not _has_both_families(cell.methods):
@@ -490,21 +512,14 @@ def clean_context(results: Path, cell: Cell, seeds: Sequence[int]) -> Interval |
 
 
 def claims(config: Mapping[str, Any], results: Path) -> list[Claim]:
-    """Every claim the configured experiments can check, in a fixed order."""
-    seeds = list(config["training"]["seeds"])
+    """Every claim the configured experiments check (:meth:`wsimil.experiments.Experiment.claims`), in SUMMARY
+    order."""
+    from wsimil.experiments import configured
+
     cells = {c.name: c for c in plan_cells(config)}
-    exps = set(config["experiments"])
     out: list[Claim] = []
-    if "standard" in exps and config["dataset"]["source"] != "features":
-        out.append(patch_claim(config, results, cells["standard"], seeds))
-    if {"standard", "poison"} <= exps:
-        out.append(poison_claim(results, cells, seeds))
-    if {"standard", "ood"} <= exps:
-        out.append(ood_claim(config, results, cells, seeds))
-    if "dtfd_ablation" in exps:
-        out += dtfd_claims(results, experiment_cells(list(cells.values()), "dtfd_ablation"), seeds)
-    if "minet_curves" in exps:
-        out.append(minet_claim(results, cells["minet_curves"], seeds))
+    for exp in sorted(configured(config), key=lambda e: e.summary_order):
+        out += exp.claims(config, results, cells)
     return out
 
 

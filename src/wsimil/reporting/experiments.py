@@ -18,16 +18,15 @@ import numpy as np
 import pandas as pd
 
 from wsimil.evaluation.evaluate import read_instance_scores, read_predictions
-from wsimil.experiments import Cell, dose_cell, dose_levels, experiment_cells, manifest_subpath, plan_cells
+from wsimil.experiments import Cell, dose_cell, dose_levels, manifest_subpath, plan_cells
+from wsimil.experiments.registry import (FIGURE_EXTS, TABLE_EXTS, ExperimentReport, configured, figures, get_experiment,
+                                         needs, tables)
 from wsimil.features.store import feature_path
 from wsimil.h5gate import open_h5
 from wsimil.io import WsimilError
 from wsimil.reporting.tables import collect_metrics_files, summary_table, write_table
 
 log = logging.getLogger(__name__)
-
-TABLE_EXTS = ("csv", "md", "tex", "html")
-FIGURE_EXTS = ("png", "pdf")
 
 #: the test-split metrics of the per-experiment tables, in column order (those the runs have)
 SLIDE_METRICS = (
@@ -48,40 +47,11 @@ PATCH_CAPTION = (
 )
 
 
-def _tables(*stems: str) -> list[str]:
-    return [f"tables/{s}.{e}" for s in stems for e in TABLE_EXTS]
-
-
-def _figures(*stems: str) -> list[str]:
-    return [f"figures/{s}.{e}" for s in stems for e in FIGURE_EXTS]
-
-
 def experiment_outputs(config: Mapping[str, Any], experiment: str, has_slides: bool = True) -> list[str]:
-    """Files (relative to ``results/<dataset>/``) that :func:`write_experiment` writes for ``experiment``, its
-    page (``pages/<experiment>.html``: every table and figure with its caption) last.
-    ``has_slides``: the sheet has slide images (heatmaps need them; a features-only dataset has none)."""
-    return _experiment_files(config, experiment, has_slides) + [f"pages/{experiment}.html"]
-
-
-def _experiment_files(config: Mapping[str, Any], experiment: str, has_slides: bool = True) -> list[str]:
-    exps = config["experiments"]
-    if experiment in ("standard", "ood", "poison"):
-        out = _tables(experiment) + _figures(f"roc_{experiment}")
-        if experiment in ("standard", "poison") and has_slides:
-            out += _figures(f"heatmaps_{experiment}")
-        if experiment == "poison" and "standard" in exps:
-            out += _tables("poison_comparison") + _figures("poison_comparison")
-        if experiment == "ood" and "standard" in exps:
-            out += _tables("ood_comparison")
-        return out
-    if experiment in ("dtfd_ablation", "minet_curves", "dose_response", "milunit"):
-        out = _tables(experiment) + _figures(experiment)
-        if experiment == "minet_curves" and config["minet_curves"]["betas"]:
-            out += _tables("focusmil_beta")
-        return out
-    if experiment == "focusmil_sensitivity":  # its own rules (rules/studies.smk), no cell
-        return _tables(experiment) + [f"tables/{experiment}_runs.csv"] + _figures(experiment)
-    raise WsimilError(f"unknown experiment {experiment!r}")
+    """Files (relative to ``results/<dataset>/``) that the report of ``experiment`` writes
+    (:meth:`wsimil.experiments.Experiment.outputs`), its page (``pages/<experiment>.html``: every table and figure
+    with its caption) last. ``has_slides``: the sheet has slide images (heatmaps need them)."""
+    return get_experiment(experiment).outputs(config, has_slides) + [f"pages/{experiment}.html"]
 
 
 def heatmap_slide_ids(sheet: pd.DataFrame, tumour: int = 2, normal: int = 1) -> list[str]:
@@ -101,32 +71,13 @@ def card_outputs(config: Mapping[str, Any]) -> list[str]:
 
 
 def summary_outputs() -> list[str]:
-    return (["SUMMARY.md"] + _tables("claims", "convergence", "paper_vs_reproduced") + _figures("slide_auc")
+    return (["SUMMARY.md"] + tables("claims", "convergence", "paper_vs_reproduced") + figures("slide_auc")
             + ["report_landing.rst", "report_metadata.yaml", "pages/SUMMARY.html"])
 
 
 def all_outputs(config: Mapping[str, Any], has_slides: bool = True) -> list[str]:
-    out = [f for e in config["experiments"] for f in experiment_outputs(config, e, has_slides)]
+    out = [f for e in configured(config) for f in experiment_outputs(config, e.name, has_slides)]
     return out + summary_outputs()
-
-
-def needs(config: Mapping[str, Any], experiment: str | None) -> list[str]:
-    """Cells whose metrics an experiment's outputs read (``None``: the summary, which reads all)."""
-    cells = plan_cells(config)
-    if experiment is None:
-        return [c.name for c in cells]
-    own = [c.name for c in experiment_cells(cells, experiment)]
-    names = {c.name for c in cells}
-    extra: list[str] = []
-    if experiment in ("poison", "ood", "dose_response") and "standard" in names:
-        extra.append("standard")  # the clean reference (dose 0)
-    if experiment == "dose_response" and dose_cell(config, *_poison_point(config)) in names:
-        extra.append(dose_cell(config, *_poison_point(config)))  # the poison experiment's point
-    return list(dict.fromkeys(own + extra))
-
-
-def _poison_point(config: Mapping[str, Any]) -> tuple[float, float]:
-    return float(config["poison"]["strength"]), float(config["poison"]["fraction"])
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -156,109 +107,47 @@ def write_experiment(
     config: Mapping[str, Any], experiment: str, results: str | os.PathLike, sheet: pd.DataFrame | None = None,
     heatmap_slides: Sequence[str] = (), captions: str | os.PathLike | None = None,
 ) -> list[Path]:
-    """Write every table and figure of ``experiment`` (see :func:`experiment_outputs`) under ``results``, and
-    its page with the figure captions of ``captions/<figure>.rst`` (the workflow's report/captions)."""
-    results = Path(results)
-    seeds = list(config["training"]["seeds"])
-    cells = {c.name: c for c in plan_cells(config)}
-    dataset = config["dataset"]["name"]
-    written: list[Path] = []
-    own = experiment_cells(list(cells.values()), experiment)
-    df = load_metrics(results, [cells[n] for n in needs(config, experiment)], seeds)
-    methods = list(config["training"]["methods"])
-    if experiment in ("standard", "ood", "poison"):
-        cell = own[0]
-        mine = df[df["experiment"] == cell.name]
-        table = summary_table(mine, metrics=_present(mine, SLIDE_METRICS), methods=methods)
-        table = with_auc_intervals(table, results, cell, seeds)
-        written += write_table(table, results / "tables" / experiment, f"{CAPTIONS[experiment]}{PATCH_CAPTION} ({dataset})",
-                               brief=BRIEF_COLUMNS)
-        from wsimil.reporting.figures import plot_roc_curves
-
-        written += plot_roc_curves(_test_predictions(results, cell, seeds), results / "figures" / f"roc_{experiment}.png",
-                                   title=f"ROC, {experiment} test slides ({dataset})")
-        if f"figures/heatmaps_{experiment}.png" in experiment_outputs(config, experiment, sheet is not None):
-            written += _heatmaps(results, cell, sheet, heatmap_slides, seeds[0], config, experiment)
-        if experiment == "poison" and "standard" in cells:
-            from wsimil.reporting.figures import plot_poison_comparison
-
-            comp = comparison_table(config, results, df, cells["standard"], cell, ("clean", "poisoned"), methods)
-            written += write_table(comp, results / "tables" / "poison_comparison", CAPTIONS["poison_comparison"] + f" ({dataset})")
-            written += plot_poison_comparison(df, results / "figures" / "poison_comparison.png", methods=methods,
-                                              intervals=comparison_intervals(comp, ("clean", "poisoned"),
-                                                                             ("standard", "poison")))
-        if experiment == "ood" and "standard" in cells:
-            comp = comparison_table(config, results, df, cells["standard"], cell, ("standard", "ood"), methods)
-            written += write_table(comp, results / "tables" / "ood_comparison", CAPTIONS["ood_comparison"] + f" ({dataset})")
-    elif experiment == "dtfd_ablation":
-        from wsimil.reporting.evidence import dtfd_points
-
-        data = dtfd_ablation_data(df, own)
-        table = _sweep_table(data, ["n_pseudo_bags", "tier"], "auc").merge(
-            dtfd_points(results, own, seeds), on=["n_pseudo_bags", "tier"], how="left")
-        table = table[["n_pseudo_bags", "tier", "n_seeds", "auc_seedavg", "auc_mean", "auc_std"]]
-        written += write_table(table, results / "tables" / "dtfd_ablation", CAPTIONS["dtfd_ablation"] + f" ({dataset})")
-        from wsimil.reporting.figures import plot_dtfd_ablation
-
-        written += plot_dtfd_ablation(data, results / "figures" / "dtfd_ablation.png")
-    elif experiment == "minet_curves":
-        hist = training_histories(results, own, seeds)
-        curves = [c for c in own if not c.params]
-        table = summary_table(df[df["experiment"].isin([c.name for c in curves])],
-                              metrics=("train_auc", "val_auc", "test_auc"), methods=curves[0].methods)
-        from wsimil.reporting.evidence import train_val_gaps
-
-        gaps = pd.concat([train_val_gaps(results, c, seeds) for c in curves], ignore_index=True)
-        table = table.merge(gaps, on="method", how="left")
-        table["train_minus_val_auc"] = table["train_auc_mean"] - table["val_auc_mean"]
-        table = table[["experiment", "method", "n_seeds", "train_auc_seedavg", "val_auc_seedavg",
-                       "train_minus_val_seedavg", "train_auc_mean", "train_auc_std", "val_auc_mean", "val_auc_std",
-                       "train_minus_val_auc", "test_auc_mean", "test_auc_std"]]
-        written += write_table(table, results / "tables" / "minet_curves", CAPTIONS["minet_curves"] + f" ({dataset})")
-        betas = [c for c in own if "beta" in c.params]
-        if betas:
-            rows = df[df["experiment"].isin([c.name for c in betas] + [c.name for c in curves])
-                      & (df["method"] == "focusmil")].copy()
-            beta_of = {c.name: c.params["beta"] for c in betas}
-            rows["beta"] = [beta_of.get(e, _published_beta()) for e in rows["experiment"]]
-            written += write_table(_sweep_table(rows, ["beta"], ["train_auc", "val_auc", "test_auc"]),
-                                   results / "tables" / "focusmil_beta", CAPTIONS["focusmil_beta"] + f" ({dataset})")
-        from wsimil.reporting.figures import plot_training_curves
-
-        written += plot_training_curves(hist, results / "figures" / "minet_curves.png")
-    elif experiment == "dose_response":
-        data = dose_response_data(config, df)
-        table = _sweep_table(data, ["axis", "value", "method"], "auc")
-        written += write_table(table, results / "tables" / "dose_response", CAPTIONS["dose_response"] + f" ({dataset})")
-        from wsimil.reporting.figures import plot_dose_response
-
-        written += plot_dose_response(data, results / "figures" / "dose_response.png",
-                                      fixed_fraction=float(config["poison"]["fraction"]),
-                                      fixed_strength=float(config["poison"]["strength"]))
-    elif experiment == "milunit":
-        mine = df[df["experiment"] == "milunit"]
-        table = milunit_table(results, mine, own[0], seeds, methods)
-        written += write_table(table, results / "tables" / "milunit", CAPTIONS["milunit"] + f" ({dataset})")
-        from wsimil.reporting.figures import plot_metric_by_method
-
-        long = mine.melt(id_vars=["method", "seed"], value_vars=["val_auc", "test_auc"], var_name="split", value_name="auc")
-        long["experiment"] = long["split"].map({"val_auc": "validation", "test_auc": "test"})
-        written += plot_metric_by_method(long, "auc", results / "figures" / "milunit.png",
-                                         experiments=["validation", "test"], methods=methods,
-                                         title="MIL unit test: validation vs test AUC", ylabel="bag AUC", chance=0.5,
-                                         intervals=pd.concat([pd.DataFrame({
-                                             "experiment": name, "method": table["method"],
-                                             "value": table[f"{split}_auc_seedavg"], "low": table[f"{split}_auc_ci_low"],
-                                             "high": table[f"{split}_auc_ci_high"]})
-                                             for split, name in (("val", "validation"), ("test", "test"))],
-                                             ignore_index=True))
-    else:
-        raise WsimilError(f"unknown experiment {experiment!r}")
+    """Write every table and figure of ``experiment`` (see :func:`experiment_outputs`) under ``results`` with its
+    :meth:`~wsimil.experiments.Experiment.write`, and its page with the figure captions of ``captions/<figure>.rst``
+    (the workflow's report/captions; a plugin's own ``captions_dir`` first)."""
     from wsimil.reporting.html import experiment_page
 
-    outputs = _experiment_files(config, experiment, sheet is not None)
-    written.append(experiment_page(results, experiment, f"{experiment} ({dataset})", outputs, captions,
-                                   config=config))
+    results = Path(results)
+    exp = get_experiment(experiment)
+    if not exp.report_rule:
+        raise WsimilError(f"experiment {experiment} writes its report with rules of its own, not `wsimil report`")
+    seeds = list(config["training"]["seeds"])
+    cells = {c.name: c for c in plan_cells(config)}
+    if experiment not in set(config["experiments"]):
+        raise WsimilError(f"experiment {experiment} is not in the config's experiments {list(config['experiments'])}")
+    df = load_metrics(results, [cells[n] for n in needs(config, experiment)], seeds)
+    report = ExperimentReport(config, results, cells, df, sheet, heatmap_slides, exp)
+    written = list(exp.write(report))
+    outputs = exp.outputs(config, sheet is not None)
+    missing = sorted({str(results / f) for f in outputs} - {str(p) for p in written})
+    if missing:
+        raise WsimilError(f"experiment {experiment} did not write {missing[:5]}")
+    written.append(experiment_page(results, experiment, f"{experiment} ({config['dataset']['name']})", outputs,
+                                   exp.captions_dir or captions, config=config))
+    return written
+
+
+def write_cell_report(report: ExperimentReport, cell: Cell) -> list[Path]:
+    """The table of one cell's test-split metrics (``tables/<experiment>``: slide AUC of the seed-averaged scores
+    with its interval, the seeds' mean ± sd of every metric), its ROC curves (``figures/roc_<experiment>``) and,
+    where the experiment lists them, the heatmaps of the heatmap slides (``figures/heatmaps_<experiment>``)."""
+    from wsimil.reporting.figures import plot_roc_curves
+
+    name, results, seeds, df = report.experiment.name, report.results, report.seeds, report.metrics
+    mine = df[df["experiment"] == cell.name]
+    table = summary_table(mine, metrics=_present(mine, SLIDE_METRICS), methods=report.methods)
+    table = with_auc_intervals(table, results, cell, seeds)
+    written = write_table(table, report.table_path(name),
+                          f"{report.experiment.captions[name]}{PATCH_CAPTION} ({report.dataset})", brief=BRIEF_COLUMNS)
+    written += plot_roc_curves(_test_predictions(results, cell, seeds), report.figure_path(f"roc_{name}"),
+                               title=f"ROC, {name} test slides ({report.dataset})")
+    if f"figures/heatmaps_{name}.png" in report.experiment.outputs(report.config, report.sheet is not None):
+        written += _heatmaps(results, cell, report.sheet, report.heatmap_slides, seeds[0], report.config, name)
     return written
 
 
@@ -332,13 +221,13 @@ def milunit_table(results: Path, df: pd.DataFrame, cell: Cell, seeds: Sequence[i
     return out
 
 
-def _published_beta() -> float:
+def published_beta() -> float:
     from wsimil.models.base import get_method
 
     return float(get_method("focusmil").hparams()["model"]["beta"])
 
 
-def _sweep_table(df: pd.DataFrame, keys: list[str], metrics: str | list[str]) -> pd.DataFrame:
+def sweep_table(df: pd.DataFrame, keys: list[str], metrics: str | list[str]) -> pd.DataFrame:
     """Mean, std and seed count of ``metrics`` per value of ``keys`` (rows in the order of first appearance)."""
     metrics = [metrics] if isinstance(metrics, str) else metrics
     rows = []
@@ -398,6 +287,10 @@ def training_histories(results: Path, cells: Sequence[Cell], seeds: Sequence[int
                     raise WsimilError(f"{d / 'run.json'}: no readable best_epoch ({type(exc).__name__})") from exc
                 parts.append(h[["epoch", "train_auc", "val_auc"]].assign(method=label, seed=s, selected_epoch=best))
     return pd.concat(parts, ignore_index=True)[["method", "seed", "epoch", "train_auc", "val_auc", "selected_epoch"]]
+
+
+def _poison_point(config: Mapping[str, Any]) -> tuple[float, float]:
+    return float(config["poison"]["strength"]), float(config["poison"]["fraction"])
 
 
 def dose_response_data(config: Mapping[str, Any], df: pd.DataFrame) -> pd.DataFrame:
@@ -491,38 +384,3 @@ def _score_maps(path: Path, slide_ids: list[str]) -> dict[str, dict[str, np.ndar
 BRIEF_COLUMNS = ("method", "n seeds", "slide AUC of seed-averaged scores [95% CI]", "slide AUC, mean ± sd of seeds",
                  "accuracy, mean ± sd of seeds", "F1, mean ± sd of seeds",
                  "patch AUC, any tumour (test tumour slides), mean ± sd of seeds", "FROC, mean ± sd of seeds")
-
-CAPTIONS = {
-    "standard": "Standard protocol (clean features, the dataset's train/val/test split): test-split metrics per "
-    "method.",
-    "ood": "Out-of-distribution (CAMELYON17 protocol): trained and validated on the slides of some centres, tested "
-    "on the test slides of the others (section `ood`).",
-    "poison": "FocusMIL's poison (green noise in the pixels of a fraction of the patches of normal training/"
-    "validation slides and of tumour test slides, features re-extracted): test-split metrics.",
-    "poison_comparison": "Test slide AUC on clean vs poisoned data per method: the AUC of the seed-averaged scores "
-    "with its 95% interval (SUMMARY.md's and the cards' number), the change poisoned − clean with its 95% interval "
-    "(the same test slides resampled together when 'slides paired' says yes), and beside them the mean ± sd of the "
-    "seeds' own AUCs. A model that learned 'poison means normal' falls below chance.",
-    "ood_comparison": "Test slide AUC on the dataset's own split (standard) vs out of distribution (ood): the AUC of "
-    "the seed-averaged scores with its 95% interval (SUMMARY.md's and the cards' number), the change ood − standard "
-    "with its 95% interval (a test slide and its copy from the held-out hospital resampled together when 'slides "
-    "paired' says yes, the two slide sets independently otherwise), and beside them the mean ± sd of the seeds' own "
-    "AUCs.",
-    "dtfd_ablation": "DTFD-MIL: test AUC against the number of pseudo-bags per slide. Tier 2 = slide AUC; Tier 1 = "
-    "AUC over the test pseudo-bags, each labelled with its slide's label (as the official test loop computes it). "
-    "The AUC of the seed-averaged scores (SUMMARY.md's number) and the mean ± sd of the seeds' own AUCs.",
-    "minet_curves": "Why mi-Net overfits: AUC of the selected model on the training, validation and test slides. "
-    "The train and validation AUC of the seed-averaged scores and their gap (SUMMARY.md's numbers), then the mean ± "
-    "sd of the seeds' own AUCs and the difference of their means. Per-epoch curves in figures/minet_curves.",
-    "focusmil_beta": "FocusMIL's KL weight beta: training, validation and test AUC of the selected epoch, mean ± sd "
-    "of the seeds' own AUCs (the run at wsimil's default beta, 0.01, unpublished, is the `focusmil` run of "
-    "minet_curves).",
-    "dose_response": "Poison dose-response: test slide AUC against the poison strength (at the configured fraction) "
-    "and against the fraction of patches poisoned (at the configured strength); value 0 = clean features. "
-    "Mean ± sd of the seeds' own AUCs.",
-    "milunit": "Raff & Holt's single-concept MIL unit test: a poison instance only in negative training and "
-    "validation bags and only in positive test bags. A model that respects the standard MIL assumption keeps its "
-    "validation AUC on test; one that learned 'poison means negative' falls towards 0. Validation and test AUC of "
-    "the seed-averaged scores with 95% intervals and SUMMARY.md's reading, then the mean ± sd of the seeds' own "
-    "AUCs.",
-}

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from wsimil.experiments import dose_levels, experiment_cells, plan_cells
+from wsimil.experiments import plan_cells
 from wsimil.io import WsimilError, write_text_atomic
 from wsimil.reporting.experiments import load_metrics, summary_outputs
 from wsimil.reporting.tables import write_table
@@ -109,85 +109,53 @@ def paper_vs_reproduced(config: Mapping[str, Any], df: pd.DataFrame, results: Pa
     return pd.DataFrame(rows, columns=cols)
 
 
-def _iv(iv) -> str:
-    return "n/a" if iv is None else str(iv)
+def fmt(x: float) -> str:
+    """A number as SUMMARY.md writes it: three decimals, n/a for a missing one."""
+    return _f(x)
+
+
+def claim_text(c) -> str:
+    """A claim's contrast, interval, rule and verdict as SUMMARY.md writes them (``c``: an evidence.Claim)."""
+    return f"{c.contrast}: **{c.interval}** (95% interval). Rule: {c.rule}. Verdict: **{c.verdict}**."
+
+
+def per_method(config: Mapping[str, Any], df: pd.DataFrame, results: Path | None, cells: Mapping[str, Any],
+               cell: str) -> str:
+    """Each method's test slide AUC in ``cell``: of the seed-averaged scores with its 95% interval, or the mean of
+    the seeds' AUCs when the runs' folder is not at hand."""
+    if results is None:
+        return ", ".join(f"{m} {_f(_mean(g['slide_auc']))} (mean of the seeds' AUCs)"
+                         for m, g in df[df["experiment"] == cell].groupby("method", sort=False))
+    from wsimil.reporting import evidence as ev
+
+    iv = ev.auc_intervals(results, cells[cell], list(config["training"]["seeds"]))
+    return ", ".join(f"{r.method} {r.slide_auc_seedavg:.3f} [{r.slide_auc_ci_low:.3f}, {r.slide_auc_ci_high:.3f}]"
+                     for r in iv.itertuples())
+
+
+def family_means(df: pd.DataFrame, cell: str, key: str) -> str:
+    """Each method's mean over the seeds of the metric ``key`` in ``cell`` (n/a when the runs lack it)."""
+    rows = df[df["experiment"] == cell] if "experiment" in df.columns else df.iloc[:0]
+    if key not in rows.columns:
+        return "n/a"
+    return ", ".join(f"{m} {_f(_mean(g[key]))}" for m, g in rows.groupby("method", sort=False))
 
 
 def findings(config: Mapping[str, Any], df: pd.DataFrame, results: Path | None = None,
              checked: list | None = None) -> list[str]:
     """Markdown paragraphs, one per claim that this run's experiments can test, each with the paired 95%
-    interval of the difference it is about and a three-valued verdict (wsimil.reporting.evidence)."""
+    interval of the difference it is about and a three-valued verdict (wsimil.reporting.evidence), from every
+    configured experiment (:meth:`wsimil.experiments.Experiment.findings`) in SUMMARY order."""
+    from wsimil.experiments import configured
     from wsimil.reporting import evidence as ev
 
-    exps = set(config["experiments"])
     cells = {c.name: c for c in plan_cells(config)}
-    seeds = list(config["training"]["seeds"])
     results = Path(results) if results is not None else None
     checked = ev.claims(config, results) if checked is None and results is not None else (checked or [])
     by_key = {c.key: c for c in checked}
     out: list[str] = []
-
-    def per_method(cell: str) -> str:
-        if results is None:
-            return ", ".join(f"{m} {_f(_mean(g['slide_auc']))} (mean of the seeds' AUCs)"
-                             for m, g in df[df["experiment"] == cell].groupby("method", sort=False))
-        iv = ev.auc_intervals(results, cells[cell], seeds)
-        return ", ".join(f"{r.method} {r.slide_auc_seedavg:.3f} [{r.slide_auc_ci_low:.3f}, {r.slide_auc_ci_high:.3f}]"
-                         for r in iv.itertuples())
-
-    def claim_text(key: str) -> str:
-        c = by_key[key]
-        return (f"{c.contrast}: **{c.interval}** (95% interval). Rule: {c.rule}. "
-                f"Verdict: **{c.verdict}**.")
-
-    if "standard" in exps and results is not None:
-        ctx = ev.clean_context(results, cells["standard"], seeds)
-        out.append(f"**Clean data (standard).** Test slide AUC of the seed-averaged scores [95% interval]: "
-                   f"{per_method('standard')}. Max-pooling mean − attention mean: {_iv(ctx)}. The papers report both "
-                   "families close on clean CAMELYON16; this is context, not a claim checked here.")
-    if "patch" in by_key:
-        std = df[df["experiment"] == "standard"] if "experiment" in df.columns else df.iloc[:0]
-        key = "patch_auc_tumour_slides_any"
-        txt = ", ".join(f"{m} {_f(_mean(g[key]))}" for m, g in std.groupby("method", sort=False)) \
-            if key in std.columns else "n/a"
-        out.append(f"**FocusMIL: max-pooling localises tumour patches better than attention.** Patch AUC on the test "
-                   f"tumour slides, any tumour = positive, mean of seeds: {txt}. On the synthetic default this is the "
-                   "definition a supervised linear probe of the same features finds about as hard as real "
-                   "PatchCamelyon (docs/data.md, Calibration); at ≥ 50 % tumour even the probe is at its ceiling. "
-                   f"{claim_text('patch')}")
-    if "poison" in by_key:
-        out.append(f"**FocusMIL: max-pooling resists the poison, attention does not.** Poisoned test slide AUC: "
-                   f"{per_method('poison')}. {claim_text('poison')}")
-    if "ood" in by_key:
-        out.append(f"**Out of distribution: max-pooling is more robust to an unseen hospital (FocusMIL).** Test AUC at "
-                   f"the held-out centre: {per_method('ood')}. {claim_text('ood')}")
-    if "dtfd_tier1" in by_key and results is not None:
-        pts = ev.dtfd_points(results, experiment_cells(list(cells.values()), "dtfd_ablation"), seeds)
-        parts = [f"{tier}: " + ", ".join(f"M={r.n_pseudo_bags} {_f(r.auc_seedavg)}" for r in g.itertuples())
-                 for tier, g in pts.groupby("tier", sort=False)]
-        out.append(f"**DTFD-MIL: more pseudo-bags hurt Tier 1, not Tier 2.** Test AUC of the seed-averaged scores by "
-                   f"number of pseudo-bags M — {'; '.join(parts)}. Tier 1: {claim_text('dtfd_tier1')} Tier 2: "
-                   f"{claim_text('dtfd_tier2')}")
-    if "minet_gap" in by_key and results is not None:
-        gaps = ev.train_val_gaps(results, cells["minet_curves"], seeds)
-        txt = ", ".join(f"{r.method} {_f(r.train_minus_val_seedavg)}" for r in gaps.itertuples())
-        out.append(f"**Why mi-Net overfits.** Train − validation AUC of the selected model's seed-averaged scores: "
-                   f"{txt}. {claim_text('minet_gap')}")
-    if "dose_response" in exps:
-        levels = dose_levels(config)
-        out.append(f"**Poison dose-response (beyond the papers).** {len(levels)} poison levels; the curves are in "
-                   "figures/dose_response and the numbers in tables/dose_response. No claim of the papers is "
-                   "checked here: it shows at which strength and fraction each method starts to follow the poison.")
-    if "milunit" in exps and results is not None:
-        r = ev.milunit_readings(results, cells["milunit"], seeds)
-        groups = {k: ", ".join(g["method"]) for k, g in r.groupby("reading", sort=False)}
-        out.append("**MIL unit test (Raff & Holt).** Validation AUC → test AUC [95% interval] of the seed-averaged "
-                   "scores: " + ", ".join(f"{x.method} {x.val_auc:.3f} → {x.test_auc:.3f} [{x.test_ci_low:.3f}, "
-                                          f"{x.test_ci_high:.3f}]" for x in r.itertuples())
-                   + f". Rule: a method whose validation AUC is below {ev.LEARN_BAR} **did not learn the task**; "
-                     "otherwise it **learned the poison** when its test interval lies below 0.5, **respects the MIL "
-                     "assumption** when it lies above 0.5, and is inconclusive otherwise. Readings: "
-                   + "; ".join(f"{k}: {v}" for k, v in groups.items()) + ".")
+    for exp in sorted(configured(config), key=lambda e: e.summary_order):
+        out += exp.findings(config, results, cells, df, by_key)
     return out
 
 

@@ -1,4 +1,4 @@
-"""The experiments of the reproduction, planned from the config as *cells* of runs.
+"""Cells: the sets of runs the experiments plan (wsimil.experiments.registry), and what they share.
 
 A cell is a set of runs that share their features, sample sheet and training overrides:
 ``results/<dataset>/runs/<cell>/<method>/seed<k>/``. Most experiments are one cell (``standard``, ``ood``,
@@ -8,6 +8,8 @@ patches). A point that another experiment already trains is shared, not trained 
 curves start at the ``standard`` cell (no poison) and pass through the ``poison`` cell.
 
 Pure functions of the validated config: the Snakefile, ``wsimil report`` and the tests plan the same cells.
+Each experiment plans its own (its module in this package); here are the cell, the names of feature sets and
+the helpers more than one experiment uses.
 """
 
 from __future__ import annotations
@@ -18,10 +20,6 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from wsimil.io import WsimilError
-
-EXPERIMENTS = ("standard", "ood", "poison", "dtfd_ablation", "minet_curves", "dose_response", "milunit",
-               "focusmil_sensitivity")  # the last trains no cell: wsimil.studies.focusmil_sensitivity
-
 
 @dataclass(frozen=True)
 class Cell:
@@ -85,51 +83,6 @@ def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, 
     for k, v in extra.items():
         out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
     return out
-
-
-def plan_cells(config: Mapping[str, Any]) -> list[Cell]:
-    """Every cell of the experiments in ``config["experiments"]``, in table order, each name once."""
-    exps = list(config["experiments"])
-    methods = tuple(config["training"]["methods"])
-    p = config["poison"]
-    pixels = sorted({"poison", "dose_response"} & set(exps))
-    if pixels and config["dataset"]["source"] == "features":
-        raise ValueError(f"experiments {pixels} add noise to slide pixels and re-extract features: they need slides, "
-                         "not dataset.source 'features' (leave them out of `experiments`)")
-    cells: list[Cell] = []
-    if "standard" in exps:
-        cells.append(Cell("standard", "standard", "clean", "main", methods))
-    if "ood" in exps:
-        cells.append(Cell("ood", "ood", "clean", "ood", methods, params=dict(config["ood"])))
-    if "poison" in exps:
-        cells.append(Cell("poison", "poison", poison_tag(p["strength"], p["fraction"], p["seed"]), "main", methods,
-                          params={"strength": p["strength"], "fraction": p["fraction"]}))
-    if "dtfd_ablation" in exps:
-        a = config["dtfd_ablation"]
-        for m in a["pseudo_bags"]:
-            cells.append(Cell(f"dtfd_ablation_m{m}", "dtfd_ablation", "clean", "main", (a["method"],),
-                              overrides={a["method"]: {"model": {"n_pseudo_bags": int(m)}}},
-                              params={"n_pseudo_bags": int(m)}))
-    if "minet_curves" in exps:
-        c = config["minet_curves"]
-        cells.append(Cell("minet_curves", "minet_curves", "clean", "main", tuple(c["methods"])))
-        for beta in c["betas"]:
-            cells.append(Cell(f"minet_curves_beta{fmt_number(beta)}", "minet_curves", "clean", "main", ("focusmil",),
-                              overrides={"focusmil": {"model": {"beta": float(beta)}}}, params={"beta": float(beta)}))
-    if "dose_response" in exps:
-        d = config["dose_response"]
-        dose_methods = tuple(d["methods"] or methods)
-        for strength, fraction in dose_levels(config):
-            name = dose_cell(config, strength, fraction)
-            if name != "poison":  # else the poison cell is this point
-                cells.append(Cell(name, "dose_response", poison_tag(strength, fraction, p["seed"]), "main",
-                                  dose_methods, params={"strength": strength, "fraction": fraction}))
-    if "milunit" in exps:
-        cells.append(Cell("milunit", "milunit", "milunit", "milunit", methods))
-    names = [c.name for c in cells]
-    if len(set(names)) != len(names):
-        raise WsimilError(f"experiments: two cells share a name in {names}")
-    return cells
 
 
 def dose_levels(config: Mapping[str, Any]) -> list[tuple[float, float]]:
@@ -219,25 +172,30 @@ def reused_models(config: Mapping[str, Any], cells: Mapping[str, Cell], sheet: p
     same training and validation slides, in the same order, with the same effective hyperparameters (the
     synthetic ood cell, whose held-out hospital stains only test slides; the DTFD ablation's point at the default
     number of pseudo-bags), so that training again would give the same models bit for bit (same seeds, same
-    data). ``sheet``: every slide (ood_sheet sees the external copies too); ``main_sheet``: the standard cell's."""
+    data). A cell on a sheet an experiment derives (wsimil.experiments.registry.derived_sheet) reuses them only
+    when that sheet's training and validation rows are the main sheet's. ``sheet``: every slide (ood_sheet sees
+    the external copies too); ``main_sheet``: the standard cell's."""
     std = cells.get("standard")
     out: dict[str, str | None] = {name: None for name in cells}
     if std is None:
         return out
     from wsimil.models.base import get_method  # the registry imports torch: only when a cell may reuse
 
-    ood_rows = None
+    from wsimil.experiments.registry import derived_sheet, get_experiment
+
+    rows: dict[str, list] = {}
     for name, c in cells.items():
-        if name == "standard" or c.features != std.features or not set(c.methods) <= set(std.methods) \
-                or c.sheet not in ("main", "ood"):
+        if name == "standard" or c.features != std.features or not set(c.methods) <= set(std.methods):
             continue
+        if c.sheet != "main" and not get_experiment(c.sheet).derives_sheet:
+            continue  # a data set of its own (the unit test's bags)
         if any(get_method(m).hparams(cell_overrides(config, c, m)) != get_method(m).hparams(cell_overrides(config, std, m))
                for m in c.methods):
             continue
-        if c.sheet == "ood":
-            if ood_rows is None:
-                ood_rows = train_val_rows(ood_sheet(sheet, config["ood"]["train_centers"]))
-            if ood_rows != train_val_rows(main_sheet):
+        if c.sheet != "main":
+            if c.sheet not in rows:
+                rows[c.sheet] = train_val_rows(derived_sheet(config, c.sheet, sheet))
+            if rows[c.sheet] != train_val_rows(main_sheet):
                 continue
         out[name] = "standard"
     return out
