@@ -146,17 +146,40 @@ def test_a_method_registered_twice_names_both(tmp_path):
 @pytest.mark.workflow
 def test_the_example_plugin_runs_the_workflow_on_ci(installed, tmp_path):
     """The installed example through Snakemake on configs/ci.yaml (one seed, the standard and unit-test
-    experiments): it is checked before any job, trained, evaluated and reported like a built-in method."""
+    experiments and the example's own experiment, label_noise): its method is checked before any job, trained,
+    evaluated and reported like a built-in one; its experiment derives its sheet, trains every method, writes its
+    table and page, and lands in SUMMARY.md, the claims table and every card."""
     shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
     overlay = tmp_path / "plugin.yaml"
-    overlay.write_text("training:\n  methods: [maxpool, example_mixpool]\n  seeds: [0]\n"
-                       "experiments: [standard, milunit]\n")
+    overlay.write_text("training:\n  methods: [maxpool, abmil, example_mixpool]\n  seeds: [0]\n"
+                       "experiments: [standard, milunit, label_noise]\nlabel_noise:\n  fraction: 0.25\n")
     run(["-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "2",
          "--configfile", str(ROOT / "configs" / "ci.yaml"), str(overlay)], [installed])
     table = pd.read_csv(tmp_path / "results" / "ci" / "tables" / "standard.csv")
-    assert list(table["method"]) == ["maxpool", "example_mixpool"] and table["slide_auc_mean"].between(0, 1).all()
+    assert list(table["method"]) == ["maxpool", "abmil", "example_mixpool"] and table["slide_auc_mean"].between(0, 1).all()
     unit = pd.read_csv(tmp_path / "results" / "ci" / "tables" / "milunit.csv")
     assert "example_mixpool" in set(unit["method"])
     card = pd.read_csv(tmp_path / "results" / "ci" / "cards" / "example_mixpool.csv").set_index("quantity")
     assert 0 <= card.loc["clean slide AUC of seed-averaged scores", "value"] <= 1
     assert card.loc["poisoned slide AUC of seed-averaged scores", "reading"] == "not run"
+    results = tmp_path / "results" / "ci"
+    # the experiment's sheet: the main one with a quarter of the training and validation labels flipped
+    main, noisy = (pd.read_csv(results / "data" / f) for f in ("slides.csv", "slides_label_noise.csv"))
+    fit = main["split"].isin(["train", "val"])
+    assert list(noisy["slide_id"]) == list(main["slide_id"])
+    assert (noisy.loc[~fit, "label"] == main.loc[~fit, "label"]).all()
+    assert (noisy.loc[fit, "label"] != main.loc[fit, "label"]).sum() == round(0.25 * fit.sum())
+    table = pd.read_csv(results / "tables" / "label_noise.csv")
+    assert list(table["method"]) == ["maxpool", "abmil", "example_mixpool"]
+    comp = pd.read_csv(results / "tables" / "label_noise_comparison.csv")
+    assert (comp["slides paired"] == "yes").all()
+    assert "label_noise" in (results / "pages" / "label_noise.html").read_text()
+    claims = pd.read_csv(results / "tables" / "claims.csv").set_index("claim")
+    assert claims.loc["label_noise", "verdict"] in ("supported", "contradicted", "inconclusive")
+    assert np.isfinite(claims.loc["label_noise", "estimate"])
+    assert "Flipped training labels (example plugin" in (results / "SUMMARY.md").read_text()
+    for m in ("maxpool", "abmil", "example_mixpool"):
+        row = pd.read_csv(results / "cards" / f"{m}.csv").set_index("quantity").loc[
+            "change with flipped training labels (noisy − clean)"]
+        assert -1 <= row["value"] <= 1 and row["ci_low"] <= row["value"] <= row["ci_high"]
+        assert row["value"] == pytest.approx(comp.set_index("method").loc[m, "change_noisy_seedavg"])

@@ -354,18 +354,20 @@ def cmd_cell_sheet(args: argparse.Namespace) -> None:
     from wsimil.experiments import derived_sheet
     from wsimil.io import write_csv_atomic
 
-    sheet = read_sheet(args.sheet)
+    sheet = read_sheet(args.sheet).assign(external=False)
     if args.external:  # a synthetic dataset's held-out hospitals (slides_external.csv, beside slides.csv)
         import pandas as pd
 
-        sheet = pd.concat([sheet, read_sheet(args.external)], ignore_index=True)
+        sheet = pd.concat([sheet, read_sheet(args.external).assign(external=True)], ignore_index=True)
     try:
         section = json.loads(args.section)
     except json.JSONDecodeError as exc:
         raise WsimilError(f"--section: not JSON ({exc.msg})") from None
     if not isinstance(section, dict):
         raise WsimilError("--section: a JSON object {section name: settings}")
-    out = derived_sheet(section, args.experiment, sheet)
+    # every slide with `external` marking the held-out hospitals' copies, as the workflow plans it
+    # (wsimil.datasets.sheet.workflow_sheet); the column is not written
+    out = derived_sheet(section, args.experiment, sheet).drop(columns=["external"], errors="ignore")
     write_csv_atomic(out, args.out)
     log.info("%s: %d slides (%s)", args.out, len(out), out.groupby("split").size().to_dict())
 
