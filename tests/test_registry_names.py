@@ -227,14 +227,14 @@ def test_methods_doc_describes_and_tabulates_every_builtin_once():
 
 
 def test_the_experiments_enum_and_default_are_the_experiment_registry():
-    """`experiments:` accepts exactly wsimil.experiments.EXPERIMENTS and defaults to all of them in its order; an
-    unknown name is refused with the list."""
+    """`experiments:` accepts exactly the registered built-in experiments and defaults to all of them in registry
+    order; an unknown name is refused with the list."""
     from wsimil.config import load_schema, validate_config
-    from wsimil.experiments import EXPERIMENTS
+    from wsimil.experiments import EXPERIMENTS, list_experiments
     from wsimil.io import WsimilError
 
     exp = load_schema()["properties"]["experiments"]
-    assert exp["items"]["enum"] == exp["default"] == list(EXPERIMENTS)
+    assert exp["items"]["enum"] == exp["default"] == list(EXPERIMENTS) == list_experiments(plugins=False)
     assert validate_config({})["experiments"] == list(EXPERIMENTS)
     with pytest.raises(WsimilError, match="'nope' is not allowed; allowed values: standard, ood, poison, dtfd_ablation"):
         validate_config({"experiments": ["nope"]})
