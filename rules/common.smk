@@ -540,12 +540,31 @@ def _source_runs(wildcards):
     return [f"{run_dir(models_from(wildcards.cell), wildcards.method, s)}/{f}" for s in SEEDS for f in RUN_FILES]
 
 
+ANNOTATION_MANIFEST = f"{OUT}/manifests/annotations.tsv"
+HAS_ANNOTATIONS = bool(annotation_files())
+
+
+def _annotated(cell):
+    """Whether a cell's slides have lesion annotations (the unit test's bags have none)."""
+    return HAS_ANNOTATIONS and CELLS[cell].sheet != "milunit"
+
+
 def _evaluate_inputs(wildcards):
     _check_method(wildcards)
-    return {
+    out = {
         "runs": [f"{run_dir(wildcards.cell, wildcards.method, s)}/predictions.csv" for s in SEEDS],
         **_cell_inputs(wildcards),
     }
+    if _annotated(wildcards.cell):  # the lesions of the FROC, through one manifest (rules/evaluate.smk)
+        out["annotations"] = ANNOTATION_MANIFEST
+    return out
+
+
+def evaluate_annotations(wildcards, input):
+    """`--annotations <manifest>` where the cell's slides are annotated, else `--sheet` (no lesions: no FROC)."""
+    if "annotations" in input.keys():
+        return f"--annotations {shlex.quote(input.annotations)}"
+    return f"--sheet {shlex.quote(input.sheet)}"
 
 
 # The FocusMIL sensitivity study (rules/studies.smk).

@@ -2,6 +2,24 @@
 # seeds: the features and annotations are read once), addressable by name like every stage.
 
 
+rule annotation_manifest:
+    """One file standing for every slide's annotation XML (wsimil.evaluation.evaluate.write_annotation_manifest):
+    the evaluation jobs read the lesions through it, so that an edited annotation makes them stale while each
+    names one input instead of one per annotated slide."""
+    input:
+        annotation_files(),
+    output:
+        ANNOTATION_MANIFEST,
+    log:
+        f"{LOGS}/manifests/annotations.log",
+    localrule: True
+    run:
+        from wsimil.evaluation.evaluate import write_annotation_manifest
+
+        write_annotation_manifest({s: annotation_path(s) for s in ALL_SLIDES if as_input(annotation_path(s))},
+                                  output[0])
+
+
 rule evaluate:
     input:
         unpack(_evaluate_inputs),
@@ -15,6 +33,7 @@ rule evaluate:
         runs=quoted_run_dirs,
         threshold=config["evaluation"]["threshold"],
         positive=config["evaluation"]["patch_positive_fraction"],
+        annotations=evaluate_annotations,
     log:
         f"{LOGS}/evaluate/{{cell}}/{{method}}.log",
     resources:
@@ -23,7 +42,7 @@ rule evaluate:
     conda:
         "../envs/wsimil.yaml"
     shell:
-        "wsimil {params.plugins} evaluate {params.runs} --features {input.features:q} --sheet {input.sheet:q}"
+        "wsimil {params.plugins} evaluate {params.runs} --features {input.features:q} {params.annotations}"
         " --threshold {params.threshold} --patch-positive-fraction {params.positive} 2> {log}"
 
 

@@ -441,3 +441,38 @@ def test_evaluate_run_tier1_auc_over_pseudo_bags(tmp_path):
     pd.DataFrame(rows).drop(columns="pseudo_bag").to_csv(run / "pseudo_bags.csv", index=False)
     with pytest.raises(WsimilError, match=r"pseudo_bags.csv: missing columns \['pseudo_bag'\]"):
         evaluate_run(run, feats, n_boot=10)
+
+
+def test_cli_evaluate_with_an_annotation_manifest_gives_the_sheets_metrics(tmp_path, capsys):
+    """The workflow's evaluation reads the lesions through one manifest (rules/evaluate.smk): the same
+    metrics.json as through the sheet; an edited annotation, a relative path, a bad header or a duplicate slide
+    are refused naming the manifest and the line."""
+    from wsimil.cli import main
+    from wsimil.evaluation.evaluate import annotations_from_manifest, write_annotation_manifest
+
+    run, feats, ann = _froc_run(tmp_path)
+    rows = [{"slide_id": s, "label": int(a is not None), "split": "test", "center": "0", "path": f"slides/{s}.tif",
+             "annotation": f"annotations/{s}.xml" if a else ""} for s, a in ann.items()]
+    pd.DataFrame(rows).to_csv(tmp_path / "slides.csv", index=False)
+    assert main(["evaluate", str(run), "--features", str(feats), "--sheet", str(tmp_path / "slides.csv")]) == 0
+    by_sheet = json.loads((run / "metrics.json").read_text())
+    manifest = write_annotation_manifest({s: a for s, a in ann.items() if a}, tmp_path / "annotations.tsv")
+    assert main(["evaluate", str(run), "--features", str(feats), "--annotations", str(manifest)]) == 0
+    by_manifest = json.loads((run / "metrics.json").read_text())
+    assert by_manifest["froc"] == 1.0
+    assert {k: v for k, v in by_manifest.items() if k != "evaluated_at"} == \
+        {k: v for k, v in by_sheet.items() if k != "evaluated_at"}
+    lines = manifest.read_text().splitlines()
+    bad = tmp_path / "bad.tsv"
+    for text, message in [
+        ("slide\tannotation\tbytes\n", "the first line must be"),
+        (lines[0] + "\n" + lines[1] + "\n" + lines[1] + "\n", "line 3: slide '\\w+' listed twice"),
+        (lines[0] + "\nte_t\tannotations/te_t.xml\t10\n", "line 2: the path is not absolute"),
+    ]:
+        bad.write_text(text)
+        with pytest.raises(WsimilError, match=message):
+            annotations_from_manifest(bad)
+    with open(ann["te_t"], "a") as f:  # the annotation edited after the manifest was written
+        f.write("\n")
+    assert main(["evaluate", str(run), "--features", str(feats), "--annotations", str(manifest)]) == 2
+    assert "the manifest is stale (the annotation of slide 'te_t'" in capsys.readouterr().err

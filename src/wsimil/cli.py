@@ -265,9 +265,12 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from wsimil.evaluation.evaluate import annotations_from_sheet, evaluate_run
+    from wsimil.evaluation.evaluate import annotations_from_manifest, annotations_from_sheet, evaluate_run
 
-    annotations = annotations_from_sheet(args.sheet) if args.sheet else None
+    if args.annotations:
+        annotations = annotations_from_manifest(args.annotations)
+    else:
+        annotations = annotations_from_sheet(args.sheet) if args.sheet else None
     for run in args.run_dirs:
         m = evaluate_run(run, args.features, threshold=args.threshold, positive_fraction=args.patch_positive_fraction,
                          annotations=annotations)
@@ -632,6 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--patch-positive-fraction", type=float, default=0.5)
     s.add_argument("--sheet", type=Path, help="sample sheet slides.csv: its annotation column (ASAP XML, relative to "
                    "the sheet's folder) gives the lesions for the CAMELYON16 FROC; without it the FROC is skipped")
+    s.add_argument("--annotations", type=Path, help="annotation manifest (slide_id, annotation, bytes; written by "
+                   "the workflow's annotation_manifest job): the lesions, instead of the sheet's annotation column")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("report", help="one experiment's tables (csv, md, tex) and figures from its evaluated runs")

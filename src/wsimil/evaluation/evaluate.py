@@ -65,7 +65,7 @@ from wsimil.evaluation.metrics import (
 )
 from wsimil.features.store import feature_path
 from wsimil.h5gate import dataset, open_h5
-from wsimil.io import WsimilError, read_error, write_json_atomic
+from wsimil.io import WsimilError, check_slide_id, read_error, write_json_atomic
 
 PREDICTION_COLUMNS = ("slide_id", "label", "split", "score")
 SPLITS = ("train", "val", "test")
@@ -410,6 +410,65 @@ def annotations_from_sheet(sheet_path: str | os.PathLike) -> dict[str, str | Non
     return out
 
 
+ANNOTATION_MANIFEST_HEADER = ("slide_id", "annotation", "bytes")
+#: the largest annotation manifest read (a row per annotated slide: ~100 bytes)
+MAX_ANNOTATION_MANIFEST_BYTES = 64 * 2**20
+
+
+def write_annotation_manifest(paths: Mapping[str, str | os.PathLike], out: str | os.PathLike) -> Path:
+    """One file standing for the annotation XMLs of a run's slides: tab-separated ``slide_id``, ``annotation``
+    (absolute) and ``bytes``, one row per annotated slide in the order given. The workflow's evaluation jobs
+    declare it and read the annotations through it (``wsimil evaluate --annotations``), so that an edited
+    annotation makes every evaluation stale while each job names one input rather than one per slide."""
+    from wsimil.io import write_text_atomic
+
+    lines = ["\t".join(ANNOTATION_MANIFEST_HEADER)]
+    for sid, p in paths.items():
+        p = Path(p).resolve()
+        if not p.is_file():
+            raise WsimilError(f"annotation file not found: {p}")
+        if "\t" in str(p) or "\n" in str(p):
+            raise WsimilError(f"annotation of slide {sid}: a path with a tab or a line break cannot be listed")
+        lines.append(f"{check_slide_id(sid)}\t{p}\t{p.stat().st_size}")
+    out = Path(out)
+    write_text_atomic(out, "\n".join(lines) + "\n")
+    return out
+
+
+def annotations_from_manifest(path: str | os.PathLike) -> dict[str, str]:
+    """Slide id -> annotation XML path from :func:`write_annotation_manifest`'s file; a slide it does not list has
+    no annotation. Refused, naming the manifest and the line: a wrong header, a duplicate slide, a relative path,
+    a file whose size no longer matches its row (the manifest is stale), a manifest over 64 MiB."""
+    path = Path(path)
+    if not path.is_file():
+        raise WsimilError(f"annotation manifest not found: {path}")
+    if path.stat().st_size > MAX_ANNOTATION_MANIFEST_BYTES:
+        raise WsimilError(f"annotation manifest {path}: larger than {MAX_ANNOTATION_MANIFEST_BYTES} bytes")
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    if not lines or tuple(lines[0].split("\t")) != ANNOTATION_MANIFEST_HEADER:
+        raise WsimilError(f"annotation manifest {path}: the first line must be {'<tab>'.join(ANNOTATION_MANIFEST_HEADER)}")
+    out: dict[str, str] = {}
+    for i, line in enumerate(lines[1:], start=2):
+        parts = line.split("\t")
+        if len(parts) != 3 or not parts[2].isdigit():
+            raise WsimilError(f"annotation manifest {path}, line {i}: expected slide_id, annotation, bytes")
+        sid, ann, size = parts
+        try:
+            sid = check_slide_id(sid)
+        except WsimilError as exc:
+            raise WsimilError(f"annotation manifest {path}, line {i}: {exc}") from None
+        if sid in out:
+            raise WsimilError(f"annotation manifest {path}, line {i}: slide {sid!r} listed twice")
+        p = Path(ann)
+        if not p.is_absolute():
+            raise WsimilError(f"annotation manifest {path}, line {i}: the path is not absolute")
+        if not p.is_file() or p.stat().st_size != int(size):
+            raise WsimilError(f"annotation manifest {path}, line {i}: the manifest is stale (the annotation of "
+                              f"slide {sid!r} is missing or changed since it was written); rerun the workflow")
+        out[sid] = str(p)
+    return out
+
+
 _FROC_GEOMETRY_ATTRS = ("level0_size", "mpp_level0")
 
 
@@ -461,7 +520,7 @@ def froc_inputs(
     scores many runs on the same slides parse each annotation once.
     """
     if annotations is None:
-        return "no annotations given (pass `--sheet slides.csv` to `wsimil evaluate`)"
+        return "no annotations given (pass `--annotations` or `--sheet slides.csv` to `wsimil evaluate`)"
     ann = {s: (None if annotations.get(s) in (None, "") else Path(annotations[s])) for s in slide_ids}
     unannotated = [s for s in slide_ids if labels[s] == 1 and ann[s] is None]
     usable = [s for s in slide_ids if s not in unannotated]
