@@ -444,7 +444,10 @@ def annotations_from_manifest(path: str | os.PathLike) -> dict[str, str]:
         raise WsimilError(f"annotation manifest not found: {path}")
     if path.stat().st_size > MAX_ANNOTATION_MANIFEST_BYTES:
         raise WsimilError(f"annotation manifest {path}: larger than {MAX_ANNOTATION_MANIFEST_BYTES} bytes")
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise WsimilError(f"annotation manifest {path}: not UTF-8 text") from None
     if not lines or tuple(lines[0].split("\t")) != ANNOTATION_MANIFEST_HEADER:
         raise WsimilError(f"annotation manifest {path}: the first line must be {'<tab>'.join(ANNOTATION_MANIFEST_HEADER)}")
     out: dict[str, str] = {}
