@@ -180,7 +180,7 @@ def test_a_builtin_outside_the_table_is_refused():
 def test_a_table_name_without_registration_is_refused(monkeypatch):
     monkeypatch.setattr(base, "BUILTIN_METHODS", {**BUILTIN_METHODS, "ghost_mil": "maxpool"})
     monkeypatch.setattr(base, "_builtins_loaded", False)
-    with pytest.raises(WsimilError, match=r"lists methods that no module registered: \['ghost_mil'\]"):
+    with pytest.raises(WsimilError, match=r"lists names that no module registered: \['ghost_mil'\]"):
         list_methods()
 
 

@@ -43,15 +43,12 @@ class OutOfDistribution(Experiment):
         return out + (tables("ood_comparison") if "standard" in config["experiments"] else [])
 
     def write(self, report: ExperimentReport) -> list[Path]:
-        from wsimil.reporting.experiments import comparison_table, write_cell_report
-        from wsimil.reporting.tables import write_table
+        from wsimil.reporting.experiments import write_cell_report, write_comparison
 
         cell = report.own[0]
         written = write_cell_report(report, cell)
         if "standard" in report.cells:
-            comp = comparison_table(report.config, report.results, report.metrics, report.cells["standard"], cell,
-                                    ("standard", "ood"), report.methods)
-            written += write_table(comp, report.table_path("ood_comparison"), report.caption("ood_comparison"))
+            written += write_comparison(report, cell, ("standard", "ood"))[1]
         return written
 
     def claims(self, config, results, cells):

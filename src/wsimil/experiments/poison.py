@@ -41,16 +41,14 @@ class Poison(Experiment):
         return out
 
     def write(self, report: ExperimentReport) -> list[Path]:
-        from wsimil.reporting.experiments import comparison_intervals, comparison_table, write_cell_report
+        from wsimil.reporting.experiments import comparison_intervals, write_cell_report, write_comparison
         from wsimil.reporting.figures import plot_poison_comparison
-        from wsimil.reporting.tables import write_table
 
         cell = report.own[0]
         written = write_cell_report(report, cell)
         if "standard" in report.cells:
-            comp = comparison_table(report.config, report.results, report.metrics, report.cells["standard"], cell,
-                                    ("clean", "poisoned"), report.methods)
-            written += write_table(comp, report.table_path("poison_comparison"), report.caption("poison_comparison"))
+            comp, tables_written = write_comparison(report, cell, ("clean", "poisoned"))
+            written += tables_written
             written += plot_poison_comparison(report.metrics, report.figure_path("poison_comparison"),
                                               methods=report.methods,
                                               intervals=comparison_intervals(comp, ("clean", "poisoned"),

@@ -14,7 +14,6 @@ calls :func:`register_experiment`): docs/architecture.md, "Add an experiment".
 
 from __future__ import annotations
 
-import importlib
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
@@ -24,6 +23,7 @@ import pandas as pd
 from wsimil.experiments.cells import Cell
 from wsimil.io import WsimilError
 from wsimil.names import BUILTIN_EXPERIMENTS
+from wsimil.plugins import import_builtins, load_entry_points, unknown_name
 
 if TYPE_CHECKING:  # the reporting modules import torch-free but heavy code; only the type is needed here
     from wsimil.reporting.evidence import Claim
@@ -199,11 +199,7 @@ def _load_builtins() -> None:
     global _builtins_loaded
     if _builtins_loaded:
         return
-    for module in dict.fromkeys(BUILTIN_EXPERIMENTS.values()):
-        importlib.import_module(f"wsimil.experiments.{module}")
-    missing = [n for n in BUILTIN_EXPERIMENTS if n not in EXPERIMENT_REGISTRY]
-    if missing:
-        raise WsimilError(f"wsimil.names.BUILTIN_EXPERIMENTS lists experiments that no module registered: {missing}")
+    import_builtins(BUILTIN_EXPERIMENTS, "wsimil.experiments.", EXPERIMENT_REGISTRY, "BUILTIN_EXPERIMENTS")
     _builtins_loaded = True
 
 
@@ -214,11 +210,7 @@ def load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        package = getattr(ep.dist, "name", None) or "?"
-        _register_from(f"plugin {ep.name} ({ep.value}, package {package})", ep.load)
+    load_entry_points(ENTRY_POINT_GROUP, _register_from)
 
 
 def _register_from(origin: str, load) -> list[str]:
@@ -249,11 +241,7 @@ def get_experiment(name: str) -> Experiment:
     if name not in EXPERIMENT_REGISTRY:
         load_plugins()
     if name not in EXPERIMENT_REGISTRY:
-        import difflib
-
-        close = difflib.get_close_matches(str(name), list(EXPERIMENT_REGISTRY), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise WsimilError(f"unknown experiment {name!r}{hint} available: {', '.join(EXPERIMENT_REGISTRY)}")
+        raise unknown_name("experiment", name, list(EXPERIMENT_REGISTRY))
     return EXPERIMENT_REGISTRY[name]
 
 

@@ -255,11 +255,9 @@ def check_method(name: str, in_dim: int = 6) -> None:
 def get_method(name: str) -> MethodSpec:
     _load_all()
     if name not in METHODS:
-        import difflib
+        from wsimil.plugins import unknown_name
 
-        close = difflib.get_close_matches(str(name), list(METHODS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise WsimilError(f"unknown method {name!r}{hint} available: {', '.join(sorted(METHODS))}")
+        raise unknown_name("method", name, sorted(METHODS))
     return METHODS[name]
 
 
@@ -289,11 +287,9 @@ def _load_builtins() -> None:
     global _builtins_loaded
     if _builtins_loaded:
         return
-    for module in dict.fromkeys(BUILTIN_METHODS.values()):
-        importlib.import_module(_BUILTIN_PACKAGE + module)
-    missing = [name for name in BUILTIN_METHODS if name not in METHODS]
-    if missing:
-        raise WsimilError(f"wsimil.names.BUILTIN_METHODS lists methods that no module registered: {missing}")
+    from wsimil.plugins import import_builtins
+
+    import_builtins(BUILTIN_METHODS, _BUILTIN_PACKAGE, METHODS, "BUILTIN_METHODS")
     _builtins_loaded = True
 
 
@@ -304,8 +300,6 @@ def _load_all() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    from importlib.metadata import entry_points
+    from wsimil.plugins import load_entry_points
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        package = getattr(ep.dist, "name", None) or "?"
-        _register_from(f"plugin {ep.name} ({ep.value}, package {package})", ep.load)
+    load_entry_points(ENTRY_POINT_GROUP, _register_from)

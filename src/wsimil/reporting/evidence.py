@@ -225,13 +225,8 @@ def ood_claim(config: Mapping[str, Any], results: Path, cells: Mapping[str, Cell
     methods = [m for m in ood.methods if m in std.methods]
     if not _has_both_families(methods):
         return _unavailable("ood", claim, "the ood cell needs methods of both families")
-    a = cell_scores(results, std, seeds, methods=methods)
     # the same tissue stained by the held-out hospital: resample the pairs together
-    b, paired = aligned_to(config, a, cell_scores(results, ood, seeds, methods=methods))
-    w = _family_weights(methods, {"max-pooling": 1.0, "attention": -1.0})
-    groups = [(a["label"].to_numpy(), a[methods].to_numpy()), (b["label"].to_numpy(), b[methods].to_numpy())]
-    iv = contrast_interval(groups, [-w, w], n_boot=N_BOOT, seed=BOOT_SEED,
-                           pair_keys=["test", "test"] if paired else ["test", "ood"])
+    iv, paired, a, b = _family_change(config, results, std, ood, methods, seeds, ("test", "ood"))
     how = (f"paired on the {len(a)} test slides and their copies from the held-out hospital" if paired else
            f"{len(a)} test and {len(b)} out-of-distribution slides resampled independently")
     return Claim("ood", claim, f"max-pooling's change (ood − standard AUC) − attention's, {how}", iv, MARGIN, 1,
@@ -479,6 +474,19 @@ def milunit_readings(results: Path, cell: Cell, seeds: Sequence[int]) -> pd.Data
     return pd.DataFrame(rows)
 
 
+def _family_change(config: Mapping[str, Any], results: Path, base: Cell, other: Cell, methods: Sequence[str],
+                   seeds: Sequence[int], unpaired_keys: tuple[str, str]) -> tuple[Interval, bool, pd.DataFrame, pd.DataFrame]:
+    """Max-pooling's change from ``base`` to ``other`` minus attention's, its interval, whether the two slide sets
+    were paired, and the two score tables (test slides x methods)."""
+    a = cell_scores(results, base, seeds, methods=methods)
+    b, paired = aligned_to(config, a, cell_scores(results, other, seeds, methods=methods))
+    w = _family_weights(methods, {"max-pooling": 1.0, "attention": -1.0})
+    groups = [(a["label"].to_numpy(), a[methods].to_numpy()), (b["label"].to_numpy(), b[methods].to_numpy())]
+    iv = contrast_interval(groups, [-w, w], n_boot=N_BOOT, seed=BOOT_SEED,
+                           pair_keys=["test", "test"] if paired else list(unpaired_keys))
+    return iv, paired, a, b
+
+
 def family_change_claim(config: Mapping[str, Any], results: Path, base: Cell, other: Cell, key: str,
                         claim: str) -> Claim:
     """Max-pooling's change in test slide AUC from ``base`` to ``other`` (other − base) minus attention's, with
@@ -488,13 +496,8 @@ def family_change_claim(config: Mapping[str, Any], results: Path, base: Cell, ot
     methods = [m for m in other.methods if m in base.methods]
     if not _has_both_families(methods):
         return _unavailable(key, claim, f"the {other.name} cell needs methods of both families")
-    seeds = list(config["training"]["seeds"])
-    a = cell_scores(results, base, seeds, methods=methods)
-    b, paired = aligned_to(config, a, cell_scores(results, other, seeds, methods=methods))
-    w = _family_weights(methods, {"max-pooling": 1.0, "attention": -1.0})
-    groups = [(a["label"].to_numpy(), a[methods].to_numpy()), (b["label"].to_numpy(), b[methods].to_numpy())]
-    iv = contrast_interval(groups, [-w, w], n_boot=N_BOOT, seed=BOOT_SEED,
-                           pair_keys=["test", "test"] if paired else ["base", "other"])
+    iv, paired, a, b = _family_change(config, results, base, other, methods, list(config["training"]["seeds"]),
+                                      ("base", "other"))
     how = (f"paired on the {len(a)} test slides" if paired else
            f"{len(a)} and {len(b)} test slides resampled independently")
     return Claim(key, claim, f"max-pooling's change ({other.name} − {base.name} AUC) − attention's, {how}", iv,

@@ -151,6 +151,15 @@ def write_cell_report(report: ExperimentReport, cell: Cell) -> list[Path]:
     return written
 
 
+def write_comparison(report: ExperimentReport, cell: Cell, tags: tuple[str, str]) -> tuple[pd.DataFrame, list[Path]]:
+    """The experiment's cell against ``standard``: :func:`comparison_table` written as
+    ``tables/<experiment>_comparison`` with its caption; the table and the paths written."""
+    comp = comparison_table(report.config, report.results, report.metrics, report.cells["standard"], cell, tags,
+                            report.methods)
+    stem = f"{report.experiment.name}_comparison"
+    return comp, write_table(comp, report.table_path(stem), report.caption(stem))
+
+
 def with_auc_intervals(table: pd.DataFrame, results: Path, cell: Cell, seeds: Sequence[int]) -> pd.DataFrame:
     """``table`` with, after n_seeds, the slide AUC of each method's seed-averaged score and its 95% stratified
     bootstrap interval over the test slides (wsimil.reporting.evidence.auc_intervals)."""

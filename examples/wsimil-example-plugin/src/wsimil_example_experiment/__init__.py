@@ -69,16 +69,12 @@ class LabelNoise(Experiment):
         return out + (tables("label_noise_comparison") if "standard" in config["experiments"] else [])
 
     def write(self, report: ExperimentReport) -> list[Path]:
-        from wsimil.reporting.experiments import comparison_table, write_cell_report
-        from wsimil.reporting.tables import write_table
+        from wsimil.reporting.experiments import write_cell_report, write_comparison
 
         cell = report.own[0]
         written = write_cell_report(report, cell)
-        if "standard" in report.cells:
-            comp = comparison_table(report.config, report.results, report.metrics, report.cells["standard"], cell,
-                                    ("clean", "noisy"), report.methods)
-            written += write_table(comp, report.table_path("label_noise_comparison"),
-                                   report.caption("label_noise_comparison"))
+        if "standard" in report.cells:  # tables/label_noise_comparison: clean vs noisy, per method
+            written += write_comparison(report, cell, ("clean", "noisy"))[1]
         return written
 
     def claims(self, config, results, cells):
