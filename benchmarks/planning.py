@@ -6,6 +6,7 @@ and the cost grows no faster than the number of jobs.
 
     python benchmarks/planning.py --slides 100 1000 10000
     python benchmarks/planning.py --slides 1000 --cluster     # with the SLURM profile's grouping switched on
+    python benchmarks/planning.py --slides 10000 --slides-per-job 10   # patching and extraction jobs of 10 slides
 
 The sheet holds N dummy slides (empty files: planning reads the sheet, never a slide) in the real-data overlay
 configs/slides.yaml (one slide per patching and extraction job, every method, five seeds). ``--cluster`` adds
@@ -46,13 +47,16 @@ def write_sheet(folder: Path, n: int) -> Path:
     return sheet
 
 
-def plan(n: int, cluster: bool) -> dict[str, float]:
-    """Dry-run the workflow on ``n`` dummy slides; jobs, CPU seconds and peak MB of the snakemake process."""
+def plan(n: int, cluster: bool, per_job: int = 1) -> dict[str, float]:
+    """Dry-run the workflow on ``n`` dummy slides; jobs, CPU seconds and peak MB of the snakemake process.
+    ``per_job``: slides per patching and extraction job (``slides_per_job``; 1 = a rule per stage, more = a rule
+    generated per slide group)."""
     with tempfile.TemporaryDirectory(prefix="wsimil-plan-") as tmp:
         work = Path(tmp)
         sheet = write_sheet(work / "data", n)
         overlay = work / "sheet.yaml"
-        overlay.write_text(f"dataset:\n  sheet: {sheet}\n")
+        overlay.write_text(f"dataset:\n  sheet: {sheet}\npatching:\n  slides_per_job: {per_job}\n"
+                           f"features:\n  slides_per_job: {per_job}\n")
         shutil.copy(ROOT / "config.yaml", work / "config.yaml")
         cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "16", "--snakefile", str(ROOT / "Snakefile"),
                "--directory", str(work), "--configfile", str(ROOT / "configs" / "slides.yaml"), str(overlay)]
@@ -77,11 +81,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slides", type=int, nargs="+", default=[100, 1000, 10000])
     ap.add_argument("--cluster", action="store_true", help="with the SLURM profile's job grouping")
+    ap.add_argument("--slides-per-job", type=int, default=1, help="slides per patching and extraction job")
     args = ap.parse_args()
     print("| slides | jobs | CPU to plan (s) | CPU per 1,000 jobs (s) | peak memory (MB) |")
     print("|---:|---:|---:|---:|---:|")
     for n in args.slides:
-        r = plan(n, args.cluster)
+        r = plan(n, args.cluster, args.slides_per_job)
         print(f"| {r['slides']:,} | {r['jobs']:,} | {r['cpu_s']:.1f} | {1000 * r['cpu_s'] / max(r['jobs'], 1):.2f} "
               f"| {r['peak_mb']:.0f} |", flush=True)
 
