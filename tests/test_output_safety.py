@@ -167,29 +167,3 @@ def test_ctrl_c_in_train_ends_with_one_line_and_no_output(tiny_features):
     assert err.splitlines()[-1] == "wsimil train: interrupted", err
     assert not out.exists()
     assert list((t / "runs").iterdir()) == []  # no temporary folder or file beside it
-
-
-def test_a_first_ctrl_c_in_training_waits_for_the_step_boundary_a_second_does_not():
-    import os
-
-    from wsimil.training.loop import interrupt_between_steps, stop_if_interrupted
-
-    with pytest.raises(KeyboardInterrupt):
-        with interrupt_between_steps():
-            os.kill(os.getpid(), signal.SIGINT)  # noted, not raised: the step goes on
-            time.sleep(0.05)
-            reached = True
-            stop_if_interrupted()  # the step boundary
-    assert reached and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with pytest.raises(KeyboardInterrupt):
-        with interrupt_between_steps():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)
-            os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C: at once
-            time.sleep(0.05)
-            pytest.fail("the second Ctrl-C did not interrupt")
-    with pytest.raises(KeyboardInterrupt):  # noted in the last step: raised when training ends
-        with interrupt_between_steps():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)
-    stop_if_interrupted()  # nothing noted outside training

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import ctypes
 import functools
 import logging
 import math
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -91,42 +88,6 @@ def _malloc_trim():
         return ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):
         return None
-
-
-_interrupt = {"requested": False}
-
-
-@contextlib.contextmanager
-def interrupt_between_steps():
-    """Ctrl-C (SIGINT) during training ends it at the next optimiser step's end, not inside a step, an import or a
-    library's lock: the first Ctrl-C is noted and raised as KeyboardInterrupt by :func:`stop_if_interrupted`
-    (or when the block ends), a second one at once. Only in the main thread and where SIGINT has Python's own
-    handler (a caller with a handler of its own keeps it)."""
-    if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-
-    def note(signum, frame):
-        if _interrupt["requested"]:
-            raise KeyboardInterrupt
-        _interrupt["requested"] = True
-
-    _interrupt["requested"] = False
-    signal.signal(signal.SIGINT, note)
-    try:
-        yield
-        stop_if_interrupted()
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        _interrupt["requested"] = False
-
-
-def stop_if_interrupted() -> None:
-    """Raise KeyboardInterrupt when a Ctrl-C was noted by :func:`interrupt_between_steps`."""
-    if _interrupt["requested"]:
-        _interrupt["requested"] = False
-        raise KeyboardInterrupt
 
 
 def safe_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -319,7 +280,6 @@ def train_epoch(
             sums[k] = sums.get(k, 0.0) + v.float() * n
         logits.append(step_logits.float())
         del step_logits, losses  # else they stay alive through the next step's forward pass
-        stop_if_interrupted()
         if step % TRIM_EVERY == TRIM_EVERY - 1:
             release_free_memory()
     means = {k: float(v) / len(order) for k, v in sums.items()}
@@ -357,40 +317,38 @@ def train(
     gen = torch.Generator().manual_seed(seed)
     selection = hp["selection"] if len(val_idx) else "last"
     history: list[dict[str, float]] = []
+    best_key, best_state, best_epoch = None, None, -1
     t0 = time.perf_counter()
     epochs = range(int(hp["epochs"]))
     if progress:
         from tqdm import tqdm
 
         epochs = tqdm(epochs, desc=f"{method} seed {seed}", unit="epoch", leave=False)
-    with interrupt_between_steps():  # Ctrl-C ends training between steps (docs/security.md)
-        best_key, best_state, best_epoch = None, None, -1
-        steps = 0
-        for epoch in epochs:
-            order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
-            left = budget.total_steps - steps
-            cut = left if left < budget.steps_per_epoch else None
-            means, train_logits, seen = train_epoch(model, bags, order, opt, hp, per_step, device, precision, cut)
-            steps += budget.steps_per_epoch if cut is None else cut
-            if per_epoch is not None:
-                per_epoch.step()
-            row = {"epoch": epoch, "steps": steps, **{f"train_{k}": v for k, v in means.items()},
-                   "train_auc": safe_auc(bags.labels[seen], train_logits)}
-            if len(val_idx):
-                va = predict(model, bags, val_idx, device)
-                release_free_memory()
-                row.update(val_loss=va.loss, val_auc=safe_auc(bags.labels[val_idx], va.probs))
-            history.append(row)
-            key = _selection_key(selection, row)
-            if best_key is None or key >= best_key:
-                best_key, best_epoch = key, epoch
-                best_state = copy.deepcopy(model.state_dict())
-            if not all(math.isfinite(v) for k, v in row.items() if k.endswith("loss")):
-                raise FloatingPointError(f"{method} seed {seed}: non-finite loss at epoch {epoch}: {row}")
-            if stopper is not None and len(val_idx) and stopper.step(epoch, row):
-                log.info("%s seed %d: early stop at epoch %d (%s)", method, seed, epoch, stopper)
-                break
-            stop_if_interrupted()
+    steps = 0
+    for epoch in epochs:
+        order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
+        left = budget.total_steps - steps
+        cut = left if left < budget.steps_per_epoch else None
+        means, train_logits, seen = train_epoch(model, bags, order, opt, hp, per_step, device, precision, cut)
+        steps += budget.steps_per_epoch if cut is None else cut
+        if per_epoch is not None:
+            per_epoch.step()
+        row = {"epoch": epoch, "steps": steps, **{f"train_{k}": v for k, v in means.items()},
+               "train_auc": safe_auc(bags.labels[seen], train_logits)}
+        if len(val_idx):
+            va = predict(model, bags, val_idx, device)
+            release_free_memory()
+            row.update(val_loss=va.loss, val_auc=safe_auc(bags.labels[val_idx], va.probs))
+        history.append(row)
+        key = _selection_key(selection, row)
+        if best_key is None or key >= best_key:
+            best_key, best_epoch = key, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        if not all(math.isfinite(v) for k, v in row.items() if k.endswith("loss")):
+            raise FloatingPointError(f"{method} seed {seed}: non-finite loss at epoch {epoch}: {row}")
+        if stopper is not None and len(val_idx) and stopper.step(epoch, row):
+            log.info("%s seed %d: early stop at epoch %d (%s)", method, seed, epoch, stopper)
+            break
     model.load_state_dict(best_state)
     model.eval()
     return TrainResult(model, hp, history, best_epoch, time.perf_counter() - t0, precision, steps, budget.epochs)
