@@ -131,8 +131,13 @@ def test_an_interrupted_run_folder_leaves_nothing(tiny_features, monkeypatch):
 # `wsimil train` as its console script runs it (wsimil.cli.main), with a line on stderr when training begins so
 # that the test interrupts training itself, not the imports
 _TRAIN = """
+import signal
 import sys
 import wsimil.training.run as run
+
+# Ctrl-C as a terminal delivers it, even where this test runs as a background job of a non-interactive shell (which
+# starts its children with SIGINT ignored, POSIX "Asynchronous Lists", and Python keeps it so)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from wsimil.cli import main
 
 _train = run.train
