@@ -39,6 +39,7 @@ class Shuffled(Experiment):
     section_schema = {"type": "object", "additionalProperties": False,
                       "properties": {"keep": {"type": "integer", "minimum": 0, "default": 2}}}
     derives_sheet = True
+    report_rule = False  # these tests plan it; they write no report
 
     def cells(self, config):
         return [Cell("shuffled", "shuffled", "clean", "shuffled", tuple(config["training"]["methods"]))]
@@ -75,6 +76,7 @@ def test_unknown_experiment_names_the_close_one():
     ({"name": "x2", "section": "poison", "section_schema": {"type": "object"}}, "config section 'poison' is wsimil's own"),
     ({"name": "x3", "section": "x3"}, "section 'x3' needs a section_schema"),
     ({"name": "x4", "derives_sheet": True}, "derives_sheet but defines no sheet\\(\\)"),
+    ({"name": "x5", "report_rule": True}, "has a report_<name> job \\(report_rule\\) but defines no write\\(\\)"),
 ])
 def test_a_plugin_registration_is_refused_with_its_origin_and_problem(registry_copy, monkeypatch, attrs, message):
     _as_plugin(monkeypatch)

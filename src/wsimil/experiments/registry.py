@@ -89,7 +89,7 @@ class Experiment:
     def sheet(self, config: Mapping[str, Any], sheet: pd.DataFrame) -> pd.DataFrame:
         """The sample sheet of its cells from every slide of the main one (``derives_sheet``): same columns, any
         subset of the slides, labels and splits of its own; written to ``data/slides_<name>.csv``."""
-        raise NotImplementedError(f"experiment {self.name} derives no sheet")
+        raise WsimilError(f"experiment {self.name} derives no sample sheet (derives_sheet is False)")
 
     # ------------------------------------------------------------------ report
     def outputs(self, config: Mapping[str, Any], has_slides: bool = True) -> list[str]:
@@ -99,7 +99,7 @@ class Experiment:
 
     def write(self, report: "ExperimentReport") -> list[Path]:
         """Write every file of :meth:`outputs` from the runs of the cells :meth:`reads`; the paths written."""
-        raise NotImplementedError(f"experiment {self.name} writes no report")
+        raise WsimilError(f"experiment {self.name} writes its report with rules of its own (report_rule is False)")
 
     # ------------------------------------------------------------------ SUMMARY and cards
     def claims(self, config: Mapping[str, Any], results: Path, cells: Mapping[str, Cell]) -> "list[Claim]":
@@ -185,6 +185,8 @@ def register_experiment(cls: type[Experiment]) -> type[Experiment]:
                               "(a JSON schema of an object, with defaults)")
         if cls.derives_sheet and cls.sheet is Experiment.sheet:
             raise WsimilError(f"{origin}: experiment {name} derives_sheet but defines no sheet()")
+        if cls.report_rule and cls.write is Experiment.write:
+            raise WsimilError(f"{origin}: experiment {name} has a report_<name> job (report_rule) but defines no write()")
     exp = cls()
     exp.origin = origin
     EXPERIMENT_REGISTRY[name] = exp
