@@ -290,3 +290,15 @@ def test_a_partial_row_and_a_broken_file_never_raise(tmp_path, capsys):
     print_verdicts(tmp_path)
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"wsimil: no verdicts: {tmp_path}/tables/claims.csv cannot be read: ") and len(out) == 3
+
+
+def test_verdict_lines_show_the_claims_not_their_pairs(tmp_path):
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "claims.csv").write_text(
+        "claim,level,pair,statement,estimate,ci_low,ci_high,verdict\n"
+        "poison,claim,family (2 pairs),attention follows the poison,0.5,0.4,0.6,inconclusive\n"
+        "poison,pair,maxpool vs abmil,attention follows the poison,0.9,0.8,1.0,supported\n"
+        "poison,pair,maxpool vs dsmil,attention follows the poison,0.1,0.0,0.2,inconclusive\n")
+    lines = verdict_lines(tmp_path)
+    assert lines[0].startswith("wsimil: 1 claims, each with its verdict") and "poison  inconclusive  +0.500 [+0.400, +0.600]" in lines[1]
+    assert not any("supported" in ln for ln in lines)

@@ -13,10 +13,11 @@ from wsimil.reporting.summary import findings, paper_vs_reproduced
 
 METHODS = ["maxpool", "focusmil", "abmil", "dtfd_afs"]
 ATTENTION = {"abmil", "dtfd_afs"}
+SEEDS = [0, 1, 2, 3, 4]  # a claim is decided on at least evidence.MIN_SEEDS seeds
 
 
 def _config(**extra):
-    return validate_config({"training": {"methods": METHODS, "seeds": [0, 1]}, "experiments": ["standard", "poison"],
+    return validate_config({"training": {"methods": METHODS, "seeds": SEEDS}, "experiments": ["standard", "poison"],
                             **extra})
 
 
@@ -41,7 +42,7 @@ def _cells(root, poisoned_inverted: set[str], rng_seed=0):
     rng = np.random.default_rng(rng_seed)
     good = np.clip(labels * 0.6 + rng.uniform(0, 0.55, len(labels)), 0, 1)
     for m in METHODS:
-        for seed in (0, 1):
+        for seed in SEEDS:
             _write_run(root, "standard", m, seed, slides, labels, ["test"] * len(labels), good)
             _write_run(root, "poison", m, seed, slides, labels, ["test"] * len(labels),
                        1 - good if m in poisoned_inverted else good)
@@ -49,7 +50,7 @@ def _cells(root, poisoned_inverted: set[str], rng_seed=0):
 
 def _metrics(root):
     rows = [{"experiment": c, "method": m, "seed": s, "slide_auc": 0.9, "slide_accuracy_youden_test": 0.8}
-            for c in ("standard", "poison") for m in METHODS for s in (0, 1)]
+            for c in ("standard", "poison") for m in METHODS for s in SEEDS]
     return pd.DataFrame(rows)
 
 
@@ -87,7 +88,7 @@ def test_auc_intervals_are_of_the_seed_averaged_score(tmp_path):
 
 
 def test_ood_change_is_paired_on_the_held_out_hospital_copies(tmp_path):
-    cfg = validate_config({"training": {"methods": METHODS, "seeds": [0]}, "experiments": ["standard", "ood"],
+    cfg = validate_config({"training": {"methods": METHODS, "seeds": SEEDS}, "experiments": ["standard", "ood"],
                            "synthetic": {"slides": {"train": {"normal": 2, "tumour": 2}, "val": {"normal": 1, "tumour": 1},
                                                     "test": {"normal": 6, "tumour": 6}},
                                          "held_out_hospitals": [2]}})
@@ -99,17 +100,18 @@ def test_ood_change_is_paired_on_the_held_out_hospital_copies(tmp_path):
     y = test["label"].to_numpy()
     score = y * 0.5 + np.linspace(0.1, 0.4, len(y))
     for m in METHODS:
-        _write_run(tmp_path, "standard", m, 0, list(test["slide_id"]), y, ["test"] * len(y), score)
-        # max-pooling unchanged at the unseen hospital, attention loses its ranking
-        _write_run(tmp_path, "ood", m, 0, list(ext["slide_id"]), y, ["test"] * len(y),
-                   (1 - score) if m in ATTENTION else score)
+        for sd in SEEDS:
+            _write_run(tmp_path, "standard", m, sd, list(test["slide_id"]), y, ["test"] * len(y), score)
+            # max-pooling unchanged at the unseen hospital, attention loses its ranking
+            _write_run(tmp_path, "ood", m, sd, list(ext["slide_id"]), y, ["test"] * len(y),
+                       (1 - score) if m in ATTENTION else score)
     (claim,) = [c for c in ev.claims(cfg, tmp_path) if c.key == "ood"]
     assert "paired on the 12 test slides and their copies" in claim.contrast
     assert claim.verdict == "supported" and claim.interval.estimate == pytest.approx(1.0)
 
 
 def test_mi_net_gap_claim_all_three_outcomes(tmp_path):
-    cfg = validate_config({"training": {"methods": ["maxpool"], "seeds": [0]}, "experiments": ["minet_curves"],
+    cfg = validate_config({"training": {"methods": ["maxpool"], "seeds": SEEDS}, "experiments": ["minet_curves"],
                            "minet_curves": {"betas": []}})
     n = 30
     labels = np.array([1, 0] * (n // 2))
@@ -119,8 +121,9 @@ def test_mi_net_gap_claim_all_three_outcomes(tmp_path):
         for m, val_good in (("minet", minet_val_good), ("focusmil", focus_val_good)):
             slides = [f"tr{i}" for i in range(n)] + [f"va{i}" for i in range(n)]
             val = good if val_good else 1 - good
-            _write_run(tmp_path, "minet_curves", m, 0, slides, np.r_[labels, labels], ["train"] * n + ["val"] * n,
-                       np.r_[good, val])
+            for sd in SEEDS:
+                _write_run(tmp_path, "minet_curves", m, sd, slides, np.r_[labels, labels],
+                           ["train"] * n + ["val"] * n, np.r_[good, val])
         (c,) = [c for c in ev.claims(cfg, tmp_path) if c.key == "minet_gap"]
         return c.verdict
 
@@ -213,7 +216,7 @@ def _patch_cells(root, cfg, good: set[str]):
 
     write_manifest({s: feats / f"{s}.h5" for s in slides}, root / "manifests" / "clean.tsv")
     for m in METHODS:
-        for seed in (0, 1):
+        for seed in SEEDS:
             _write_run(root, "standard", m, seed, slides, labels, ["test"] * len(labels), labels * 0.5 + 0.2)
             with h5py.File(root / "runs" / "standard" / m / f"seed{seed}" / "instance_scores.h5", "w") as f:
                 for s in slides:
@@ -224,7 +227,7 @@ def _patch_cells(root, cfg, good: set[str]):
 @pytest.mark.parametrize("good, expected", [({"maxpool", "focusmil"}, "supported"), (ATTENTION, "contradicted"),
                                             (set(), "inconclusive")])
 def test_the_patch_claim_pairs_every_method_on_the_same_tumour_slides(tmp_path, good, expected):
-    cfg = validate_config({"training": {"methods": METHODS, "seeds": [0, 1]}, "experiments": ["standard"]})
+    cfg = validate_config({"training": {"methods": METHODS, "seeds": SEEDS}, "experiments": ["standard"]})
     _patch_cells(tmp_path, cfg, good)
     (claim,) = [c for c in ev.claims(cfg, tmp_path) if c.key == "patch"]
     assert claim.verdict == expected, claim
@@ -241,3 +244,96 @@ def test_the_patch_claim_pairs_every_method_on_the_same_tumour_slides(tmp_path, 
     (claim,) = [c for c in ev.claims(cfg, tmp_path) if c.key == "patch"]
     assert claim.verdict == "inconclusive" and "feature files of the test tumour slides" in claim.rule
     assert "is missing: the manifest is stale" in claim.rule
+
+
+# ----------------------------------------------------------------------------- pairs, seeds, Holm, the fit gate
+
+
+def test_a_family_claim_carried_by_one_method_is_not_supported(tmp_path):
+    """Only dtfd_afs follows the poison: its two pairs are supported, abmil's are not, and leaving dtfd_afs out
+    leaves no supported pair, so the family claim is inconclusive and says which method carries it."""
+    _cells(tmp_path, {"dtfd_afs"})
+    (claim,) = [c for c in ev.claims(_config(), tmp_path) if c.key == "poison"]
+    by_pair = {r.label: r.verdict for r in claim.readings}
+    assert by_pair == {"maxpool vs abmil": "inconclusive", "maxpool vs dtfd_afs": "supported",
+                       "focusmil vs abmil": "inconclusive", "focusmil vs dtfd_afs": "supported"}
+    assert claim.verdict == "inconclusive" and "only with dtfd_afs" in claim.why
+    rows = claim.rows()
+    assert [r["level"] for r in rows] == ["claim"] + ["pair"] * 4
+    assert rows[0]["pair"] == "family (4 pairs)" and rows[0]["verdict"] == "inconclusive"
+    # the family interval is the mean over the pairs (each attention method's loss once per max-pooling method)
+    assert claim.interval.estimate == pytest.approx(np.mean([r.interval.estimate for r in claim.readings]))
+
+
+def test_fewer_than_the_minimum_seeds_decides_nothing(tmp_path):
+    _cells(tmp_path, ATTENTION)
+    cfg = _config(training={"methods": METHODS, "seeds": SEEDS[: ev.MIN_SEEDS - 1]})
+    (claim,) = [c for c in ev.claims(cfg, tmp_path) if c.key == "poison"]
+    assert {r.verdict for r in claim.readings} == {"inconclusive"} and claim.verdict == "inconclusive"
+    assert all(f"fewer than {ev.MIN_SEEDS}" in r.note and np.isnan(r.p_holm) for r in claim.readings)
+    assert all(r.interval.low > ev.MARGIN for r in claim.readings)  # the interval alone would have decided
+
+
+def test_an_undertrained_run_is_left_out_with_its_seed(tmp_path):
+    seeds = SEEDS + [5]
+    _cells(tmp_path, ATTENTION)
+    slides, labels = _test_slides()
+    good = np.clip(labels * 0.6 + np.random.default_rng(0).uniform(0, 0.55, len(labels)), 0, 1)
+    for m in METHODS:  # a sixth seed
+        _write_run(tmp_path, "standard", m, 5, slides, labels, ["test"] * len(labels), good)
+        _write_run(tmp_path, "poison", m, 5, slides, labels, ["test"] * len(labels), 1 - good if m in ATTENTION else good)
+    _write_run(tmp_path, "poison", "abmil", 2, slides, labels, ["test"] * len(labels), 1 - good,
+               fits_training_set=False, final_train_auc=0.61)
+    cfg = _config(training={"methods": METHODS, "seeds": seeds})
+    (claim,) = [c for c in ev.claims(cfg, tmp_path) if c.key == "poison"]
+    r = {r.label: r for r in claim.readings}
+    assert r["maxpool vs abmil"].seeds == 5 and r["maxpool vs abmil"].left_out == ("poison/abmil/seed2",)
+    assert r["maxpool vs dtfd_afs"].seeds == 6 and r["maxpool vs dtfd_afs"].left_out == ()
+    assert claim.verdict == "supported"
+    gone = ev.undertrained(tmp_path, [c for c in plan_cells(cfg) if c.name == "poison"], seeds)
+    assert gone.to_dict("records") == [{"cell": "poison", "method": "abmil", "seed": 2, "final_train_auc": 0.61}]
+    # below the minimum once the undertrained seed is gone: abmil's pairs are not decided
+    cfg = _config(training={"methods": METHODS, "seeds": SEEDS})
+    (claim,) = [c for c in ev.claims(cfg, tmp_path) if c.key == "poison"]
+    assert {x.label for x in claim.readings if x.verdict == "supported"} == {"maxpool vs dtfd_afs", "focusmil vs dtfd_afs"}
+
+
+def _reading(draws, seeds=5):
+    from wsimil.evaluation.intervals import Interval
+
+    d = np.asarray(draws, float)
+    return ev.Reading("a vs b", Interval(float(d.mean()), *np.quantile(d, [0.025, 0.975])), d, seeds)
+
+
+def test_holm_over_the_readings_of_one_summary():
+    """Three readings whose unadjusted decision p is 0.04 (one-sided support p 0.02): each alone is supported,
+    together none survives Holm (3 x 0.04 > 0.05); the p-values are the add-one bootstrap shares."""
+    n = 999
+    draws = np.r_[np.full(19, 0.0), np.full(n - 19, 0.2)]  # 19 of 999 at or below the margin: p = 20 / 1000
+    one = ev.Claim("x", "x", "x", _reading(draws).interval, ev.MARGIN, 1, "inconclusive", "r", (_reading(draws),))
+    (alone,) = ev.adjust([one])
+    assert alone.readings[0].p_support == pytest.approx(0.02) and alone.readings[0].p_holm == pytest.approx(0.04)
+    assert alone.verdict == "supported"
+    three = ev.adjust([one, one, one])
+    assert [c.readings[0].p_holm for c in three] == pytest.approx([0.12] * 3)
+    assert {c.verdict for c in three} == {"inconclusive"}
+    # contradiction by the same test, the other way
+    (against,) = ev.adjust([ev.Claim("y", "y", "y", one.interval, ev.MARGIN, -1, "inconclusive", "r", (_reading(draws),))])
+    assert against.verdict == "contradicted"
+
+
+def test_seed_to_seed_variation_widens_the_interval(tmp_path):
+    """Attention follows the poison in one seed of five only: the slides-only interval of the seeds' mean is
+    narrow, the seeds x slides interval is not, and the claim is not decided."""
+    slides, labels = _test_slides()
+    rng = np.random.default_rng(0)
+    good = np.clip(labels * 0.6 + rng.uniform(0, 0.55, len(labels)), 0, 1)
+    for m in METHODS:
+        for seed in SEEDS:
+            _write_run(tmp_path, "standard", m, seed, slides, labels, ["test"] * len(labels), good)
+            flip = m in ATTENTION and seed == 0
+            _write_run(tmp_path, "poison", m, seed, slides, labels, ["test"] * len(labels), 1 - good if flip else good)
+    (claim,) = [c for c in ev.claims(_config(), tmp_path) if c.key == "poison"]
+    r = claim.readings[0]
+    assert r.interval.estimate == pytest.approx(claim.interval.estimate)
+    assert r.interval.low < ev.MARGIN < r.interval.high and r.verdict == "inconclusive"

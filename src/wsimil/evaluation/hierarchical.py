@@ -32,7 +32,8 @@ import numpy as np
 from wsimil.evaluation.intervals import Interval, _aucs_on_counts, _check_labels, _check_n_boot_level, \
     _check_scores, _percentile, stratified_counts
 
-__all__ = ["seed_slide_interval", "bootstrap_p_value", "holm_adjust", "family_verdict"]
+__all__ = ["seed_slide_interval", "seed_resamples", "two_stage_draws", "bootstrap_p_value", "decision_p_values",
+           "holm_adjust", "family_verdict"]
 
 
 def seed_slide_interval(
@@ -78,8 +79,7 @@ def seed_slide_interval(
         checked.append((labels, scores, w))
 
     rng = np.random.default_rng(seed)
-    seed_draws = rng.integers(0, n_seeds, size=(int(n_boot), n_seeds))  # stage 1, shared by every group
-    seed_counts = np.stack([np.bincount(row, minlength=n_seeds) for row in seed_draws]).astype(np.float64)
+    seed_counts = seed_resamples(n_seeds, n_boot, rng)  # stage 1, shared by every group
     counts_of: dict[Hashable, tuple[int, np.ndarray]] = {}
     per_seed_point = np.zeros(n_seeds)
     per_seed_boot = np.zeros((int(n_boot), n_seeds))  # replicate b's contrast for seed s on its slide resample
@@ -95,12 +95,31 @@ def seed_slide_interval(
             point, boot = _aucs_on_counts(labels, scores[s], counts)
             per_seed_point[s] += float(point @ w)
             per_seed_boot[:, s] += boot @ w
-    slides_only = per_seed_boot.mean(axis=1)  # every seed, on replicate b's slides
-    drawn = (per_seed_boot * seed_counts).sum(axis=1) / n_seeds  # the drawn seeds, on the same slides
-    # the seed stage drawn with replacement from S seeds carries (S - 1) / S of their variance: rescaled
-    draws = slides_only + math.sqrt(n_seeds / (n_seeds - 1)) * (drawn - slides_only) if n_seeds > 1 else slides_only
+    draws = two_stage_draws(per_seed_boot, seed_counts)
     iv = _percentile(float(per_seed_point.mean()), draws, level, int(n_boot))
     return (iv, draws) if return_draws else iv
+
+
+def seed_resamples(n_seeds: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Stage 1 of the two-stage bootstrap: how often each of ``n_seeds`` seeds is drawn (with replacement) in
+    each of ``n_boot`` replicates, (n_boot, n_seeds) float counts summing to ``n_seeds`` per row."""
+    draws = rng.integers(0, n_seeds, size=(int(n_boot), n_seeds))
+    return np.stack([np.bincount(row, minlength=n_seeds) for row in draws]).astype(np.float64)
+
+
+def two_stage_draws(per_seed_boot: np.ndarray, seed_counts: np.ndarray) -> np.ndarray:
+    """Replicates of the mean-over-seeds contrast, (n_boot,), from each seed's contrast on replicate b's slide
+    resample ``per_seed_boot`` (n_boot, S) and the seed draws ``seed_counts`` (n_boot, S) of
+    :func:`seed_resamples`. The seed part (drawn seeds' mean minus all seeds' mean, on the same slides) is scaled
+    by sqrt(S / (S - 1)): drawing S of S seeds with replacement carries (S - 1) / S of their variance (Davison &
+    Hinkley 1997, section 3.8). With one seed, the slide stage alone."""
+    per_seed_boot = np.asarray(per_seed_boot, dtype=np.float64)
+    n_seeds = per_seed_boot.shape[1]
+    slides_only = per_seed_boot.mean(axis=1)  # every seed, on replicate b's slides
+    if n_seeds < 2:
+        return slides_only
+    drawn = (per_seed_boot * seed_counts).sum(axis=1) / n_seeds  # the drawn seeds, on the same slides
+    return slides_only + math.sqrt(n_seeds / (n_seeds - 1)) * (drawn - slides_only)
 
 
 def bootstrap_p_value(draws: np.ndarray, margin: float, direction: int = 1) -> float:
@@ -112,6 +131,27 @@ def bootstrap_p_value(draws: np.ndarray, margin: float, direction: int = 1) -> f
     if d.size == 0 or not np.isfinite(d).all():
         return math.nan
     return float((1 + np.count_nonzero(d <= margin)) / (1 + d.size))
+
+
+def decision_p_values(draws: np.ndarray, margin: float, direction: int) -> tuple[float, float]:
+    """One-sided bootstrap p-values of a claim's two decisions, ``(p_support, p_contradict)``, add-one corrected.
+
+    ``direction`` +1 / -1: the claimed sign; supported means direction x difference > margin, contradicted
+    direction x difference < -margin. ``direction`` 0: an equivalence claim ("no change"): supported means
+    |difference| < margin (two one-sided tests, the larger p), contradicted means the difference lies beyond
+    -margin or beyond +margin (the smaller one-sided p, doubled for the two sides). NaN when a draw is not
+    finite."""
+    d = np.asarray(draws, dtype=np.float64)
+    if d.size == 0 or not np.isfinite(d).all():
+        return math.nan, math.nan
+    share = lambda wrong: float((1 + np.count_nonzero(wrong)) / (1 + d.size))  # noqa: E731
+    if direction in (1, -1):
+        return share(direction * d <= margin), share(direction * d >= -margin)
+    if direction != 0:
+        raise ValueError(f"direction must be +1, -1 or 0 (equivalence), got {direction!r}")
+    support = max(share(d <= -margin), share(d >= margin))
+    contradict = min(1.0, 2.0 * min(share(d >= -margin), share(d <= margin)))
+    return support, contradict
 
 
 def holm_adjust(p_values: Sequence[float]) -> np.ndarray:

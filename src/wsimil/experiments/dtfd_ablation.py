@@ -43,10 +43,10 @@ class DTFDAblation(Experiment):
         return written + plot_dtfd_ablation(data, report.figure_path("dtfd_ablation"))
 
     def claims(self, config, results, cells):
-        from wsimil.reporting.evidence import dtfd_claims
+        from wsimil.reporting.evidence import dtfd_claims, fit_bar
 
         own = [c for c in cells.values() if c.experiment == self.name]
-        return dtfd_claims(results, own, list(config["training"]["seeds"]))
+        return dtfd_claims(results, own, list(config["training"]["seeds"]), fit_bar(config))
 
     def findings(self, config, results, cells, df, claims) -> list[str]:
         from wsimil.reporting.evidence import dtfd_points

@@ -66,9 +66,9 @@ class MiNetCurves(Experiment):
         return written + plot_training_curves(hist, report.figure_path("minet_curves"))
 
     def claims(self, config, results, cells):
-        from wsimil.reporting.evidence import minet_claim
+        from wsimil.reporting.evidence import minet_claim, fit_bar
 
-        return [minet_claim(results, cells["minet_curves"], list(config["training"]["seeds"]))]
+        return [minet_claim(results, cells["minet_curves"], list(config["training"]["seeds"]), fit_bar(config))]
 
     def findings(self, config, results, cells, df, claims) -> list[str]:
         from wsimil.reporting.evidence import train_val_gaps

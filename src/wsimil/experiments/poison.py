@@ -56,11 +56,11 @@ class Poison(Experiment):
         return written
 
     def claims(self, config, results, cells):
-        from wsimil.reporting.evidence import poison_claim
+        from wsimil.reporting.evidence import poison_claim, fit_bar
 
         if "standard" not in cells:
             return []
-        return [poison_claim(results, cells, list(config["training"]["seeds"]))]
+        return [poison_claim(results, cells, list(config["training"]["seeds"]), fit_bar(config))]
 
     def findings(self, config, results, cells, df, claims) -> list[str]:
         from wsimil.reporting.summary import claim_text, per_method

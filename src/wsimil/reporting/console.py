@@ -50,6 +50,8 @@ def read_claims(path: Path) -> tuple[list[dict[str, str]], str]:
     if missing:
         return [], f"lacks the column(s) {', '.join(missing)}"
     rows = [dict(zip(header, map(_cell, r))) for r in table[1:]]
+    if "level" in header:  # a family claim's pairs have their own rows: the verdicts are the claims'
+        rows = [r for r in rows if r.get("level") == "claim"]
     return rows, "" if rows else "lists no claim"
 
 

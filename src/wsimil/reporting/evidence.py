@@ -1,12 +1,24 @@
 """The evidence behind SUMMARY.md: a slide-AUC interval per method and cell, and for every claim of the papers
-a paired interval of the difference it is about, with a three-valued verdict.
+the interval of the difference it is about, read method pair by method pair, with a three-valued verdict.
 
-Intervals (:mod:`wsimil.evaluation.intervals`): each method's score of a slide is the mean over its seeds;
-the slides are resampled with replacement within each class (a stratified bootstrap), and every AUC that
-enters one contrast is computed on the *same* resample of the slides they share (the test slides clean and
-poisoned; the test slides and their copies from the held-out hospital; the training or validation slides of
-two methods). Two slide sets that are different slides are resampled independently. The rules below, the
-margin and the bar were fixed before any run; the verdict is whatever the intervals give.
+**What varies between reproductions** is both the test slides and training. A claim is read on the papers'
+quantity, the AUC of a single trained model: per seed, the contrast of that seed's models (seed s of every
+method and cell trained with seed s), averaged over the seeds. Its interval is a two-stage bootstrap
+(:mod:`wsimil.evaluation.hierarchical`): the seeds are drawn with replacement, then the test slides within each
+class, every AUC of one contrast on the same resampled slides where they are the same slides or tissue (clean
+and poisoned; a slide and its copy from the held-out hospital; a DTFD slide with its pseudo-bags; a tumour slide
+with its patches). The seed-averaged ("ensemble") AUCs of the tables and cards stand beside them, labelled.
+
+**Method by method.** A family claim (max-pooling vs attention) is read on every pair of a max-pooling and an
+attention method of the run; its verdict comes from the pairs' (:func:`~wsimil.evaluation.hierarchical.
+family_verdict`: supported only when no pair contradicts it and it survives leaving out any one method).
+
+**Decisions.** Each reading gets one-sided bootstrap p-values of support (beyond ``MARGIN`` in the claimed
+direction) and of contradiction (beyond it the other way); every reading of one SUMMARY is decided together
+at family-wise level ``ALPHA`` by Holm's step-down adjustment, and only on at least ``MIN_SEEDS`` seeds whose
+runs all fit their training set (run.json ``fits_training_set``): a run that does not is left out with its
+seed and listed. The rules, the margin and the bars were fixed before any run; the verdict is whatever the
+numbers give.
 
 Claims (``MARGIN`` = 0.05 AUC; direction: which sign the papers claim):
 
@@ -14,12 +26,11 @@ Claims (``MARGIN`` = 0.05 AUC; direction: which sign the papers claim):
 - **ood**: max-pooling's change from the test slides to the unseen hospital minus attention's > 0 (FocusMIL).
 - **dtfd_tier1**: DTFD's Tier-1 AUC at the largest number of pseudo-bags minus at the smallest < 0, and
   **dtfd_tier2**: the same change of the Tier-2 (slide) AUC lies within +-margin (DTFD-MIL): an equivalence
-  claim, supported when the whole interval lies inside +-margin, contradicted when it lies beyond -margin.
-- **patch**: max-pooling's mean patch AUC minus attention's > 0 (FocusMIL: max-pooling localises tumour far
+  claim (two one-sided tests), contradicted when it lies beyond -margin or beyond +margin.
+- **patch**: max-pooling's patch AUC minus attention's > 0 (FocusMIL: max-pooling localises tumour far
   better): on the patches of the test tumour slides, positives = any tumour in the patch (the definition the
-  synthetic tumour's look is calibrated on with a supervised probe, docs/data.md), paired by resampling the
-  tumour slides with all their patches (a cluster bootstrap) for every method and seed at once; a method's
-  AUC is the mean of its seeds' patch AUCs (instance scores of different seeds are not on one scale).
+  synthetic tumour's look is calibrated on with a supervised probe, docs/data.md), the tumour slides resampled
+  with all their patches (a cluster bootstrap); instance scores of different seeds are never pooled.
 - **minet_gap**: mi-Net's train - validation AUC gap minus FocusMIL's > 0 (FocusMIL's "why mi-Net overfits").
 - **milunit** (per method, Raff & Holt): "did not learn the task" when the mean validation AUC is below
   ``LEARN_BAR``; else "learned the poison" when the test AUC interval lies below 0.5, "respects the MIL
@@ -30,7 +41,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -38,14 +49,22 @@ import numpy as np
 import pandas as pd
 
 from wsimil.evaluation.evaluate import ANY_TUMOUR, read_instance_scores, read_predictions, read_tumor_fraction
+from wsimil.evaluation.hierarchical import (decision_p_values, family_verdict, holm_adjust, seed_resamples,
+                                            seed_slide_interval, two_stage_draws)
 from wsimil.evaluation.intervals import (Interval, cluster_auc_matrix, cluster_aucs, contrast_interval, seed_averaged,
-                                         stratified_counts, verdict)
-from wsimil.experiments import Cell, experiment_cells, manifest_subpath, plan_cells
+                                         stratified_counts)
+from wsimil.experiments import Cell, manifest_subpath, plan_cells
 from wsimil.features.store import feature_path
 from wsimil.io import WsimilError
 
 #: the margin (AUC) a paired interval must clear for a claim to be decided
 MARGIN = 0.05
+#: family-wise error rate of one SUMMARY's decisions (Holm over every pair reading)
+ALPHA = 0.05
+#: a reading is decided only on at least this many seeds whose runs all fit their training set
+MIN_SEEDS = 5
+#: the fit gate's bar without a config (``evaluation.fit_bar``'s default; = wsimil.training.loop.FIT_BAR)
+DEFAULT_FIT_BAR = 0.9
 #: MIL unit test: below this mean validation AUC a method "did not learn the task"
 LEARN_BAR = 0.7
 #: bootstrap resamples of every interval, and its seed
@@ -54,13 +73,34 @@ BOOT_SEED = 0
 #: a cell is flagged "not converged" when more than this share of its runs selected their last epoch
 LAST_EPOCH_FLAG = 0.25
 FAMILIES = ("max-pooling", "attention")
-CLAIM_COLUMNS = ["claim", "statement", "contrast", "estimate", "ci_low", "ci_high", "margin", "claimed_sign",
-                 "verdict", "rule"]
+CLAIM_COLUMNS = ["claim", "level", "pair", "statement", "contrast", "estimate", "ci_low", "ci_high", "margin",
+                 "claimed_sign", "seeds", "runs_left_out", "p_support", "p_contradict", "p_holm", "verdict", "rule"]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One pre-declared contrast of a claim: a (max-pooling, attention) pair of methods, or the claim's only
+    contrast. ``interval``: the two-stage (seeds x slides) 95% interval of the mean over seeds of the single
+    models' difference; ``draws`` (N_BOOT,) its replicates; ``seeds``: the seeds it uses (those whose runs all fit);
+    ``left_out``: the undertrained runs it leaves out; the p-values and verdict are set by :func:`adjust`."""
+
+    label: str
+    interval: Interval
+    draws: np.ndarray = field(repr=False, compare=False)
+    seeds: int = 0
+    pair: tuple[str, str] | None = None
+    left_out: tuple[str, ...] = ()
+    p_support: float = math.nan
+    p_contradict: float = math.nan
+    p_holm: float = math.nan
+    verdict: str = "inconclusive"
+    note: str = ""
 
 
 @dataclass(frozen=True)
 class Claim:
-    """One checked claim: the contrast, its paired interval and the verdict by the rule fixed before the run."""
+    """One checked claim: its readings (one per pre-declared pair, or one), the interval of the contrast it is
+    about (a family claim: the mean over its pairs), and the verdict by the rules fixed before the run."""
 
     key: str
     claim: str
@@ -70,12 +110,50 @@ class Claim:
     direction: int
     verdict: str
     rule: str
+    readings: tuple[Reading, ...] = ()
+    why: str = ""
+    equivalence: bool = False
+
+    @property
+    def is_family(self) -> bool:
+        return len(self.readings) > 1 or any(r.pair is not None for r in self.readings)
 
     def row(self) -> dict[str, Any]:
+        """The claim's own row of tables/claims (level "claim")."""
         iv = self.interval
-        return {"claim": self.key, "statement": self.claim, "contrast": self.contrast, "estimate": iv.estimate,
-                "ci_low": iv.low, "ci_high": iv.high, "margin": self.margin, "claimed_sign": "positive" if self.direction > 0 else "negative",
-                "verdict": self.verdict, "rule": self.rule}
+        one = self.readings[0] if len(self.readings) == 1 else None
+        return {"claim": self.key, "level": "claim",
+                "pair": f"family ({len(self.readings)} pairs)" if self.is_family else (one.label if one else ""),
+                "statement": self.claim, "contrast": self.contrast, "estimate": iv.estimate, "ci_low": iv.low,
+                "ci_high": iv.high, "margin": self.margin, "claimed_sign": self.sign,
+                "seeds": one.seeds if one else (min((r.seeds for r in self.readings), default=0)),
+                "runs_left_out": "; ".join(sorted({x for r in self.readings for x in r.left_out})),
+                "p_support": one.p_support if one and not self.is_family else math.nan,
+                "p_contradict": one.p_contradict if one and not self.is_family else math.nan,
+                "p_holm": one.p_holm if one and not self.is_family else math.nan,
+                "verdict": self.verdict, "rule": self.rule + (f" ({self.why})" if self.why else "")}
+
+    @property
+    def sign(self) -> str:
+        return "none (equivalence)" if self.equivalence else "positive" if self.direction > 0 else "negative"
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The claim's row, then one row per pair of a family claim (level "pair")."""
+        out = [self.row()]
+        if self.is_family:
+            for r in self.readings:
+                iv = r.interval
+                out.append({"claim": self.key, "level": "pair", "pair": r.label, "statement": self.claim,
+                            "contrast": self.contrast, "estimate": iv.estimate, "ci_low": iv.low, "ci_high": iv.high,
+                            "margin": self.margin, "claimed_sign": self.sign, "seeds": r.seeds,
+                            "runs_left_out": "; ".join(r.left_out), "p_support": r.p_support,
+                            "p_contradict": r.p_contradict, "p_holm": r.p_holm, "verdict": r.verdict,
+                            "rule": READING_RULE + (f" ({r.note})" if r.note else "")})
+        return out
+
+
+READING_RULE = (f"Holm-adjusted p <= {ALPHA} over every reading of the summary, on >= {MIN_SEEDS} seeds whose runs "
+                "fit their training set; else inconclusive")
 
 
 def family_of(method: str) -> str:
@@ -186,6 +264,13 @@ def tissue_map(config: Mapping[str, Any]) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------ claims
+#
+# Every claim is read on the papers' quantity, the AUC of a single trained model: per seed, the contrast of that
+# seed's models, averaged over the seeds, with a two-stage bootstrap over training seeds and test slides
+# (wsimil.evaluation.hierarchical). A family claim ("max-pooling beats attention") is read on every pair of a
+# max-pooling and an attention method in the run; the family verdict comes from its pairs by
+# hierarchical.family_verdict. Every reading of one SUMMARY is decided at a family-wise ALPHA (Holm); a run
+# that does not fit its training set (run.json fits_training_set) is left out with its seed, per reading.
 
 
 def _unavailable(key: str, claim: str, why: str, direction: int = 1) -> Claim:
@@ -196,52 +281,213 @@ def _unavailable(key: str, claim: str, why: str, direction: int = 1) -> Claim:
 def _rule(direction: int) -> str:
     side = f"> +{MARGIN}" if direction > 0 else f"< -{MARGIN}"
     other = f"< -{MARGIN}" if direction > 0 else f"> +{MARGIN}"
-    return (f"supported when the whole 95% interval is {side}, contradicted when it is {other}, "
-            "inconclusive otherwise")
+    return (f"a reading is supported when the difference is {side} (one-sided bootstrap p, Holm-adjusted over "
+            f"the summary's readings, <= {ALPHA}; unadjusted, the whole 95% interval beyond the margin), "
+            f"contradicted when it is {other} by the same test, inconclusive otherwise or on fewer than "
+            f"{MIN_SEEDS} fitted seeds")
 
 
-def poison_claim(results: Path, cells: Mapping[str, Cell], seeds: Sequence[int]) -> Claim:
+_EQUIVALENCE_RULE = (f"a reading is supported when the difference lies within ±{MARGIN} (two one-sided tests, the "
+                     f"larger p, Holm-adjusted <= {ALPHA}; unadjusted, the whole 95% interval inside ±{MARGIN}), "
+                     f"contradicted when it lies beyond −{MARGIN} or beyond +{MARGIN}, inconclusive otherwise or "
+                     f"on fewer than {MIN_SEEDS} fitted seeds")
+
+
+def _family_rule() -> str:
+    return ("family verdict: supported when no pair contradicts and, whichever one method is left out, a supported "
+            "pair remains; contradicted likewise; inconclusive otherwise")
+
+
+def fit_bar(config: Mapping[str, Any] | None) -> float:
+    """The fit gate's bar (``evaluation.fit_bar``; the schema's default without a config)."""
+    return float(config["evaluation"]["fit_bar"]) if config else DEFAULT_FIT_BAR
+
+
+def run_fit(results: Path, cell: str, method: str, seed: int, bar: float = DEFAULT_FIT_BAR) -> tuple[bool, float]:
+    """Whether a run fits its training set, its last-epoch model's training slide AUC (run.json
+    ``final_train_auc``) at least ``bar``, and that AUC (NaN when not recorded: a run recorded before the fit gate
+    counts as fitting)."""
+    p = run_dir(results, cell, method, seed) / "run.json"
+    try:
+        meta = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WsimilError(f"cannot read run record {p}: {exc}") from exc
+    auc = meta.get("final_train_auc")
+    auc = float(auc) if isinstance(auc, (int, float)) and not isinstance(auc, bool) else math.nan
+    return (auc >= bar if math.isfinite(auc) else bool(meta.get("fits_training_set", True))), auc
+
+
+def fitted_seeds(results: Path, runs: Sequence[tuple[str, str]], seeds: Sequence[int],
+                 bar: float = DEFAULT_FIT_BAR) -> tuple[list[int], list[str]]:
+    """The seeds whose runs ``(cell, method)`` all fit their training set, and the runs that do not
+    ("cell/method/seedN")."""
+    kept, out = [], []
+    for s in seeds:
+        bad = [f"{c}/{m}/seed{s}" for c, m in runs if not run_fit(results, c, m, s, bar)[0]]
+        out += bad
+        if not bad:
+            kept.append(s)
+    return kept, out
+
+
+def undertrained(results: Path, cells: Sequence[Cell], seeds: Sequence[int],
+                 bar: float = DEFAULT_FIT_BAR) -> pd.DataFrame:
+    """Every run that does not fit its training set: columns cell, method, seed, final_train_auc."""
+    rows = []
+    for c in cells:
+        for m in c.methods:
+            for s in seeds:
+                fits, auc = run_fit(results, c.name, m, s, bar)
+                if not fits:
+                    rows.append({"cell": c.name, "method": m, "seed": s, "final_train_auc": auc})
+    return pd.DataFrame(rows, columns=["cell", "method", "seed", "final_train_auc"])
+
+
+def seed_matrix(results: Path, cell: Cell, seeds: Sequence[int], split: str = "test",
+                methods: Sequence[str] | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Every seed's own slide scores: ``(slide ids (n,) sorted, labels (n,), scores (S, n, M))`` for ``seeds`` x
+    ``methods`` of ``cell`` on ``split``; refused when the runs score different slides or labels."""
+    methods = list(methods or cell.methods)
+    ids: list[str] | None = None
+    labels = None
+    out = np.zeros((len(seeds), 0, len(methods)))
+    for i, s in enumerate(seeds):
+        for j, m in enumerate(methods):
+            path = run_dir(results, cell.name, m, s) / "predictions.csv"
+            p = read_predictions(path)
+            p = p[p["split"] == split].sort_values("slide_id")
+            these = p["slide_id"].astype(str).tolist()
+            if ids is None:
+                ids, labels = these, p["label"].astype(int).to_numpy()
+                out = np.zeros((len(seeds), len(ids), len(methods)))
+                if not ids:
+                    raise WsimilError(f"cell {cell.name}: no {split} slides in {path}")
+            elif these != ids or not np.array_equal(p["label"].astype(int).to_numpy(), labels):
+                raise WsimilError(f"{path}: its {split} slides or labels differ from the other runs of cell {cell.name}")
+            out[i, :, j] = p["score"].astype(float).to_numpy()
+    return ids or [], labels if labels is not None else np.zeros(0, int), out
+
+
+def _reading(label: str, groups: list[tuple[np.ndarray, np.ndarray]], weights: list[np.ndarray],
+             pair_keys: list[str], seeds: Sequence[int], left_out: Sequence[str],
+             pair: tuple[str, str] | None) -> Reading:
+    iv, draws = seed_slide_interval(groups, weights, n_boot=N_BOOT, seed=BOOT_SEED, pair_keys=pair_keys,
+                                    return_draws=True)
+    return Reading(label, iv, draws, len(seeds), pair, tuple(left_out))
+
+
+def _no_seeds(label: str, left_out: Sequence[str], pair: tuple[str, str] | None) -> Reading:
+    nan = Interval(math.nan, math.nan, math.nan)
+    return Reading(label, nan, np.full(N_BOOT, math.nan), 0, pair, tuple(left_out), note="no seed whose runs all fit")
+
+
+def family_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
+    """Every pre-declared (max-pooling, attention) pair of ``methods``, in the run's method order."""
+    mp = [m for m in methods if family_of(m) == "max-pooling"]
+    att = [m for m in methods if family_of(m) == "attention"]
+    return [(a, b) for a in mp for b in att]
+
+
+def _family_claim(key: str, claim: str, contrast: str, readings: list[Reading], direction: int = 1) -> Claim:
+    """A family claim from its pair readings; the interval is that of the mean over the pairs (their replicates
+    share the seed and slide resamples when they use the same seeds). Verdicts are set by :func:`adjust`."""
+    finite = [r for r in readings if np.isfinite(r.draws).all()]
+    if finite:
+        draws = np.mean([r.draws for r in finite], axis=0)
+        est = float(np.mean([r.interval.estimate for r in finite]))
+        lo, hi = np.quantile(draws, [0.025, 0.975])
+        iv = Interval(est, float(lo), float(hi), 0.95, N_BOOT)
+    else:
+        iv = Interval(math.nan, math.nan, math.nan)
+    return Claim(key, claim, contrast, iv, MARGIN, direction, "inconclusive", _rule(direction) + "; " + _family_rule(),
+                 tuple(readings))
+
+
+def _two_cell_pairs(results: Path, base: Cell, other: Cell, seeds: Sequence[int], order: list[int] | None,
+                    base_w: tuple[float, float], other_w: tuple[float, float], paired: bool,
+                    keys: tuple[str, str], bar: float) -> list[Reading]:
+    """One reading per (max-pooling, attention) pair run in both cells: base_w @ AUC_base + other_w @ AUC_other
+    of the pair's single models, per seed; ``order`` re-indexes ``other``'s slides onto ``base``'s."""
+    methods = [m for m in other.methods if m in base.methods]
+    out = []
+    for a, b in family_pairs(methods):
+        kept, left = fitted_seeds(results, [(base.name, a), (base.name, b), (other.name, a), (other.name, b)], seeds,
+                                  bar)
+        if not kept:
+            out.append(_no_seeds(f"{a} vs {b}", left, (a, b)))
+            continue
+        _, y0, s0 = seed_matrix(results, base, kept, methods=[a, b])
+        _, y1, s1 = seed_matrix(results, other, kept, methods=[a, b])
+        if order is not None:
+            y1, s1 = y1[order], s1[:, order]
+        out.append(_reading(f"{a} vs {b}", [(y0, s0), (y1, s1)], [np.array(base_w), np.array(other_w)],
+                            ["test", "test"] if paired else list(keys), kept, left, (a, b)))
+    return out
+
+
+def _order_onto(config: Mapping[str, Any], base_ids: list[str], other_ids: list[str]) -> list[int] | None:
+    """Indices that put ``other_ids`` in ``base_ids``' order when they are the same slides or the same tissue (a
+    held-out hospital's copies), else None (then the two slide sets are resampled independently)."""
+    if other_ids == base_ids:
+        return list(range(len(base_ids)))
+    tissue = tissue_map(config)
+    keys = [tissue.get(s, s) for s in other_ids]
+    if sorted(keys) == base_ids and len(set(keys)) == len(keys):
+        where = {k: i for i, k in enumerate(keys)}
+        return [where[s] for s in base_ids]
+    return None
+
+
+def poison_claim(results: Path, cells: Mapping[str, Cell], seeds: Sequence[int], bar: float = DEFAULT_FIT_BAR) -> Claim:
     claim = "max-pooling resists the poison, attention does not (FocusMIL)"
     clean, pois = cells["standard"], cells["poison"]
     methods = [m for m in pois.methods if m in clean.methods]
     if not _has_both_families(methods):
         return _unavailable("poison", claim, "the poison cell needs methods of both families")
-    a = cell_scores(results, clean, seeds, methods=methods)
-    b = cell_scores(results, pois, seeds, methods=methods)
-    if list(a.index) != list(b.index) or not (a["label"].to_numpy() == b["label"].to_numpy()).all():
+    a, _, _ = seed_matrix(results, clean, seeds[:1], methods=methods[:1])
+    b, _, _ = seed_matrix(results, pois, seeds[:1], methods=methods[:1])
+    if a != b:
         raise WsimilError("standard and poison cells score different test slides: cannot pair them")
-    y = a["label"].to_numpy()
-    # (att_clean - att_pois) - (mp_clean - mp_pois) = w.AUC_clean - w.AUC_pois with w = att - mp averages
-    w = _family_weights(methods, {"attention": 1.0, "max-pooling": -1.0})
-    iv = contrast_interval([(y, a[methods].to_numpy()), (y, b[methods].to_numpy())], [w, -w],
-                           n_boot=N_BOOT, seed=BOOT_SEED, pair_keys=["test", "test"])
-    return Claim("poison", claim, "attention's loss (clean − poisoned AUC) − max-pooling's loss, paired on the "
-                 f"{len(y)} test slides", iv, MARGIN, 1, verdict(iv, MARGIN, 1), _rule(1))
+    # (att_clean - att_pois) - (mp_clean - mp_pois): clean weights (mp -1, att +1), poisoned (mp +1, att -1)
+    readings = _two_cell_pairs(results, clean, pois, seeds, None, (-1.0, 1.0), (1.0, -1.0), True, ("test", "test"),
+                               bar)
+    return _family_claim("poison", claim, "attention's loss (clean − poisoned AUC) − max-pooling's loss, each seed's "
+                         f"single models, paired on the {len(a)} test slides", readings)
 
 
 def ood_claim(config: Mapping[str, Any], results: Path, cells: Mapping[str, Cell], seeds: Sequence[int]) -> Claim:
     claim = "max-pooling is more robust to an unseen hospital (FocusMIL)"
-    std, ood = cells["standard"], cells["ood"]
-    methods = [m for m in ood.methods if m in std.methods]
+    return family_change_claim(config, results, cells["standard"], cells["ood"], "ood", claim, seeds,
+                               "their copies from the held-out hospital")
+
+
+def family_change_claim(config: Mapping[str, Any], results: Path, base: Cell, other: Cell, key: str,
+                        claim: str, seeds: Sequence[int] | None = None, copies: str = "") -> Claim:
+    """Max-pooling's change in test slide AUC from ``base`` to ``other`` (other − base) minus attention's, read on
+    every (max-pooling, attention) pair with the two-stage interval (the same test slides, or the same tissue,
+    resampled together) and the directional rule (claimed sign positive: max-pooling is hurt less): the form of
+    the ood claim, for an experiment's own trial (:meth:`wsimil.experiments.Experiment.claims`)."""
+    seeds = list(config["training"]["seeds"]) if seeds is None else list(seeds)
+    methods = [m for m in other.methods if m in base.methods]
     if not _has_both_families(methods):
-        return _unavailable("ood", claim, "the ood cell needs methods of both families")
-    # the same tissue stained by the held-out hospital: resample the pairs together
-    iv, paired, a, b = _family_change(config, results, std, ood, methods, seeds, ("test", "ood"))
-    how = (f"paired on the {len(a)} test slides and their copies from the held-out hospital" if paired else
-           f"{len(a)} test and {len(b)} out-of-distribution slides resampled independently")
-    return Claim("ood", claim, f"max-pooling's change (ood − standard AUC) − attention's, {how}", iv, MARGIN, 1,
-                 verdict(iv, MARGIN, 1), _rule(1))
+        return _unavailable(key, claim, f"the {other.name} cell needs methods of both families")
+    a, _, _ = seed_matrix(results, base, seeds[:1], methods=methods[:1])
+    b, _, _ = seed_matrix(results, other, seeds[:1], methods=methods[:1])
+    order = _order_onto(config, a, b)
+    paired = order is not None
+    readings = _two_cell_pairs(results, base, other, seeds, order, (-1.0, 1.0), (1.0, -1.0), paired,
+                               ("base", "other"), fit_bar(config))
+    how = (f"paired on the {len(a)} test slides" + (f" and {copies}" if copies and a != b else "") if paired else
+           f"{len(a)} and {len(b)} test slides resampled independently")
+    return _family_claim(key, claim, f"max-pooling's change ({other.name} − {base.name} AUC) − attention's, each "
+                         f"seed's single models, {how}", readings)
 
 
-def patch_auc_draws(config: Mapping[str, Any], results: Path, cell: Cell, seeds: Sequence[int],
-                    methods: Sequence[str]) -> tuple[np.ndarray, np.ndarray, str] | str:
-    """Each method's patch AUC (any tumour) on the patches of the test tumour slides, the mean of its seeds',
-    on the slides as they are and on ``N_BOOT`` resamples of the tumour slides with all their patches (one
-    cluster bootstrap shared by every method and seed). Returns ``(point (M,), boot (N_BOOT, M), what)`` or the
-    reason it cannot be computed."""
-    test = cell_scores(results, cell, seeds, methods=methods)
+def _tumour_patches(results: Path, cell: Cell, ids: list[str], labels: np.ndarray):
+    """The test tumour slides with patch labels, their patches' labels (any tumour) and slides, or the reason
+    they cannot be read."""
     features = Path(results) / manifest_subpath(cell)
-    tumour = [s for s in test.index if test.loc[s, "label"] == 1]
+    tumour = [s for s, y in zip(ids, labels) if y == 1]
     try:
         files = {s: feature_path(features, s) for s in tumour}
     except WsimilError as exc:  # e.g. feature files deleted after training to save disk
@@ -251,14 +497,28 @@ def patch_auc_draws(config: Mapping[str, Any], results: Path, cell: Cell, seeds:
     if len(tumour) < 2:
         return "fewer than two test tumour slides have patch labels (tumor_fraction)"
     slide_of = np.concatenate([np.full(len(fractions[s]), k) for k, s in enumerate(tumour)])
-    labels = (np.concatenate([fractions[s] for s in tumour]) >= ANY_TUMOUR).astype(int)  # as the *_any metrics
-    if labels.all() or not labels.any():
+    patch_labels = (np.concatenate([fractions[s] for s in tumour]) >= ANY_TUMOUR).astype(int)  # as the *_any metrics
+    if patch_labels.all() or not patch_labels.any():
         return "the test tumour slides' patches are all of one class"
+    return tumour, patch_labels, slide_of
+
+
+def patch_auc_per_seed(config: Mapping[str, Any], results: Path, cell: Cell, seeds: Sequence[int],
+                       methods: Sequence[str]) -> tuple[np.ndarray, np.ndarray, str] | str:
+    """Each method's and seed's patch AUC (any tumour) on the patches of the test tumour slides, on the slides as
+    they are and on ``N_BOOT`` resamples of the tumour slides with all their patches (one cluster bootstrap shared
+    by every method and seed). Returns ``(point (M, S), boot (N_BOOT, M, S), what)`` or why it cannot be
+    computed."""
+    ids, y, _ = seed_matrix(results, cell, list(seeds)[:1], methods=list(methods)[:1])
+    got = _tumour_patches(results, cell, ids, y)
+    if isinstance(got, str):
+        return got
+    tumour, labels, slide_of = got
     rng = np.random.default_rng(BOOT_SEED)
     counts = rng.multinomial(len(tumour), np.full(len(tumour), 1.0 / len(tumour)), size=N_BOOT)
-    point, boot = np.zeros(len(methods)), np.zeros((N_BOOT, len(methods)))
+    point, boot = np.zeros((len(methods), len(seeds))), np.zeros((N_BOOT, len(methods), len(seeds)))
     for j, m in enumerate(methods):
-        for sd in seeds:
+        for k, sd in enumerate(seeds):
             path = run_dir(results, cell.name, m, sd) / "instance_scores.h5"
             sc = read_instance_scores(path, tumour)
             score = np.concatenate([sc[s] for s in tumour])
@@ -268,9 +528,78 @@ def patch_auc_draws(config: Mapping[str, Any], results: Path, cell: Cell, seeds:
             if not np.isfinite(score).all():
                 return f"{m} seed {sd} has non-finite instance scores"
             mat = cluster_auc_matrix(labels, slide_of, score, len(tumour))
-            point[j] += cluster_aucs(*mat, np.ones(len(tumour)))[0] / len(seeds)
-            boot[:, j] += cluster_aucs(*mat, counts) / len(seeds)
+            point[j, k] = cluster_aucs(*mat, np.ones(len(tumour)))[0]
+            boot[:, j, k] = cluster_aucs(*mat, counts)
     return point, boot, f"the {len(labels)} patches of the {len(tumour)} test tumour slides, resampled by slide"
+
+
+def patch_auc_draws(config: Mapping[str, Any], results: Path, cell: Cell, seeds: Sequence[int],
+                    methods: Sequence[str]) -> tuple[np.ndarray, np.ndarray, str] | str:
+    """Each method's patch AUC (any tumour), the mean of its seeds' (the cards' number): ``(point (M,), boot
+    (N_BOOT, M), what)`` from :func:`patch_auc_per_seed`, or why it cannot be computed."""
+    got = patch_auc_per_seed(config, results, cell, seeds, methods)
+    if isinstance(got, str):
+        return got
+    point, boot, what = got
+    return point.mean(axis=1), boot.mean(axis=2), what
+
+
+def _per_seed_reading(label: str, point: np.ndarray, boot: np.ndarray, seeds: int, left_out: Sequence[str],
+                      pair: tuple[str, str] | None) -> Reading:
+    """A reading from each seed's contrast on the data as they are, ``point`` (S,), and on the shared slide
+    resamples, ``boot`` (N_BOOT, S): the seed stage drawn here (wsimil.evaluation.hierarchical)."""
+    if not (np.isfinite(point).all() and np.isfinite(boot).all()):
+        nan = Interval(math.nan, math.nan, math.nan)
+        return Reading(label, nan, np.full(N_BOOT, math.nan), seeds, pair, tuple(left_out),
+                       note="a resample had one class only")
+    counts = seed_resamples(point.shape[0], N_BOOT, np.random.default_rng(BOOT_SEED))
+    draws = two_stage_draws(boot, counts)
+    lo, hi = np.quantile(draws, [0.025, 0.975])
+    return Reading(label, Interval(float(point.mean()), float(lo), float(hi), 0.95, N_BOOT), draws, seeds, pair,
+                   tuple(left_out))
+
+
+def patch_claim(config: Mapping[str, Any], results: Path, cell: Cell, seeds: Sequence[int]) -> Claim:
+    claim = "max-pooling localises tumour patches better than attention (FocusMIL)"
+    methods = list(cell.methods)
+    if not _has_both_families(methods):
+        return _unavailable("patch", claim, "the standard cell needs methods of both families")
+    got = patch_auc_per_seed(config, results, cell, seeds, methods)
+    if isinstance(got, str):
+        return _unavailable("patch", claim, got)
+    point, boot, what = got
+    col = {m: j for j, m in enumerate(methods)}
+    readings = []
+    for a, b in family_pairs(methods):
+        kept, left = fitted_seeds(results, [(cell.name, a), (cell.name, b)], seeds, fit_bar(config))
+        if not kept:
+            readings.append(_no_seeds(f"{a} vs {b}", left, (a, b)))
+            continue
+        k = [list(seeds).index(s) for s in kept]
+        readings.append(_per_seed_reading(f"{a} vs {b}", point[col[a], k] - point[col[b], k],
+                                          boot[:, col[a]][:, k] - boot[:, col[b]][:, k], len(kept), left, (a, b)))
+    return _family_claim("patch", claim, f"max-pooling − attention patch AUC (any tumour) of each seed's single "
+                         f"models on {what}", readings)
+
+
+def minet_claim(results: Path, cell: Cell, seeds: Sequence[int], bar: float = DEFAULT_FIT_BAR) -> Claim:
+    claim = "mi-Net overfits more than FocusMIL (FocusMIL, 'why mi-Net overfits')"
+    if not {"minet", "focusmil"} <= set(cell.methods):
+        return _unavailable("minet_gap", claim, "minet_curves.methods must hold minet and focusmil")
+    methods = ["minet", "focusmil"]
+    kept, left = fitted_seeds(results, [(cell.name, m) for m in methods], seeds, bar)
+    if not kept:
+        reading = _no_seeds("minet vs focusmil", left, None)
+        n_tr = n_va = 0
+    else:
+        _, ytr, tr = seed_matrix(results, cell, kept, "train", methods)
+        _, yva, va = seed_matrix(results, cell, kept, "val", methods)
+        w = np.array([1.0, -1.0])  # (train_minet - train_focus) - (val_minet - val_focus)
+        reading = _reading("minet vs focusmil", [(ytr, tr), (yva, va)], [w, -w], ["train", "val"], kept, left, None)
+        n_tr, n_va = len(ytr), len(yva)
+    return Claim("minet_gap", claim, f"mi-Net's (train − validation AUC) − FocusMIL's, each seed's single models at "
+                 f"their selected epoch; {n_tr} training and {n_va} validation slides, each paired across the two "
+                 "methods", reading.interval, MARGIN, 1, "inconclusive", _rule(1), (reading,))
 
 
 def froc_draws(config: Mapping[str, Any], results: Path, cell: Cell, seeds: Sequence[int],
@@ -306,40 +635,6 @@ def froc_draws(config: Mapping[str, Any], results: Path, cell: Cell, seeds: Sequ
             boot[:, j] += resampled_froc(matches, counts) / len(seeds)
     n_pos = int(sum(labels[s] for s in usable))
     return point, boot, f"the {len(usable)} test slides ({n_pos} tumour), stratified resamples of the slides"
-
-
-def patch_claim(config: Mapping[str, Any], results: Path, cell: Cell, seeds: Sequence[int]) -> Claim:
-    claim = "max-pooling localises tumour patches better than attention (FocusMIL)"
-    methods = list(cell.methods)
-    if not _has_both_families(methods):
-        return _unavailable("patch", claim, "the standard cell needs methods of both families")
-    draws = patch_auc_draws(config, results, cell, seeds, methods)
-    if isinstance(draws, str):
-        return _unavailable("patch", claim, draws)
-    point, boot, what = draws
-    w = _family_weights(methods, {"max-pooling": 1.0, "attention": -1.0})
-    diff = boot @ w
-    if not np.isfinite(diff).all():
-        return _unavailable("patch", claim, "a resample of the tumour slides had patches of one class only")
-    lo, hi = np.quantile(diff, [0.025, 0.975])
-    iv = Interval(float(point @ w), float(lo), float(hi), 0.95, N_BOOT)
-    return Claim("patch", claim, f"max-pooling mean − attention mean of the patch AUC (any tumour) on {what}", iv,
-                 MARGIN, 1, verdict(iv, MARGIN, 1), _rule(1))
-
-
-def minet_claim(results: Path, cell: Cell, seeds: Sequence[int]) -> Claim:
-    claim = "mi-Net overfits more than FocusMIL (FocusMIL, 'why mi-Net overfits')"
-    if not {"minet", "focusmil"} <= set(cell.methods):
-        return _unavailable("minet_gap", claim, "minet_curves.methods must hold minet and focusmil")
-    methods = ["minet", "focusmil"]
-    tr = cell_scores(results, cell, seeds, "train", methods)
-    va = cell_scores(results, cell, seeds, "val", methods)
-    w = np.array([1.0, -1.0])  # (train_minet - train_focus) - (val_minet - val_focus)
-    iv = contrast_interval([(tr["label"].to_numpy(), tr[methods].to_numpy()), (va["label"].to_numpy(), va[methods].to_numpy())],
-                           [w, -w], n_boot=N_BOOT, seed=BOOT_SEED, pair_keys=["train", "val"])
-    return Claim("minet_gap", claim, f"mi-Net's (train − validation AUC) − FocusMIL's; {len(tr)} training and "
-                 f"{len(va)} validation slides, each paired across the two methods", iv, MARGIN, 1,
-                 verdict(iv, MARGIN, 1), _rule(1))
 
 
 def train_val_gaps(results: Path, cell: Cell, seeds: Sequence[int]) -> pd.DataFrame:
@@ -402,9 +697,9 @@ def dtfd_points(results: Path, cells: Sequence[Cell], seeds: Sequence[int]) -> p
     return pd.DataFrame(rows, columns=["n_pseudo_bags", "tier", "auc_seedavg"])
 
 
-def dtfd_claims(results: Path, cells: Sequence[Cell], seeds: Sequence[int]) -> list[Claim]:
-    """Tier 1 falls with more pseudo-bags; Tier 2 does not move (within the margin). Both paired on the
-    test slides (a slide's pseudo-bags are resampled with it)."""
+def dtfd_claims(results: Path, cells: Sequence[Cell], seeds: Sequence[int], bar: float = DEFAULT_FIT_BAR) -> list[Claim]:
+    """Tier 1 falls with more pseudo-bags; Tier 2 does not move (within the margin). Each seed's single model,
+    paired on the test slides (a slide's pseudo-bags are resampled with it), seeds x slides."""
     c1 = "more pseudo-bags hurt DTFD's Tier 1 (DTFD-MIL)"
     c2 = "more pseudo-bags leave DTFD's Tier 2 unchanged (DTFD-MIL)"
     if len(cells) < 2:
@@ -413,28 +708,27 @@ def dtfd_claims(results: Path, cells: Sequence[Cell], seeds: Sequence[int]) -> l
     ordered = sorted(cells, key=lambda c: c.params["n_pseudo_bags"])
     lo, hi = ordered[0], ordered[-1]
     m_lo, m_hi = lo.params["n_pseudo_bags"], hi.params["n_pseudo_bags"]
-    a = cell_scores(results, lo, seeds, methods=[lo.methods[0]])
-    slides, y = list(a.index), a["label"].to_numpy()
-    if list(cell_scores(results, hi, seeds, methods=[hi.methods[0]]).index) != slides:
+    method = lo.methods[0]
+    kept, left = fitted_seeds(results, [(lo.name, method), (hi.name, hi.methods[0])], seeds, bar)
+    slides, y, _ = seed_matrix(results, lo, list(seeds)[:1], methods=[method])
+    if seed_matrix(results, hi, list(seeds)[:1], methods=[hi.methods[0]])[0] != slides:
         raise WsimilError(f"cells {lo.name} and {hi.name} score different test slides: cannot pair them")
     counts = stratified_counts(y, N_BOOT, np.random.default_rng(BOOT_SEED))
-    t_lo, t_hi = _tier_aucs(results, lo, seeds, counts), _tier_aucs(results, hi, seeds, counts)
+    per = {tier: (np.zeros(len(kept)), np.zeros((N_BOOT, len(kept)))) for tier in ("Tier 1", "Tier 2")}
+    for k, s in enumerate(kept):
+        t_lo, t_hi = _tier_aucs(results, lo, [s], counts), _tier_aucs(results, hi, [s], counts)
+        for tier, (point, boot) in per.items():
+            point[k] = t_hi[tier][0] - t_lo[tier][0]
+            boot[:, k] = t_hi[tier][1] - t_lo[tier][1]
     out = []
-    for key, claim, (e0, d0), (e1, d1), direction in (
-        ("dtfd_tier1", c1, t_lo["Tier 1"], t_hi["Tier 1"], -1),
-        ("dtfd_tier2", c2, t_lo["Tier 2"], t_hi["Tier 2"], 0),
-    ):
-        diff = d1 - d0
-        iv = Interval(e1 - e0, float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975)), 0.95, N_BOOT)
-        what = f"{'Tier-1 (pseudo-bag)' if key == 'dtfd_tier1' else 'Tier-2 (slide)'} AUC at M={m_hi} − at M={m_lo}, " \
-               f"paired on the {len(slides)} test slides"
-        if direction:
-            out.append(Claim(key, claim, what, iv, MARGIN, direction, verdict(iv, MARGIN, direction), _rule(direction)))
-        else:
-            v = equivalence_verdict(iv, MARGIN)
-            out.append(Claim(key, claim, what, iv, MARGIN, 1, v,
-                             f"supported when the whole 95% interval lies within ±{MARGIN}, contradicted when it "
-                             f"lies beyond −{MARGIN} or beyond +{MARGIN}, inconclusive otherwise"))
+    for key, claim, tier, direction in (("dtfd_tier1", c1, "Tier 1", -1), ("dtfd_tier2", c2, "Tier 2", 0)):
+        label = f"{method}, M={m_hi} vs M={m_lo}"
+        reading = (_per_seed_reading(label, *per[tier], len(kept), left, None) if kept else
+                   _no_seeds(label, left, None))
+        what = (f"{'Tier-1 (pseudo-bag)' if tier == 'Tier 1' else 'Tier-2 (slide)'} AUC at M={m_hi} − at M={m_lo}, "
+                f"each seed's single model, paired on the {len(slides)} test slides")
+        out.append(Claim(key, claim, what, reading.interval, MARGIN, direction or 1, "inconclusive",
+                         _rule(direction) if direction else _EQUIVALENCE_RULE, (reading,), equivalence=not direction))
     return out
 
 
@@ -474,36 +768,6 @@ def milunit_readings(results: Path, cell: Cell, seeds: Sequence[int]) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def _family_change(config: Mapping[str, Any], results: Path, base: Cell, other: Cell, methods: Sequence[str],
-                   seeds: Sequence[int], unpaired_keys: tuple[str, str]) -> tuple[Interval, bool, pd.DataFrame, pd.DataFrame]:
-    """Max-pooling's change from ``base`` to ``other`` minus attention's, its interval, whether the two slide sets
-    were paired, and the two score tables (test slides x methods)."""
-    a = cell_scores(results, base, seeds, methods=methods)
-    b, paired = aligned_to(config, a, cell_scores(results, other, seeds, methods=methods))
-    w = _family_weights(methods, {"max-pooling": 1.0, "attention": -1.0})
-    groups = [(a["label"].to_numpy(), a[methods].to_numpy()), (b["label"].to_numpy(), b[methods].to_numpy())]
-    iv = contrast_interval(groups, [-w, w], n_boot=N_BOOT, seed=BOOT_SEED,
-                           pair_keys=["test", "test"] if paired else list(unpaired_keys))
-    return iv, paired, a, b
-
-
-def family_change_claim(config: Mapping[str, Any], results: Path, base: Cell, other: Cell, key: str,
-                        claim: str) -> Claim:
-    """Max-pooling's change in test slide AUC from ``base`` to ``other`` (other − base) minus attention's, with
-    the paired interval (the same test slides, or the same tissue, resampled together) and the directional
-    verdict (claimed sign positive: max-pooling is hurt less): the form of the ood claim, for an experiment's
-    own trial (:meth:`wsimil.experiments.Experiment.claims`)."""
-    methods = [m for m in other.methods if m in base.methods]
-    if not _has_both_families(methods):
-        return _unavailable(key, claim, f"the {other.name} cell needs methods of both families")
-    iv, paired, a, b = _family_change(config, results, base, other, methods, list(config["training"]["seeds"]),
-                                      ("base", "other"))
-    how = (f"paired on the {len(a)} test slides" if paired else
-           f"{len(a)} and {len(b)} test slides resampled independently")
-    return Claim(key, claim, f"max-pooling's change ({other.name} − {base.name} AUC) − attention's, {how}", iv,
-                 MARGIN, 1, verdict(iv, MARGIN, 1), _rule(1))
-
-
 def clean_context(results: Path, cell: Cell, seeds: Sequence[int]) -> Interval | None:
     """Max-pooling mean AUC − attention mean AUC on the clean test slides (context, not a claim)."""
     if not _has_both_families(cell.methods):
@@ -523,6 +787,42 @@ def claims(config: Mapping[str, Any], results: Path) -> list[Claim]:
     out: list[Claim] = []
     for exp in sorted(configured(config), key=lambda e: e.summary_order):
         out += exp.claims(config, results, cells)
+    return adjust(out)
+
+
+def adjust(checked: Sequence[Claim]) -> list[Claim]:
+    """Decide every reading of one summary together: its one-sided bootstrap p-values of support and
+    contradiction (:func:`wsimil.evaluation.hierarchical.decision_p_values`), the decision p = 2 x the smaller
+    (capped at 1), Holm-adjusted over every reading on at least ``MIN_SEEDS`` fitted seeds; a reading is decided
+    (the side of the smaller p) when its adjusted p is at most ``ALPHA``. A family claim's verdict then follows
+    from its pairs (:func:`wsimil.evaluation.hierarchical.family_verdict`); a claim of one reading takes its."""
+    flat: list[tuple[int, int, float]] = []
+    updated: list[list[Reading]] = []
+    for i, c in enumerate(checked):
+        rs = []
+        for j, r in enumerate(c.readings):
+            ps, pc = decision_p_values(r.draws, c.margin, 0 if c.equivalence else c.direction)
+            note = r.note
+            if r.seeds < MIN_SEEDS and not note:
+                note = f"{r.seeds} fitted seed{'s' if r.seeds != 1 else ''}, fewer than {MIN_SEEDS}: not decided"
+            rs.append(replace(r, p_support=ps, p_contradict=pc, note=note))
+            if r.seeds >= MIN_SEEDS and math.isfinite(ps) and math.isfinite(pc):
+                flat.append((i, j, min(1.0, 2.0 * min(ps, pc))))
+        updated.append(rs)
+    holm = holm_adjust([p for _, _, p in flat]) if flat else np.zeros(0)
+    for (i, j, _), ph in zip(flat, holm):
+        r = updated[i][j]
+        v = ("supported" if r.p_support <= r.p_contradict else "contradicted") if ph <= ALPHA else "inconclusive"
+        updated[i][j] = replace(r, p_holm=float(ph), verdict=v)
+    out = []
+    for c, rs in zip(checked, updated):
+        if not rs:
+            out.append(c)
+        elif c.is_family:
+            v, why = family_verdict({r.pair: r.verdict for r in rs})
+            out.append(replace(c, readings=tuple(rs), verdict=v, why=why))
+        else:
+            out.append(replace(c, readings=tuple(rs), verdict=rs[0].verdict, why=rs[0].note))
     return out
 
 
