@@ -199,8 +199,22 @@ class DTFDMIL(MILModel):
     instance_score_name = "Grad-CAM probability"
 
     def score_maps(self, out: MILOutput, batch: MILBatch) -> dict[str, Tensor]:
-        """DTFD-MIL's figure contrasts the Grad-CAM instance probability with the Tier-1 attention score."""
-        return {"attention": out.extras["attention"]}
+        """DTFD-MIL's figure contrasts the Grad-CAM instance probability with the Tier-1 attention score.
+
+        ``pseudo_bag`` (N,) float: not a score but the pseudo-bag each instance was put in, numbered among its
+        slide's non-empty pseudo-bags in :meth:`group_scores`' order (``pseudo_bags.csv``'s ``pseudo_bag``),
+        so that the pseudo-bags' contents (e.g. their tumour patches, :mod:`wsimil.evaluation.ceiling`) can be
+        read back; from the eval-time split when the model is in eval mode."""
+        return {"attention": out.extras["attention"], "pseudo_bag": self.pseudo_bag_rank(out).float()}
+
+    def pseudo_bag_rank(self, out: MILOutput) -> Tensor:
+        """Index of each instance's pseudo-bag among its bag's non-empty pseudo-bags -> (N,) long.
+
+        :meth:`group_scores` keeps the non-empty pseudo-bags in increasing order of their global index
+        b*M + j, so bag b's k-th row there is the k-th non-empty j; this is that k for every instance."""
+        valid = out.extras["tier1_valid"].view(-1, self.n_pseudo_bags).long()  # (B, M)
+        rank = (torch.cumsum(valid, 1) - 1).flatten()  # (B*M,) rank among the bag's non-empty pseudo-bags
+        return rank[out.extras["pseudo_bag"]]
 
     def group_scores(self, out: MILOutput) -> tuple[Tensor, Tensor]:
         """Tier-1 positive probability of every non-empty pseudo-bag (G,) and its slide (G,): the official test

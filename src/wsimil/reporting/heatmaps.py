@@ -42,6 +42,9 @@ _OUTLINE = {"color": "black", "lw": 0.9,
 
 
 _MARK_COLOUR = "#e7298a"
+#: ``score_maps.h5`` maps that are assignments, not scores (DTFD-MIL's ``pseudo_bag``, the pseudo-bag of each
+#: patch): a column ``"<method> (<map>)"`` of one of them is not drawn
+NOT_SCORES = ("pseudo_bag",)
 
 
 def _mark(ax, coords: np.ndarray, size: int, mask: np.ndarray) -> None:
@@ -181,8 +184,9 @@ def plot_heatmaps(
     The figure is 7 in wide up to 5 columns and widens by about 1 in per column beyond.
     ``marked[slide_id]``: (N,) bool, patches outlined in magenta in every panel of that slide, labelled
     ``marked_label`` (the poisoned patches, so that a reader sees whether a method's high scores follow them).
-    Returns the PNG and PDF paths.
+    Columns ``"<method> (<map>)"`` of a map in :data:`NOT_SCORES` are left out. Returns the PNG and PDF paths.
     """
+    methods = [m for m in methods if not m.endswith(tuple(f" ({n})" for n in NOT_SCORES))]
     _check(slides, methods, scores)
     ncols = 1 + len(methods)
     thumbs = [_thumbnail(s["path"]) for s in slides]
