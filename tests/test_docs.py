@@ -22,7 +22,8 @@ def test_readme_counts_of_the_embedded_default():
     text = _flat(README)
     tr = CONFIG["training"]
     assert f"with {len(tr['methods'])} methods and {len(tr['seeds'])} seeds" in text
-    assert f"{tr['max_steps']} optimiser steps" in text
+    stop = tr["stop"]
+    assert f"the training loss has not improved by {stop['min_delta']:.0%} for {stop['patience']} epochs" in text
     s = CONFIG["synthetic"]["slides"]
     n = {k: sum(v.values()) for k, v in s.items()}
     assert f"{n['train']} training, {n['val']} validation and {n['test']} test slides ({s['test']['tumour']} tumour)" in text
@@ -37,16 +38,13 @@ def test_readme_names_every_registered_method_once_in_its_table():
     assert f"all {len(list_methods())} methods" in _flat(README)
 
 
-def test_experiments_doc_quotes_the_step_budget():
+def test_experiments_doc_quotes_the_training_protocol():
     text = _flat((ROOT / "docs" / "experiments.md").read_text())
     tr = CONFIG["training"]
-    m = re.search(r"`training.max_steps: (\d+)` optimiser steps \((\d+) epochs of the (\d+) training slides at one "
-                  r"bag per step, (\d+) epochs at eight\)", text)
-    assert m, "docs/experiments.md no longer states the step budget"
-    steps, e1, n, e8 = map(int, m.groups())
-    n_train = sum(CONFIG["synthetic"]["slides"]["train"].values())
-    assert steps == tr["max_steps"] and n == n_train
-    assert e1 == -(-steps // n_train) and e8 == -(-steps // -(-n_train // 8))
+    stop = tr["stop"]
+    assert tr["max_steps"] is None and "There is no shared step cap (`training.max_steps: null`)" in text
+    assert (f"the training loss (the data term) has not improved on its best by more than {stop['min_delta']:.0%} "
+            f"for {stop['patience']} consecutive epochs") in text
 
 
 def test_methods_doc_quotes_the_sensitivity_study_as_configured():

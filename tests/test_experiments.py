@@ -53,6 +53,15 @@ def test_cell_overrides_cap_the_published_epochs_and_add_the_swept_value():
     assert cell_overrides(uncapped, plan_cells(uncapped)[0], "maxpool") == {}
 
 
+def test_the_stop_rule_reaches_every_method_unless_overridden():
+    rule = {"rule": "train_loss_plateau", "min_delta": 0.02, "patience": 5}
+    cfg = _config(training={"methods": ["maxpool", "abmil"], "stop": rule,
+                            "overrides": {"abmil": {"stop": None}}})
+    standard = plan_cells(cfg)[0]
+    assert cell_overrides(cfg, standard, "maxpool") == {"stop": rule}
+    assert cell_overrides(cfg, standard, "abmil") == {"stop": None}  # a method's own setting wins
+
+
 def _sheet():
     rows = []
     for split, n in (("train", 8), ("val", 4), ("test", 8)):

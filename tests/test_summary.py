@@ -156,15 +156,38 @@ def test_equivalence_verdict():
     assert ev.equivalence_verdict(iv(float("nan"), float("nan"), float("nan")), 0.05) == "inconclusive"
 
 
-def test_convergence_flags_cells_where_most_runs_selected_their_last_epoch(tmp_path):
+def test_convergence_is_judged_on_the_loss_trajectories(tmp_path):
+    """A cell is not converged when more than a quarter of its runs ended with the loss still falling or too short
+    to tell; selecting the last epoch no longer flags it. Blind selections and undertrained runs are counted."""
     cfg = validate_config({"training": {"methods": ["maxpool", "abmil"], "seeds": [0, 1]}, "experiments": ["standard"]})
 
-    for i, (m, s) in enumerate([("maxpool", 0), ("maxpool", 1), ("abmil", 0), ("abmil", 1)]):
-        _write_run(tmp_path, "standard", m, s, ["a"], [0], ["test"], [0.1], optimizer_steps=480,
-                   selected_last_epoch=i < 2, val_auc_ties=int(i == 3))
-    conv = ev.convergence(tmp_path, plan_cells(cfg), [0, 1]).iloc[0]
-    assert (conv["runs"], conv["selected_last_epoch"], conv["selected_tied_val_auc"]) == (4, 2, 1)
-    assert conv["not_converged"] and conv["steps_min"] == conv["steps_max"] == 480
+    def cell(runs):
+        for (m, s), meta in zip([("maxpool", 0), ("maxpool", 1), ("abmil", 0), ("abmil", 1)], runs):
+            _write_run(tmp_path, "standard", m, s, ["a"], [0], ["test"], [0.1], optimizer_steps=480, **meta)
+        return ev.convergence(tmp_path, plan_cells(cfg), [0, 1]).iloc[0]
+
+    done = dict(epochs_run=40, loss_plateaued=True, selected_last_epoch=True, final_train_auc=0.99)
+    conv = cell([done, done, {**done, "val_auc_ties": 2, "selection_blind": True}, {**done, "final_train_auc": 0.6}])
+    assert (conv["runs"], conv["selected_last_epoch"], conv["selected_tied_val_auc"], conv["selection_blind"],
+            conv["undertrained"], conv["loss_still_falling"], conv["too_short_to_tell"]) == (4, 4, 1, 1, 1, 0, 0)
+    assert not conv["not_converged"] and conv["steps_min"] == conv["steps_max"] == 480
+    falling = {**done, "loss_plateaued": False}
+    conv = cell([done, done, done, falling])  # one in four: not more than a quarter
+    assert conv["loss_still_falling"] == 1 and not conv["not_converged"]
+    conv = cell([done, done, falling, {**done, "epochs_run": 8, "loss_plateaued": False}])
+    assert (conv["loss_still_falling"], conv["too_short_to_tell"]) == (1, 1) and conv["not_converged"]
+
+
+def test_the_captions_quote_the_protocols_numbers():
+    from pathlib import Path
+
+    from wsimil.training.loop import PLATEAU_MIN_DELTA, PLATEAU_WINDOW
+
+    text = " ".join((Path(__file__).parents[1] / "report" / "captions" / "convergence.rst").read_text().split())
+    assert f"the last {PLATEAU_WINDOW} epochs more than {PLATEAU_MIN_DELTA:.0%} below the {PLATEAU_WINDOW} before" in text
+    assert f"fewer than {2 * PLATEAU_WINDOW} epochs" in text and ev.NOT_CONVERGED_SHARE == 0.25 and "a quarter" in text
+    claims = " ".join((Path(__file__).parents[1] / "report" / "captions" / "claims.rst").read_text().split())
+    assert f"at most {ev.ALPHA} on at least {ev.MIN_SEEDS} fitted seeds" in claims and f"({ev.MARGIN} AUC)" in claims
 
 
 def test_paper_table_names_its_sources_and_shows_summarys_numbers(tmp_path):
@@ -337,3 +360,21 @@ def test_seed_to_seed_variation_widens_the_interval(tmp_path):
     r = claim.readings[0]
     assert r.interval.estimate == pytest.approx(claim.interval.estimate)
     assert r.interval.low < ev.MARGIN < r.interval.high and r.verdict == "inconclusive"
+
+
+def test_schedule_readings_show_overfitting_after_the_selected_epoch(tmp_path):
+    """mi-Net: training AUC climbs to 1 while validation AUC and loss turn after epoch 2 (selected): the end gap,
+    the largest gap and the validation loss's rise after its minimum are read over the whole schedule."""
+    cfg = validate_config({"training": {"methods": ["maxpool"], "seeds": [0]}, "experiments": ["minet_curves"],
+                           "minet_curves": {"methods": ["minet"], "betas": []}})
+    cell = plan_cells(cfg)[0]
+    d = tmp_path / "runs" / cell.name / "minet" / "seed0"
+    d.mkdir(parents=True)
+    pd.DataFrame({"epoch": range(6), "train_bce": [0.7, 0.5, 0.3, 0.1, 0.05, 0.01],
+                  "train_auc": [0.6, 0.8, 0.9, 0.97, 0.99, 1.0], "val_auc": [0.6, 0.75, 0.8, 0.7, 0.6, 0.55],
+                  "val_loss": [0.69, 0.6, 0.5, 0.6, 0.8, 1.1]}).to_csv(d / "history.csv", index=False)
+    (d / "run.json").write_text(json.dumps({"best_epoch": 2, "final_train_auc": 0.995}))
+    r = ev.schedule_readings(tmp_path, cell, [0]).iloc[0]
+    assert (r["epochs_run"], r["selected_epoch"], r["val_loss_min_epoch"], r["gap_max_epoch"]) == (6, 2, 2, 5)
+    assert r["gap_end"] == pytest.approx(0.995 - 0.55) and r["gap_max"] == pytest.approx(0.45)
+    assert r["val_loss_rise"] == pytest.approx(0.6) and r["train_loss_end"] == pytest.approx(0.01)

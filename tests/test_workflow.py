@@ -470,8 +470,14 @@ def test_a_number_shown_in_two_places_is_the_same_number(ci_run):
     dtfd_txt = _summary_paragraph(out, "**DTFD-MIL")
     for r in dtfd.itertuples():
         assert f"M={r[1]} {r[4]}" in dtfd_txt.split(r.tier + ":")[1].split(";")[0], (r, dtfd_txt)
+    # Tier 1 beside its oracle ceiling on the same pseudo-bags, which falls as M grows (Tier 2 has none)
+    table = pd.read_csv(t / "dtfd_ablation.csv")
+    ceiling = table[table["tier"] == "Tier 1"].set_index("n_pseudo_bags")["oracle_ceiling_mean"]
+    assert ceiling.between(0.5, 1.0).all() and ceiling.is_monotonic_decreasing, ceiling
+    assert table.loc[table["tier"] == "Tier 2", "oracle_ceiling_mean"].isna().all()
+    assert "of that ceiling" in dtfd_txt
     # the claim is on the single models: the mean over the seeds of their Tier-1 AUCs' change
-    tier = pd.read_csv(t / "dtfd_ablation.csv").set_index(["tier", "n_pseudo_bags"])["auc_mean"]
+    tier = table.set_index(["tier", "n_pseudo_bags"])["auc_mean"]
     ms = sorted({int(x) for x in dtfd[dtfd.columns[0]]})
     c1 = claims.set_index("claim").loc["dtfd_tier1", "estimate"]
     assert c1 == pytest.approx(tier[("Tier 1", ms[-1])] - tier[("Tier 1", ms[0])], abs=1e-4)

@@ -204,8 +204,16 @@ def _check_overrides(config: dict) -> None:
 
     for method, over in overrides.items():
         try:
-            get_method(method).hparams(over)
+            hp = get_method(method).hparams(over)
         except WsimilError as exc:
+            raise WsimilError(f"invalid configuration: config key 'training.overrides.{method}': {exc}") from None
+        if over.get("stop") is None:
+            continue
+        from wsimil.training.loop import make_stop_rule  # (sklearn too: only for a config that sets one)
+
+        try:  # a method's own stopping rule, checked here as the schema checks training.stop
+            make_stop_rule(hp["stop"])
+        except ValueError as exc:
             raise WsimilError(f"invalid configuration: config key 'training.overrides.{method}': {exc}") from None
 
 

@@ -111,14 +111,17 @@ def dose_cell(config: Mapping[str, Any], strength: float, fraction: float) -> st
 
 def cell_overrides(config: Mapping[str, Any], cell: Cell, method: str) -> dict[str, Any]:
     """Training overrides of one method in one cell: ``training.overrides``, ``training.max_steps`` (the same
-    cap on optimiser steps for every method), ``training.max_epochs`` (a cap on the published epochs), then
-    the cell's own (the swept parameter)."""
+    cap on optimiser steps for every method), ``training.stop`` (the stopping rule of every method),
+    ``training.max_epochs`` (a cap on the published epochs), then the cell's own (the swept parameter)."""
     from wsimil.models.base import get_method
 
     out = dict(config["training"]["overrides"].get(method, {}))
     steps = config["training"].get("max_steps")
     if steps is not None and "max_steps" not in out:
         out["max_steps"] = int(steps)
+    stop = config["training"].get("stop")
+    if stop is not None and "stop" not in out:
+        out["stop"] = dict(stop)
     cap = config["training"].get("max_epochs")
     if cap is not None and "epochs" not in out:
         published = int(get_method(method).hparams()["epochs"])

@@ -95,6 +95,10 @@ OPTIONAL_TRAIN_DEFAULTS: dict[str, Any] = {
     # A cap on the optimiser steps (training.max_steps): the published schedule, stopped after this many steps,
     # so that a method with 8 bags per step gets as many updates as one with 1 (docs/deviations.md).
     "max_steps": None,
+    # A pre-registered stopping rule shared by every method (training.stop), None = run the schedule:
+    # {"rule": "train_loss_plateau", "min_delta": 0.01, "patience": 10} stops once the training loss has not
+    # improved on its best by more than min_delta (relative) for patience epochs (training.loop.PlateauStop).
+    "stop": None,
 }
 
 

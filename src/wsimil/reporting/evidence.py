@@ -70,8 +70,9 @@ LEARN_BAR = 0.7
 #: bootstrap resamples of every interval, and its seed
 N_BOOT = 2000
 BOOT_SEED = 0
-#: a cell is flagged "not converged" when more than this share of its runs selected their last epoch
-LAST_EPOCH_FLAG = 0.25
+#: a cell is flagged "not converged" when more than this share of its runs ended with the training loss still
+#: falling, or too short to tell (wsimil.training.loop.loss_plateaued)
+NOT_CONVERGED_SHARE = 0.25
 FAMILIES = ("max-pooling", "attention")
 CLAIM_COLUMNS = ["claim", "level", "pair", "statement", "contrast", "estimate", "ci_low", "ci_high", "margin",
                  "claimed_sign", "seeds", "runs_left_out", "p_support", "p_contradict", "p_holm", "verdict", "rule"]
@@ -650,6 +651,42 @@ def train_val_gaps(results: Path, cell: Cell, seeds: Sequence[int]) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+def schedule_readings(results: Path, cell: Cell, seeds: Sequence[int]) -> pd.DataFrame:
+    """Overfitting where it happens, per method and seed, over the whole schedule (history.csv, run.json): epochs
+    run and the selected one; at the end, the last-epoch model's training AUC (run.json ``final_train_auc``, the
+    model in eval mode; the last epoch's running training AUC for runs recorded before it) and validation AUC, and
+    their gap; the largest train − validation gap of any epoch (running training AUC); the training and validation
+    loss at the end, the validation loss's minimum and its epoch, and how far it rose after it (end − minimum)."""
+    rows = []
+    for m in cell.methods:
+        for s in seeds:
+            d = run_dir(results, cell.name, m, s)
+            try:
+                h = pd.read_csv(d / "history.csv")
+                meta = json.loads((d / "run.json").read_text())
+            except (OSError, ValueError) as exc:
+                raise WsimilError(f"{d}: cannot read history.csv / run.json ({type(exc).__name__})") from exc
+            need = [c for c in ("epoch", "train_auc", "val_auc", "val_loss") if c not in h.columns]
+            if need or h.empty:
+                raise WsimilError(f"{d / 'history.csv'}: no rows or no column(s) {need}")
+            loss = "train_bce" if "train_bce" in h.columns else "train_loss"
+            last = h.iloc[-1]
+            end_train = meta.get("final_train_auc")
+            end_train = float(end_train) if isinstance(end_train, (int, float)) else float(last["train_auc"])
+            gap = h["train_auc"] - h["val_auc"]
+            vmin = int(h["val_loss"].idxmin())
+            rows.append({"method": m, "seed": s, "epochs_run": len(h), "selected_epoch": meta.get("best_epoch"),
+                         "train_auc_end": end_train, "val_auc_end": float(last["val_auc"]),
+                         "gap_end": end_train - float(last["val_auc"]),
+                         "gap_max": float(gap.max()) if gap.notna().any() else math.nan,
+                         "gap_max_epoch": int(h.loc[gap.idxmax(), "epoch"]) if gap.notna().any() else None,
+                         "train_loss_end": float(last[loss]) if loss in h.columns else math.nan,
+                         "val_loss_end": float(last["val_loss"]), "val_loss_min": float(h.loc[vmin, "val_loss"]),
+                         "val_loss_min_epoch": int(h.loc[vmin, "epoch"]),
+                         "val_loss_rise": float(last["val_loss"] - h.loc[vmin, "val_loss"])})
+    return pd.DataFrame(rows)
+
+
 def _pseudo_bag_scores(results: Path, cell: Cell, method: str, seeds: Sequence[int]) -> pd.DataFrame:
     """Seed-averaged Tier-1 score of every test pseudo-bag: columns slide_id, pseudo_bag, label, score."""
     parts = []
@@ -695,6 +732,26 @@ def dtfd_points(results: Path, cells: Sequence[Cell], seeds: Sequence[int]) -> p
         for tier, (auc, _) in sorted(_tier_aucs(results, cell, seeds).items(), reverse=True):
             rows.append({"n_pseudo_bags": cell.params["n_pseudo_bags"], "tier": tier, "auc_seedavg": auc})
     return pd.DataFrame(rows, columns=["n_pseudo_bags", "tier", "auc_seedavg"])
+
+
+def dtfd_ceilings(results: Path, cells: Sequence[Cell], seeds: Sequence[int]) -> pd.DataFrame:
+    """The oracle ceiling of the Tier-1 AUC on each run's own test pseudo-bags (:mod:`wsimil.evaluation.ceiling`:
+    a pseudo-bag scores 1 when it holds tumour), per pseudo-bag count and seed: columns n_pseudo_bags, seed,
+    ceiling (NaN, with ``why``, when the run's pseudo-bag map or the patches' tumour fractions are missing)."""
+    from wsimil.evaluation.ceiling import oracle_rows, tier1_ceiling
+
+    rows = []
+    for cell in sorted(cells, key=lambda c: c.params["n_pseudo_bags"]):
+        manifest = Path(results) / manifest_subpath(cell)
+        for s in seeds:
+            try:
+                ceiling = tier1_ceiling(oracle_rows(run_dir(results, cell.name, cell.methods[0], s),
+                                                    lambda slide: feature_path(manifest, slide)))
+                why = ""
+            except WsimilError as exc:
+                ceiling, why = math.nan, str(exc)
+            rows.append({"n_pseudo_bags": cell.params["n_pseudo_bags"], "seed": s, "ceiling": ceiling, "why": why})
+    return pd.DataFrame(rows, columns=["n_pseudo_bags", "seed", "ceiling", "why"])
 
 
 def dtfd_claims(results: Path, cells: Sequence[Cell], seeds: Sequence[int], bar: float = DEFAULT_FIT_BAR) -> list[Claim]:
@@ -829,9 +886,16 @@ def adjust(checked: Sequence[Claim]) -> list[Claim]:
 # ------------------------------------------------------------------------------------------------ runs
 
 
-def convergence(results: Path, cells: Sequence[Cell], seeds: Sequence[int]) -> pd.DataFrame:
-    """Per cell: runs, optimiser steps (min-max), runs whose selected epoch was the last one (flagged "not
-    converged" above ``LAST_EPOCH_FLAG``), and runs whose selected validation AUC was tied by another epoch."""
+def convergence(results: Path, cells: Sequence[Cell], seeds: Sequence[int],
+                bar: float = DEFAULT_FIT_BAR) -> pd.DataFrame:
+    """Per cell, judged on the runs' loss trajectories and selection (run.json): runs; optimiser steps and epochs
+    run (min, max); runs whose training loss was still falling at the end (``loss_plateaued`` false with at least
+    2 x PLATEAU_WINDOW epochs) and runs too short to tell; the cell is flagged ``not_converged`` when more than
+    ``NOT_CONVERGED_SHARE`` of its runs were still falling or too short to tell. Beside them: runs that selected
+    their last epoch, runs whose selected validation AUC another epoch tied, runs whose selection was blind (the
+    validation AUC sat at its ceiling 1.0 over several epochs), and undertrained runs (the fit gate, ``bar``)."""
+    from wsimil.training.loop import PLATEAU_WINDOW
+
     rows = []
     for c in cells:
         metas = []
@@ -843,9 +907,17 @@ def convergence(results: Path, cells: Sequence[Cell], seeds: Sequence[int]) -> p
                 except (OSError, json.JSONDecodeError) as exc:
                     raise WsimilError(f"cannot read run record {p}: {exc}") from exc
         steps = [int(x["optimizer_steps"]) for x in metas if x.get("optimizer_steps") is not None]
-        last = sum(bool(x.get("selected_last_epoch")) for x in metas)
-        tied = sum(int(x.get("val_auc_ties") or 0) > 0 for x in metas)
+        epochs = [int(x["epochs_run"]) for x in metas if x.get("epochs_run") is not None]
+        short = sum(int(x.get("epochs_run") or 0) < 2 * PLATEAU_WINDOW for x in metas)
+        falling = sum(int(x.get("epochs_run") or 0) >= 2 * PLATEAU_WINDOW and not x.get("loss_plateaued", True)
+                      for x in metas)
+        auc = [x.get("final_train_auc") for x in metas]
+        under = sum(isinstance(a, (int, float)) and math.isfinite(a) and a < bar for a in auc)
         rows.append({"cell": c.name, "runs": len(metas), "steps_min": min(steps) if steps else None,
-                     "steps_max": max(steps) if steps else None, "selected_last_epoch": last,
-                     "selected_tied_val_auc": tied, "not_converged": last > LAST_EPOCH_FLAG * len(metas)})
+                     "steps_max": max(steps) if steps else None, "epochs_min": min(epochs) if epochs else None,
+                     "epochs_max": max(epochs) if epochs else None, "loss_still_falling": falling,
+                     "too_short_to_tell": short, "selected_last_epoch": sum(bool(x.get("selected_last_epoch")) for x in metas),
+                     "selected_tied_val_auc": sum(int(x.get("val_auc_ties") or 0) > 0 for x in metas),
+                     "selection_blind": sum(bool(x.get("selection_blind")) for x in metas), "undertrained": under,
+                     "not_converged": falling + short > NOT_CONVERGED_SHARE * len(metas)})
     return pd.DataFrame(rows)

@@ -183,22 +183,31 @@ def findings(config: Mapping[str, Any], df: pd.DataFrame, results: Path | None =
 
 
 def convergence_lines(conv: pd.DataFrame) -> list[str]:
-    """The training budget and model selection, with the cells flagged as not converged."""
+    """The training budget, whether the runs converged (judged on their loss trajectories) and how selection went,
+    with the cells flagged as not converged."""
     from wsimil.reporting import evidence as ev
+    from wsimil.training.loop import PLATEAU_MIN_DELTA, PLATEAU_WINDOW
 
     if conv.empty:
         return []
     flagged = conv[conv["not_converged"]]
-    runs, last, tied = int(conv["runs"].sum()), int(conv["selected_last_epoch"].sum()), int(conv["selected_tied_val_auc"].sum())
-    lines = [f"**Training budget and model selection**: optimiser steps per run {int(conv['steps_min'].min())}–"
-             f"{int(conv['steps_max'].max())} (every method the same cap, `training.max_steps`, unless its published "
-             f"schedule is shorter); {last} of {runs} runs selected their last epoch; {tied} of {runs} selected an "
-             "epoch whose validation AUC another epoch tied (tables/convergence)."]
+    runs = int(conv["runs"].sum())
+    n = {k: int(conv[k].sum()) for k in ("loss_still_falling", "too_short_to_tell", "selected_last_epoch",
+                                         "selected_tied_val_auc", "selection_blind")}
+    lines = [f"**Training and model selection**: optimiser steps per run {int(conv['steps_min'].min())}–"
+             f"{int(conv['steps_max'].max())}, epochs {int(conv['epochs_min'].min())}–{int(conv['epochs_max'].max())} "
+             f"(tables/convergence). Convergence is judged on the training loss: a run has converged when the mean "
+             f"of its last {PLATEAU_WINDOW} epochs is within {PLATEAU_MIN_DELTA:.0%} of the {PLATEAU_WINDOW} before; "
+             f"{n['loss_still_falling']} of {runs} runs ended with the loss still falling and {n['too_short_to_tell']} "
+             f"ran fewer than {2 * PLATEAU_WINDOW} epochs, too few to tell. Selection: {n['selected_last_epoch']} "
+             f"runs selected their last epoch; {n['selected_tied_val_auc']} selected an epoch whose validation AUC "
+             f"another epoch tied (ties go to the earliest); {n['selection_blind']} were **selection blind**, their "
+             "validation AUC at its ceiling 1.0 over several epochs."]
     if len(flagged):
-        lines[0] += (f" **Not converged** (more than {ev.LAST_EPOCH_FLAG:.0%} of the runs selected their last "
-                     f"epoch): {', '.join(flagged['cell'])}.")
+        lines[0] += (f" **Not converged** (more than {ev.NOT_CONVERGED_SHARE:.0%} of the runs still falling or too "
+                     f"short to tell): {', '.join(flagged['cell'])}.")
     else:
-        lines[0] += f" No cell has more than {ev.LAST_EPOCH_FLAG:.0%} of its runs selecting their last epoch."
+        lines[0] += f" No cell has more than {ev.NOT_CONVERGED_SHARE:.0%} of its runs still falling or too short."
     return lines + [""]
 
 
@@ -326,11 +335,14 @@ def write_summary(config: Mapping[str, Any], results: str | os.PathLike,
                            f"every reading of this summary, and the verdict by the rule fixed before the run ({dataset}).")
     n_readings = int(np.isfinite(claims_df.loc[claims_df["level"].eq("pair") | ~claims_df["pair"].str.startswith(
         "family", na=False), "p_holm"]).sum())
-    conv = ev.convergence(results, cells, seeds)
+    conv = ev.convergence(results, cells, seeds, ev.fit_bar(config))
     written += write_table(conv, results / "tables" / "convergence",
-                           "Per cell: runs, optimiser steps taken (min, max), runs whose selected epoch was the last "
-                           "one, runs whose selected validation AUC another epoch tied, and the not-converged flag "
-                           f"(more than {ev.LAST_EPOCH_FLAG:.0%} of the runs selected their last epoch) ({dataset}).")
+                           "Per cell: runs, optimiser steps and epochs run (min, max); runs whose training loss was "
+                           "still falling at the end and runs too short to tell; runs that selected their last epoch, "
+                           "whose selected validation AUC another epoch tied, and whose selection was blind (validation "
+                           "AUC at 1.0 over several epochs); undertrained runs (the fit gate); and the not-converged "
+                           f"flag (more than {ev.NOT_CONVERGED_SHARE:.0%} of the runs still falling or too short to "
+                           f"tell) ({dataset}).")
     lines = [f"# {dataset}: what this run shows", "",
              f"Written by `wsimil summary` from {len(df)} evaluated runs ({len(cells)} cells, seeds {seeds}). Each "
              "claim is read on the papers' quantity, the AUC of a single trained model: per seed the difference of "

@@ -56,6 +56,8 @@ LABELS: dict[str, str] = {
     "val_minus_test_seedavg": "val − test AUC of seed-averaged scores",
     "train_minus_val_seedavg": "train − val AUC of seed-averaged scores",
     "train_minus_val_auc": "train − val AUC, mean of seeds",
+    "oracle_ceiling_mean": "Tier-1 oracle ceiling, mean of seeds",
+    "fraction_of_ceiling": "Tier-1 AUC / ceiling (means of seeds)",
 }
 #: the two slide AUCs a run of several seeds has, and their names everywhere (tables, cards, SUMMARY, figures):
 #: ``<metric>_seedavg`` is the AUC of each slide's mean score over the seeds ("... of seed-averaged scores",

@@ -27,6 +27,18 @@ log = logging.getLogger(__name__)
 EVAL_MAX_ELEMENTS = 1 << 23
 STEP_MAX_INSTANCES = 1 << 18  # micro-batch cap of a training step, for models whose loss is a mean over bags
 
+# The training protocol's fixed numbers (docs/methods.md, "Model selection and the fit gate"), set before any run:
+#: a run fits its training set when its last-epoch model's training slide AUC is at least FIT_BAR; fixed before any run
+FIT_BAR = 0.9
+#: loss_plateaued compares the mean training loss of the last PLATEAU_WINDOW epochs with the PLATEAU_WINDOW before
+PLATEAU_WINDOW = 5
+#: ... and calls it a plateau unless it fell by more than this fraction of the earlier mean
+PLATEAU_MIN_DELTA = 0.01
+#: a validation AUC within this of 1.0 is at its ceiling (selection_blind)
+AUC_CEILING_TOL = 1e-9
+#: why a run ended (TrainResult.stopped_by, run.json ``stopped_by``)
+STOP_REASONS = ("plateau", "early_stopping", "max_steps", "schedule")
+
 
 @dataclass
 class Prediction:
@@ -51,21 +63,92 @@ class TrainResult:
     precision: str = "fp32"
     steps: int = 0  # optimiser steps taken
     planned_epochs: int = 0  # epochs of the schedule (the published ones, or fewer under ``max_steps``)
+    # the fit gate: the last epoch's model (not the selected one) scored on the training bags in eval mode
+    final_train_auc: float = float("nan")  # slide AUC (NaN: not measured, or one class)
+    final_train_loss: float = float("nan")  # predict's loss (the data term, ``bce``)
+    stopped_by: str = "schedule"  # one of STOP_REASONS
 
     @property
     def selected_last_epoch(self) -> bool:
-        """Whether the selected epoch is the last one trained (the run may not have converged)."""
+        """Whether the selected epoch is the last one trained (kept for the record; whether the run converged
+        is :attr:`loss_plateaued`'s question)."""
         return self.best_epoch == len(self.history) - 1
 
     @property
     def val_auc_ties(self) -> int:
-        """How many *other* epochs reached the selected epoch's validation AUC (0: selection not by a tie)."""
+        """How many *other* epochs reached the selected epoch's validation AUC (0: no tie). Selection keeps the
+        earliest of tied epochs, so under ``val_auc`` selection every tied epoch comes after the selected one."""
         if not self.history or "val_auc" not in self.history[self.best_epoch]:
             return 0
         best = self.history[self.best_epoch]["val_auc"]
         if not math.isfinite(best):
             return 0
         return sum(1 for r in self.history if r.get("val_auc") == best) - 1
+
+    @property
+    def selection_blind(self) -> bool:
+        """Whether validation could not tell epochs apart: the selected epoch's validation AUC is at its
+        ceiling 1.0 (within ``AUC_CEILING_TOL``) and at least one other epoch reached it too."""
+        return selection_blind(self.history, self.best_epoch)
+
+    @property
+    def fits(self) -> bool:
+        """The fit gate: the last epoch's training slide AUC is at least ``FIT_BAR`` (False when unmeasured)."""
+        return fits_training_set(self.final_train_auc)
+
+    @property
+    def loss_plateaued(self) -> bool:
+        """Whether the training loss had stopped falling by the end (:func:`loss_plateaued` over the whole
+        history with ``PLATEAU_WINDOW`` and ``PLATEAU_MIN_DELTA``); False when the run is too short to tell."""
+        return loss_plateaued(training_losses(self.history), PLATEAU_WINDOW, PLATEAU_MIN_DELTA)
+
+
+def training_loss(row: dict[str, float]) -> float:
+    """The training loss of one history row that the protocol judges: the data term ``train_bce`` (comparable
+    across methods, without KL or instance terms) when the model reports it, else ``train_loss``."""
+    return float(row["train_bce"] if "train_bce" in row else row["train_loss"])
+
+
+def training_losses(history: Sequence[dict[str, float]]) -> list[float]:
+    """:func:`training_loss` of every epoch of ``history``."""
+    return [training_loss(r) for r in history]
+
+
+def loss_plateaued(train_losses: Sequence[float], window: int = PLATEAU_WINDOW,
+                   min_delta: float = PLATEAU_MIN_DELTA) -> bool:
+    """Whether a training-loss trajectory has stopped falling: True when the mean of the last ``window`` epochs
+    is not lower than the mean of the ``window`` epochs before them by more than ``min_delta`` times that
+    earlier mean (flat, or rising); False while it still falls by more.
+
+    With fewer than ``2 * window`` epochs the answer is False: "cannot tell", not "still falling". A
+    non-finite mean also gives False."""
+    window = int(window)
+    if window < 1:
+        raise ValueError(f"window must be a positive number of epochs, got {window!r}")
+    if not (math.isfinite(min_delta) and min_delta >= 0):
+        raise ValueError(f"min_delta must be a finite number >= 0, got {min_delta!r}")
+    losses = [float(v) for v in train_losses]
+    if len(losses) < 2 * window:
+        return False
+    before = float(np.mean(losses[-2 * window : -window]))
+    recent = float(np.mean(losses[-window:]))
+    if not (math.isfinite(before) and math.isfinite(recent)):
+        return False
+    return before - recent <= min_delta * abs(before)
+
+
+def selection_blind(history: Sequence[dict[str, float]], best_epoch: int, tol: float = AUC_CEILING_TOL) -> bool:
+    """Whether the selected epoch's validation AUC is at its ceiling 1.0 (>= 1 - ``tol``) and at least one other
+    epoch reached the ceiling too: validation could not tell those epochs apart."""
+    if not history or not 0 <= best_epoch < len(history):
+        return False
+    at_ceiling = [r.get("val_auc", float("nan")) >= 1.0 - tol for r in history]  # NaN compares False
+    return bool(at_ceiling[best_epoch]) and sum(at_ceiling) >= 2
+
+
+def fits_training_set(final_train_auc: float | None) -> bool:
+    """The fit gate: ``final_train_auc >= FIT_BAR`` (False when it is None or NaN)."""
+    return final_train_auc is not None and math.isfinite(final_train_auc) and final_train_auc >= FIT_BAR
 
 
 TRIM_EVERY = 16  # steps between returns of freed heap memory to the OS
@@ -302,6 +385,7 @@ def train(
     """
     spec = get_method(method)
     hp = spec.hparams(overrides)
+    published_epochs = int(hp["epochs"])
     precision = resolve_precision(precision, device)
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -314,6 +398,7 @@ def train(
     opt = make_optimizer(model, hp)
     per_step, per_epoch = make_schedulers(opt, hp)
     stopper = EarlyStopping(**hp["early_stopping"]) if hp.get("early_stopping") else None
+    plateau = make_stop_rule(hp.get("stop"))
     gen = torch.Generator().manual_seed(seed)
     selection = hp["selection"] if len(val_idx) else "last"
     history: list[dict[str, float]] = []
@@ -325,6 +410,7 @@ def train(
 
         epochs = tqdm(epochs, desc=f"{method} seed {seed}", unit="epoch", leave=False)
     steps = 0
+    stopped_by = None
     for epoch in epochs:
         order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
         left = budget.total_steps - steps
@@ -341,17 +427,30 @@ def train(
             row.update(val_loss=va.loss, val_auc=safe_auc(bags.labels[val_idx], va.probs))
         history.append(row)
         key = _selection_key(selection, row)
-        if best_key is None or key >= best_key:
+        if _better(selection, key, best_key):
             best_key, best_epoch = key, epoch
             best_state = copy.deepcopy(model.state_dict())
         if not all(math.isfinite(v) for k, v in row.items() if k.endswith("loss")):
             raise FloatingPointError(f"{method} seed {seed}: non-finite loss at epoch {epoch}: {row}")
-        if stopper is not None and len(val_idx) and stopper.step(epoch, row):
-            log.info("%s seed %d: early stop at epoch %d (%s)", method, seed, epoch, stopper)
+        # both rules are stepped every epoch (each keeps its own count); the method's own is named first
+        early = stopper is not None and len(val_idx) > 0 and stopper.step(epoch, row)
+        flat = plateau is not None and plateau.step(epoch, row)
+        if (early or flat) and epoch + 1 < budget.epochs:  # at the last planned epoch the schedule ends it
+            stopped_by = "early_stopping" if early else "plateau"
+            log.info("%s seed %d: %s stop at epoch %d (%s)", method, seed, stopped_by, epoch,
+                     stopper if early else plateau)
             break
+    if stopped_by is None:
+        capped = budget.total_steps < published_epochs * budget.steps_per_epoch
+        stopped_by = "max_steps" if capped else "schedule"
+    # the fit gate: the last epoch's model, before the selected state replaces it (one inference pass)
+    fit = predict(model, bags, train_idx, device)
+    release_free_memory()
+    final_train_auc = safe_auc(bags.labels[train_idx], fit.probs)
     model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(model, hp, history, best_epoch, time.perf_counter() - t0, precision, steps, budget.epochs)
+    return TrainResult(model, hp, history, best_epoch, time.perf_counter() - t0, precision, steps, budget.epochs,
+                       final_train_auc, fit.loss, stopped_by)
 
 
 @dataclass(frozen=True)
@@ -405,13 +504,86 @@ class EarlyStopping:
         return f"{self.monitor} not improved for {self.bad_epochs} epochs"
 
 
+class PlateauStop:
+    """The pre-registered stopping rule ``stop: {rule: train_loss_plateau, min_delta, patience}``, the same for
+    every method: stop after the epoch at which the training loss (:func:`training_loss`) has not improved on
+    its best by more than ``min_delta`` times that best for ``patience`` consecutive epochs. It never extends
+    training (the published epochs and ``max_steps`` still end it) and composes with a method's own
+    :class:`EarlyStopping`."""
+
+    RULES = ("train_loss_plateau",)
+
+    def __init__(self, rule: str = "train_loss_plateau", min_delta: float = PLATEAU_MIN_DELTA, patience: int = 10):
+        if rule not in self.RULES:
+            raise ValueError(f"stop.rule must be one of {', '.join(self.RULES)}, got {rule!r}")
+        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not (
+                math.isfinite(min_delta) and min_delta >= 0):
+            raise ValueError(f"stop.min_delta must be a finite number >= 0 (a fraction of the best loss), "
+                             f"got {min_delta!r}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"stop.patience must be a whole number of epochs >= 1, got {patience!r}")
+        self.rule, self.min_delta, self.patience = rule, float(min_delta), int(patience)
+        self.best = math.inf
+        self.bad_epochs = 0
+
+    def step(self, epoch: int, row: dict[str, float]) -> bool:
+        """Record the epoch's row; True when training should stop after this epoch."""
+        value = training_loss(row)
+        bar = self.best - self.min_delta * abs(self.best) if math.isfinite(self.best) else self.best
+        if value < bar:
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+    def __repr__(self) -> str:
+        return f"training loss not below {self.best:.4g} by more than {self.min_delta:g} for {self.bad_epochs} epochs"
+
+
+def make_stop_rule(stop: Any) -> PlateauStop | None:
+    """The stopping rule of hparam ``stop`` (None: none, training runs its schedule); a ValueError naming the
+    key for an unknown rule, an unknown key or a bad number."""
+    if stop is None:
+        return None
+    if not isinstance(stop, dict):
+        raise ValueError(f"stop must be null or a mapping {{rule, min_delta, patience}}, got {stop!r}")
+    unknown = sorted(set(stop) - {"rule", "min_delta", "patience"})
+    if unknown:
+        raise ValueError(f"stop.{unknown[0]}: unknown key (allowed: rule, min_delta, patience)")
+    if "rule" not in stop:
+        raise ValueError("stop.rule is required (train_loss_plateau)")
+    return PlateauStop(**stop)
+
+
 def _selection_key(selection: str, row: dict[str, float]) -> tuple:
-    """Larger is better; ties go to the later epoch (``>=`` in the caller)."""
+    """Larger is better. ``val_auc``: the validation AUC alone; where it is undefined (validation slides of one
+    class: NaN every epoch) the validation loss decides instead. ``val_loss``: minus the validation loss;
+    ``last``: a constant. Ties go to the earliest epoch (:func:`_better`), except under ``last``."""
     if selection == "val_auc":
         auc = row.get("val_auc", float("nan"))
-        return (-math.inf if math.isnan(auc) else auc, -row["val_loss"])
+        if math.isnan(auc):
+            loss = row.get("val_loss", float("nan"))
+            return (-math.inf, -math.inf if math.isnan(loss) else -loss)
+        return (auc, 0.0)
     if selection == "val_loss":
-        return (-row["val_loss"],)
+        loss = row["val_loss"]
+        return (-math.inf if math.isnan(loss) else -loss,)
     if selection == "last":
         return (0,)
     raise ValueError(f"unknown selection {selection!r} (val_auc, val_loss, last)")
+
+
+def _better(selection: str, key: tuple, best_key: tuple | None) -> bool:
+    """Whether an epoch with ``key`` replaces the selected one: strictly better (ties keep the earliest epoch),
+    or any later epoch under ``last``."""
+    return best_key is None or (key >= best_key if selection == "last" else key > best_key)
+
+
+def select_epoch(selection: str, history: Sequence[dict[str, float]]) -> int:
+    """The epoch that ``train`` selects from ``history`` (the same rule, without the models)."""
+    best_key, best = None, -1
+    for epoch, row in enumerate(history):
+        key = _selection_key(selection, row)
+        if _better(selection, key, best_key):
+            best_key, best = key, epoch
+    return best

@@ -3,7 +3,8 @@
 ``<run_dir>/``: ``predictions.csv`` (slide_id,label,split,score), ``instance_scores.h5`` (one dataset per
 slide, same order as its feature file), ``history.csv``, ``model.pt`` (weights_only-loadable), ``run.json``;
 ``score_maps.h5`` (a group per other heatmap quantity of the model, ``MILModel.score_maps``: DSMIL's and
-DTFD's attention, CLAM-MB's A_raw of the predicted class; empty for the others), ``pseudo_bags.csv``
+DTFD's attention and each patch's pseudo-bag, CLAM-MB's A_raw of the predicted class; empty for the others),
+``pseudo_bags.csv``
 (slide_id,label,split,pseudo_bag,score: DTFD's Tier-1 score of each pseudo-bag; the header alone for the others).
 """
 
@@ -29,7 +30,7 @@ from wsimil.precision import describe_device
 from wsimil.io import WsimilError, plain_mode, write_csv_atomic, write_json_atomic
 from wsimil.models.base import get_method
 from wsimil.training.data import BagSet, load_bags
-from wsimil.training.loop import TrainResult, predict, train
+from wsimil.training.loop import FIT_BAR, TrainResult, predict, train
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,10 @@ def write_run(run_dir: str | os.PathLike, bags: BagSet, result: TrainResult, met
             **meta, "hparams": _plain(result.hparams), "best_epoch": result.best_epoch,
             "epochs_run": len(result.history), "planned_epochs": result.planned_epochs,
             "optimizer_steps": result.steps, "selected_last_epoch": result.selected_last_epoch,
-            "val_auc_ties": result.val_auc_ties,
+            "val_auc_ties": result.val_auc_ties, "selection_blind": result.selection_blind,
+            "final_train_auc": _finite(result.final_train_auc), "final_train_loss": _finite(result.final_train_loss),
+            "fits_training_set": result.fits, "fit_bar": FIT_BAR, "loss_plateaued": result.loss_plateaued,
+            "stopped_by": result.stopped_by,
             "train_seconds": round(result.seconds, 3), "device": device, "device_name": describe_device(device),
             "precision": result.precision, "versions": software_versions(),
             "git_commit": git_commit(), "excluded_slides": bags.excluded, "n_slides": {s: int((bags.splits == s).sum()) for s in ("train", "val", "test")},
@@ -154,13 +158,24 @@ def score_and_write(
                           f"to score have {bags.dim}-d")
     result = TrainResult(model, record["hparams"], history, int(record["best_epoch"]),
                          float(record.get("train_seconds", 0.0)), record.get("precision", "fp32"),
-                         int(record.get("optimizer_steps") or 0), int(record.get("planned_epochs") or len(history)))
+                         int(record.get("optimizer_steps") or 0), int(record.get("planned_epochs") or len(history)),
+                         _nan(record.get("final_train_auc")), _nan(record.get("final_train_loss")),
+                         record.get("stopped_by") or "schedule")
     keep = {k: record[k] for k in ("method", "seed", "overrides") if k in record}
     write_run(out, bags, result, {**keep, **(meta or {}), "scored_with": str(trained)}, device)
 
 
 def model_dim(path: str | os.PathLike) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=True)["in_dim"])
+
+
+def _finite(x: float) -> float | None:
+    """A number for run.json: None for NaN or infinity (JSON has neither)."""
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def _nan(x: Any) -> float:
+    return float("nan") if x is None else float(x)
 
 
 def _plain(obj: Any) -> Any:
