@@ -77,7 +77,7 @@ class MiNetCurves(Experiment):
         return [minet_claim(results, cells["minet_curves"], list(config["training"]["seeds"]), fit_bar(config))]
 
     def findings(self, config, results, cells, df, claims) -> list[str]:
-        from wsimil.reporting.evidence import train_val_gaps
+        from wsimil.reporting.evidence import schedule_readings, train_val_gaps
         from wsimil.reporting.summary import claim_text, fmt
 
         if "minet_gap" not in claims or results is None:

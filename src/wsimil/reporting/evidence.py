@@ -127,11 +127,11 @@ class Claim:
                 "pair": f"family ({len(self.readings)} pairs)" if self.is_family else (one.label if one else ""),
                 "statement": self.claim, "contrast": self.contrast, "estimate": iv.estimate, "ci_low": iv.low,
                 "ci_high": iv.high, "margin": self.margin, "claimed_sign": self.sign,
-                "seeds": one.seeds if one else (min((r.seeds for r in self.readings), default=0)),
+                "seeds": one.seeds if one is not None else min((r.seeds for r in self.readings), default=0),
                 "runs_left_out": "; ".join(sorted({x for r in self.readings for x in r.left_out})),
-                "p_support": one.p_support if one and not self.is_family else math.nan,
-                "p_contradict": one.p_contradict if one and not self.is_family else math.nan,
-                "p_holm": one.p_holm if one and not self.is_family else math.nan,
+                "p_support": one.p_support if one is not None and not self.is_family else math.nan,
+                "p_contradict": one.p_contradict if one is not None and not self.is_family else math.nan,
+                "p_holm": one.p_holm if one is not None and not self.is_family else math.nan,
                 "verdict": self.verdict, "rule": self.rule + (f" ({self.why})" if self.why else "")}
 
     @property

@@ -333,8 +333,7 @@ def write_summary(config: Mapping[str, Any], results: str | os.PathLike,
                            f"seeds and test slides, the margin ({ev.MARGIN}), the seeds used and the undertrained runs "
                            "left out, the one-sided p-values of support and contradiction, the Holm-adjusted p over "
                            f"every reading of this summary, and the verdict by the rule fixed before the run ({dataset}).")
-    n_readings = int(np.isfinite(claims_df.loc[claims_df["level"].eq("pair") | ~claims_df["pair"].str.startswith(
-        "family", na=False), "p_holm"]).sum())
+    n_readings = sum(math.isfinite(r.p_holm) for c in checked for r in c.readings)
     conv = ev.convergence(results, cells, seeds, ev.fit_bar(config))
     written += write_table(conv, results / "tables" / "convergence",
                            "Per cell: runs, optimiser steps and epochs run (min, max); runs whose training loss was "
