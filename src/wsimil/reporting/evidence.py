@@ -51,8 +51,8 @@ import pandas as pd
 from wsimil.evaluation.evaluate import ANY_TUMOUR, read_instance_scores, read_predictions, read_tumor_fraction
 from wsimil.evaluation.hierarchical import (decision_p_values, family_verdict, holm_adjust, seed_resamples,
                                             seed_slide_interval, two_stage_draws)
-from wsimil.evaluation.intervals import (Interval, cluster_auc_matrix, cluster_aucs, contrast_interval, seed_averaged,
-                                         stratified_counts)
+from wsimil.evaluation.intervals import (Interval, _percentile, cluster_auc_matrix, cluster_aucs, contrast_interval,
+                                         seed_averaged, stratified_counts)
 from wsimil.experiments import Cell, manifest_subpath, plan_cells
 from wsimil.features.store import feature_path
 from wsimil.io import WsimilError
@@ -395,9 +395,7 @@ def _family_claim(key: str, claim: str, contrast: str, readings: list[Reading], 
     finite = [r for r in readings if np.isfinite(r.draws).all()]
     if finite:
         draws = np.mean([r.draws for r in finite], axis=0)
-        est = float(np.mean([r.interval.estimate for r in finite]))
-        lo, hi = np.quantile(draws, [0.025, 0.975])
-        iv = Interval(est, float(lo), float(hi), 0.95, N_BOOT)
+        iv = _percentile(float(np.mean([r.interval.estimate for r in finite])), draws, 0.95, N_BOOT)
     else:
         iv = Interval(math.nan, math.nan, math.nan)
     return Claim(key, claim, contrast, iv, MARGIN, direction, "inconclusive", _rule(direction) + "; " + _family_rule(),
@@ -555,9 +553,7 @@ def _per_seed_reading(label: str, point: np.ndarray, boot: np.ndarray, seeds: in
                        note="a resample had one class only")
     counts = seed_resamples(point.shape[0], N_BOOT, np.random.default_rng(BOOT_SEED))
     draws = two_stage_draws(boot, counts)
-    lo, hi = np.quantile(draws, [0.025, 0.975])
-    return Reading(label, Interval(float(point.mean()), float(lo), float(hi), 0.95, N_BOOT), draws, seeds, pair,
-                   tuple(left_out))
+    return Reading(label, _percentile(float(point.mean()), draws, 0.95, N_BOOT), draws, seeds, pair, tuple(left_out))
 
 
 def patch_claim(config: Mapping[str, Any], results: Path, cell: Cell, seeds: Sequence[int]) -> Claim:
